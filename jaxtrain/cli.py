@@ -1,0 +1,209 @@
+"""`jaxtrain` command line: a thin layer over the library, one function per stage.
+
+    jaxtrain run      --config demo            whole pipeline: prepare, tokenizer, tokenize, train, eval, sample
+    jaxtrain prepare  --config demo            corpus assembly and cleaning
+    jaxtrain tokenizer --config demo           train the sentencepiece tokenizer
+    jaxtrain tokenize --config demo            write ArrayRecord token shards (TFDS builder)
+    jaxtrain train    --config demo            train (resumes from the latest checkpoint)
+    jaxtrain eval     --run-dir runs/demo      held-out loss of a checkpoint
+    jaxtrain sample   --run-dir runs/demo --prompt "def "
+
+Overrides are trailing `key=value` pairs: `jaxtrain train --config tiny model.num_layers=4`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import sys
+import time
+
+
+def _simulated_devices_default() -> None:
+    """On a CPU-only host, default to an 8-device simulated mesh (must precede JAX import)."""
+    if "jax" in sys.modules:
+        return
+    flags = os.environ.get("XLA_FLAGS", "")
+    if "xla_force_host_platform_device_count" not in flags and os.environ.get("JAXTRAIN_SIMULATED_DEVICES", "8") != "0":
+        n = os.environ.get("JAXTRAIN_SIMULATED_DEVICES", "8")
+        os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
+
+
+def _resolve(args: argparse.Namespace):
+    from jaxtrain.config import load_config, load_run_config
+
+    run_dir = getattr(args, "run_dir", None)
+    if args.config:
+        cfg = load_config(args.config, args.overrides)
+    elif run_dir and (pathlib.Path(run_dir) / "config.yaml").exists():
+        cfg = load_run_config(run_dir, args.overrides)
+    else:
+        cfg = load_config("demo", args.overrides)
+    run_dir = pathlib.Path(run_dir or cfg.run_dir)
+    return cfg, run_dir
+
+
+def cmd_prepare(args) -> None:
+    from jaxtrain.data import prepare
+
+    cfg, run_dir = _resolve(args)
+    prepare.prepare_corpus(cfg, run_dir)
+
+
+def cmd_tokenizer(args) -> None:
+    from jaxtrain.data import prepare
+
+    cfg, run_dir = _resolve(args)
+    prepare.prepare_tokenizer(cfg, run_dir)
+
+
+def cmd_tokenize(args) -> None:
+    from jaxtrain.data import prepare
+
+    cfg, run_dir = _resolve(args)
+    prepare.prepare_shards(cfg, run_dir)
+
+
+def cmd_train(args) -> None:
+    from jaxtrain.data import prepare
+    from jaxtrain.train import loop
+
+    cfg, run_dir = _resolve(args)
+    _check_devices(cfg)
+    prepare.prepare_all(cfg, run_dir)
+    loop.train(cfg, run_dir, max_steps_this_run=args.max_steps)
+
+
+def cmd_eval(args) -> None:
+    from jaxtrain.data import prepare
+    from jaxtrain.evaluate import evaluation
+    from jaxtrain.train import loop
+
+    cfg, run_dir = _resolve(args)
+    session, params, step = loop.load_params(cfg, run_dir, args.step)
+    results = session.evaluate(params)
+    print(f"[eval] step {step}: {loop._fmt_eval(results)}")
+    unigram = evaluation.unigram_baseline(
+        prepare.tfds_dir(run_dir),
+        session.sources,
+        cfg.model.vocab_size,
+        seq_len=cfg.data.seq_len,
+        batch_size=cfg.train.batch_size,
+        max_batches=cfg.eval.max_batches,
+    )
+    print(f"[eval] unigram baseline on the same tokens: {unigram:.4f} nats/token; model: {results['eval/loss']:.4f}")
+
+
+def cmd_sample(args) -> None:
+    from jaxtrain.data import prepare
+    from jaxtrain.data import tokenizer as tok
+    from jaxtrain.evaluate.sampling import generate
+    from jaxtrain.train import loop
+
+    cfg, run_dir = _resolve(args)
+    session, params, step = loop.load_params(cfg, run_dir, args.step)
+    sp = tok.load(prepare.tokenizer_path(run_dir))
+    for prompt in args.prompt or [cfg.eval.sample_prompt]:
+        ids = generate(
+            session.spec.graphdef,
+            params,
+            [tok.BOS_ID, *sp.encode(prompt)],
+            max_new_tokens=args.tokens or cfg.eval.sample_tokens,
+            window=cfg.data.seq_len,
+            temperature=cfg.eval.temperature if args.temperature is None else args.temperature,
+            top_k=cfg.eval.top_k,
+            seed=args.seed,
+            eos_id=tok.EOS_ID,
+        )
+        print(f"--- sample (step {step}, prompt {prompt!r}) ---\n{prompt}{sp.decode(ids)}\n---")
+
+
+def cmd_run(args) -> None:
+    """The whole pipeline on one config, then the comparison that says it learned something."""
+    from jaxtrain.data import prepare
+    from jaxtrain.evaluate import evaluation
+    from jaxtrain.train import loop
+
+    start = time.perf_counter()
+    cfg, run_dir = _resolve(args)
+    _check_devices(cfg)
+    prepare.prepare_all(cfg, run_dir)
+    result = loop.train(cfg, run_dir, max_steps_this_run=args.max_steps)
+    session = result["session"]
+    final = result["eval"] or session.evaluate(result["state"].params)
+    unigram = evaluation.unigram_baseline(
+        prepare.tfds_dir(run_dir),
+        session.sources,
+        cfg.model.vocab_size,
+        seq_len=cfg.data.seq_len,
+        batch_size=cfg.train.batch_size,
+        max_batches=cfg.eval.max_batches,
+    )
+    print(f"[result] held-out loss {final['eval/loss']:.4f} nats/token vs unigram baseline {unigram:.4f} "
+          f"({unigram - final['eval/loss']:+.4f} better)")
+    args.prompt, args.step, args.tokens, args.temperature, args.seed = [cfg.eval.sample_prompt], None, None, None, 0
+    args.config, args.run_dir, args.overrides = None, str(run_dir), []
+    cmd_sample(args)
+    print(f"[result] run directory: {run_dir} | total time {time.perf_counter() - start:.0f}s")
+
+
+def _check_devices(cfg) -> None:
+    import jax
+
+    from jaxtrain.config import validate
+
+    validate(cfg, num_devices=jax.device_count())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxtrain", description="Pretrain language models with JAX: data to base model.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, fn, help_text: str, run_dir_help: str = "run directory (default: the config's run_dir)"):
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", "-c", default=None, help="preset name in configs/ or a YAML path (default: demo, "
+                       "or the run directory's saved config)")
+        p.add_argument("--run-dir", default=None, help=run_dir_help)
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. model.num_layers=4")
+        p.set_defaults(fn=fn)
+        return p
+
+    add("prepare", cmd_prepare, "assemble and clean the corpus (exact dedup, length and quality rules)")
+    add("tokenizer", cmd_tokenizer, "train the sentencepiece tokenizer on the cleaned corpus")
+    add("tokenize", cmd_tokenize, "encode the corpus into ArrayRecord token shards with a TFDS builder")
+    for name, fn, text in (
+        ("train", cmd_train, "train the model; resumes from the latest checkpoint in the run directory"),
+        ("run", cmd_run, "the whole pipeline: prepare, tokenizer, tokenize, train, eval, sample"),
+    ):
+        p = add(name, fn, text)
+        p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this invocation")
+    p = add("eval", cmd_eval, "held-out loss of a checkpoint, with the unigram baseline")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p = add("sample", cmd_sample, "generate text from a checkpoint")
+    p.add_argument("--prompt", action="append", help="prompt text; repeat for several")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("--tokens", type=int, default=None, help="new tokens per prompt")
+    p.add_argument("--temperature", type=float, default=None, help="0 for greedy")
+    p.add_argument("--seed", type=int, default=0)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    _simulated_devices_default()
+    from jaxtrain.config import ConfigError
+
+    try:
+        args.fn(args)
+    except ConfigError as e:
+        print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except FileNotFoundError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,352 @@
+"""Typed run config: dataclasses, YAML presets, dotted overrides, validation.
+
+A preset is a YAML file in `configs/` (or any path); `base: NAME` inherits from
+another preset. Overrides are `section.key=value` strings whose values are
+parsed as YAML scalars and then checked against the dataclass field type.
+Every problem is reported before any work starts, naming the key and the fix.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import pathlib
+import types
+import typing
+from typing import Any, Literal
+
+import yaml
+
+from jaxtrain.models.transformer import ModelConfig
+from jaxtrain.train.optimizer import OptimizerConfig
+
+CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A config problem, phrased as key + what is wrong + how to fix it."""
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    name: str = "stdlib_code"
+    type: Literal["embedded", "files"] = "embedded"
+    path: str = ""  # glob for type=files
+    text_field: str = "text"  # JSONL field holding the document
+    content: Literal["prose", "code"] = "prose"
+    weight: float = 0.0  # mixture weight; 0 = proportional to the source's tokens
+    max_bytes: int = 0  # cap on kept text per source (0 = no cap)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    sources: tuple[SourceConfig, ...] = (
+        SourceConfig(name="stdlib_code", content="code"),
+        SourceConfig(name="stdlib_docs", content="prose"),
+        SourceConfig(name="package_metadata", content="prose"),
+    )
+    min_chars: int = 200
+    max_chars: int = 200_000
+    min_alpha_fraction: float = 0.5  # prose: letters / non-space chars
+    min_alnum_fraction_code: float = 0.4  # code: letters+digits / non-space chars
+    eval_fraction: float = 0.02
+    seq_len: int = 256
+    shuffle_seed: int = 0
+    num_threads: int = 0  # Grain read threads; 0 = synchronous
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+    vocab_size: int = 2048
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    byte_fallback: bool = True
+    sample_bytes: int = 4_000_000  # bound on the text the tokenizer is trained on
+    model_file: str = ""  # use an existing sentencepiece .model instead of training
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def shape(self) -> dict[str, int]:
+        return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    batch_size: int = 16  # global, in sequences
+    steps: int = 300
+    log_every: int = 10
+    z_loss: float = 0.0
+    seed: int = 0
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every_steps: int = 100
+    keep: int = 3
+    async_save: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    every_steps: int = 100
+    max_batches: int = 20
+    sample_prompt: str = "def "
+    sample_tokens: int = 64
+    temperature: float = 0.8
+    top_k: int = 40
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    name: str = "run"
+    run_dir: str = "runs/run"
+    data: DataConfig = DataConfig()
+    tokenizer: TokenizerConfig = TokenizerConfig()
+    model: ModelConfig = ModelConfig()
+    optimizer: OptimizerConfig = OptimizerConfig()
+    mesh: MeshConfig = MeshConfig()
+    train: TrainConfig = TrainConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    eval: EvalConfig = EvalConfig()
+
+
+# ----------------------------------------------------------------------------- parsing
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check/convert a YAML value against a dataclass field type."""
+    origin = typing.get_origin(tp)
+    if dataclasses.is_dataclass(tp):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping of {tp.__name__} fields, got {value!r}.")
+        return _build(tp, value, key)
+    if origin is Literal:
+        choices = typing.get_args(tp)
+        if value not in choices:
+            raise ConfigError(f"{key}: {value!r} is not allowed; choose one of {list(choices)}.")
+        return value
+    if origin is tuple:
+        (item_tp, _ellipsis) = typing.get_args(tp)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}.")
+        return tuple(_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value))
+    if origin in (typing.Union, types.UnionType):
+        for option in typing.get_args(tp):
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} does not match {tp}.")
+    if tp is type(None):
+        if value is not None:
+            raise ConfigError(f"{key}: expected null, got {value!r}.")
+        return None
+    if tp is bool:
+        if not isinstance(value, bool):
+            raise ConfigError(f"{key}: expected true or false, got {value!r}.")
+        return value
+    if tp is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ConfigError(f"{key}: expected an integer, got {value!r} ({type(value).__name__}).")
+        return value
+    if tp is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ConfigError(f"{key}: expected a number, got {value!r} ({type(value).__name__}).")
+        return float(value)
+    if tp is str:
+        if not isinstance(value, str):
+            raise ConfigError(f"{key}: expected a string, got {value!r}; quote it in YAML.")
+        return value
+    raise ConfigError(f"{key}: unsupported field type {tp}.")  # pragma: no cover
+
+
+def _build(cls: type, values: dict, prefix: str = "") -> Any:
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        full = f"{prefix}.{key}" if prefix else str(key)
+        if key not in names:
+            close = difflib.get_close_matches(str(key), names, n=1)
+            hint = f" Did you mean {prefix + '.' if prefix else ''}{close[0]}?" if close else ""
+            raise ConfigError(f"{full}: unknown key.{hint} Valid keys here: {', '.join(names)}.")
+        kwargs[key] = _coerce(value, hints[key], full)
+    return cls(**kwargs)
+
+
+def _to_dict(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_dict(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [_to_dict(v) for v in obj]
+    return obj
+
+
+def to_dict(cfg: RunConfig) -> dict:
+    return _to_dict(cfg)
+
+
+def _merge(base: dict, update: dict) -> dict:
+    out = dict(base)
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def preset_path(name_or_path: str) -> pathlib.Path:
+    path = pathlib.Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.exists():
+            raise ConfigError(f"config file {path} does not exist.")
+        return path
+    candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        available = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+        raise ConfigError(f"--config {name_or_path!r}: no such preset; available: {', '.join(available)}.")
+    return candidate
+
+
+def _load_yaml(path: pathlib.Path, seen: tuple = ()) -> dict:
+    if path in seen:
+        raise ConfigError(f"{path}: 'base' chain loops back to itself.")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: top level must be a mapping of config sections.")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    return _merge(_load_yaml(preset_path(str(base)), seen + (path,)), raw)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    if "=" not in text:
+        raise ConfigError(f"override {text!r}: expected key=value, e.g. model.num_layers=4.")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def load_config(name_or_path: str = "demo", overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    values = _load_yaml(preset_path(name_or_path))
+    for text in overrides:
+        keys, value = parse_override(text)
+        node = values
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {text!r}: {k} is not a section.")
+        node[keys[-1]] = value
+    cfg = _build(RunConfig, values)
+    validate(cfg)
+    return cfg
+
+
+def from_dict(values: dict) -> RunConfig:
+    cfg = _build(RunConfig, values)
+    validate(cfg)
+    return cfg
+
+
+def save_config(cfg: RunConfig, path: pathlib.Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def load_run_config(run_dir: str | pathlib.Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    path = pathlib.Path(run_dir) / "config.yaml"
+    if not path.exists():
+        raise ConfigError(f"{path}: no resolved config; is {run_dir} a jaxtrain run directory?")
+    return load_config(str(path), overrides)
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def validate(cfg: RunConfig, num_devices: int | None = None) -> None:
+    """Impossible combinations; with num_devices, also the mesh against the hardware."""
+    m, d, t, mesh = cfg.model, cfg.data, cfg.train, cfg.mesh
+    for key in ("vocab_size", "num_layers", "embed_dim", "num_heads", "num_kv_heads", "mlp_dim", "max_seq_len"):
+        _check(getattr(m, key) > 0, f"model.{key}: must be positive, got {getattr(m, key)}.")
+    _check(
+        m.num_heads % m.num_kv_heads == 0,
+        f"model.num_kv_heads: {m.num_kv_heads} must divide model.num_heads={m.num_heads}.",
+    )
+    _check(
+        m.head_dim > 0 or m.embed_dim % m.num_heads == 0,
+        f"model.embed_dim: {m.embed_dim} is not divisible by model.num_heads={m.num_heads}; set model.head_dim.",
+    )
+    _check(m.pos_embedding != "rope" or m.resolved_head_dim % 2 == 0, "model.head_dim: RoPE needs an even head dim.")
+    _check(d.seq_len <= m.max_seq_len, f"data.seq_len: {d.seq_len} exceeds model.max_seq_len={m.max_seq_len}.")
+    _check(
+        cfg.tokenizer.vocab_size == m.vocab_size or bool(cfg.tokenizer.model_file),
+        f"tokenizer.vocab_size: {cfg.tokenizer.vocab_size} differs from model.vocab_size={m.vocab_size}; "
+        "set both to the same value.",
+    )
+    _check(0.0 < d.eval_fraction < 0.5, f"data.eval_fraction: {d.eval_fraction} must be in (0, 0.5).")
+    _check(len(d.sources) > 0, "data.sources: at least one source is required.")
+    names = [s.name for s in d.sources]
+    _check(len(set(names)) == len(names), f"data.sources: names must be unique, got {names}.")
+    for i, s in enumerate(d.sources):
+        _check(s.name.isidentifier(), f"data.sources[{i}].name: {s.name!r} must be a valid identifier.")
+        _check(s.weight >= 0, f"data.sources[{i}].weight: must be >= 0, got {s.weight}.")
+        if s.type == "files":
+            _check(bool(s.path), f"data.sources[{i}].path: a glob is required for type=files.")
+        else:
+            from jaxtrain.data.corpus import EMBEDDED_SOURCES
+
+            _check(
+                s.name in EMBEDDED_SOURCES,
+                f"data.sources[{i}].name: {s.name!r} is not an embedded source; use one of "
+                f"{list(EMBEDDED_SOURCES)} or set type=files with a path.",
+            )
+    _check(t.steps > 0, f"train.steps: must be positive, got {t.steps}.")
+    _check(t.batch_size > 0, f"train.batch_size: must be positive, got {t.batch_size}.")
+    _check(t.log_every > 0, f"train.log_every: must be positive, got {t.log_every}.")
+    _check(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps: must be positive.")
+    _check(cfg.checkpoint.keep > 0, "checkpoint.keep: must be positive.")
+    _check(cfg.eval.every_steps > 0, "eval.every_steps: must be positive.")
+    for axis, size in mesh.shape().items():
+        _check(size == -1 or size > 0, f"mesh.{axis}: must be positive or -1 (fill), got {size}.")
+    if mesh.tensor > 0:
+        _check(
+            m.num_heads % mesh.tensor == 0,
+            f"mesh.tensor: {mesh.tensor} must divide model.num_heads={m.num_heads}; "
+            "pick a tensor size that divides the heads.",
+        )
+        _check(
+            m.mlp_dim % mesh.tensor == 0,
+            f"mesh.tensor: {mesh.tensor} must divide model.mlp_dim={m.mlp_dim}.",
+        )
+    if num_devices is not None:
+        from jaxtrain.parallel.mesh import MeshError, resolve_mesh_shape
+
+        try:
+            shape = resolve_mesh_shape(mesh.shape(), num_devices)
+        except MeshError as e:
+            raise ConfigError(str(e)) from e
+        dp = shape["data"] * shape["fsdp"]
+        _check(
+            t.batch_size % dp == 0,
+            f"train.batch_size: {t.batch_size} is not divisible by the data-parallel size "
+            f"{dp} (mesh.data={shape['data']} x mesh.fsdp={shape['fsdp']}); use a multiple of {dp}.",
+        )
+        for name, dim in (("embed_dim", m.embed_dim),):
+            _check(dim % shape["fsdp"] == 0, f"model.{name}: {dim} must be divisible by mesh.fsdp={shape['fsdp']}.")

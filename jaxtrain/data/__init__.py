@@ -1,0 +1,1 @@
+"""Corpus, cleaning, tokenizer, token shards (TFDS/ArrayRecord) and the Grain loader."""

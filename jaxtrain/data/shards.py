@@ -1,0 +1,103 @@
+"""Token shards: a TFDS dataset builder that writes ArrayRecord, read back with tfds.data_source.
+
+One split per (split, source), named `train_<source>` / `validation_<source>`,
+so the loader can mix sources by weight and evaluate them one by one. Each
+example is one document's tokens: BOS + ids + EOS. Per-source token and byte
+counts go to `token_counts.json` beside the dataset (mixture weights and
+bits-per-byte need them).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+from typing import Iterator
+
+import numpy as np
+import tensorflow_datasets as tfds
+
+from jaxtrain.data import tokenizer as tok
+
+DATASET_NAME = "jaxtrain_tokens"
+ENCODE_BATCH = 256
+
+
+def split_name(split: str, source: str) -> str:
+    return f"{split}_{source}"
+
+
+class TokenShards(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """Documents from the cleaned JSONL files, encoded with the run's tokenizer."""
+
+    name = DATASET_NAME
+    VERSION = tfds.core.Version("1.0.0")
+
+    def __init__(self, *, clean_dir: pathlib.Path, tokenizer_path: pathlib.Path, sources: list[str], **kwargs):
+        self._clean_dir = pathlib.Path(clean_dir)
+        self._tokenizer_path = pathlib.Path(tokenizer_path)
+        self._sources = list(sources)
+        self.counts: dict[str, dict[str, int]] = {}
+        super().__init__(**kwargs)
+
+    def _info(self) -> tfds.core.DatasetInfo:
+        return tfds.core.DatasetInfo(
+            builder=self,
+            description="Documents tokenized with the run's SentencePiece model (BOS + ids + EOS).",
+            features=tfds.features.FeaturesDict({"tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32)}),
+        )
+
+    def _split_generators(self, dl_manager):
+        del dl_manager
+        return {
+            split_name(split, source): self._generate_examples(split, source)
+            for split in ("train", "validation")
+            for source in self._sources
+        }
+
+    def _generate_examples(self, split: str, source: str) -> Iterator[tuple[str, dict]]:
+        sp = tok.load(self._tokenizer_path)
+        counts = self.counts.setdefault(split_name(split, source), {"docs": 0, "tokens": 0, "bytes": 0})
+        path = self._clean_dir / f"{source}.{split}.jsonl"
+        with path.open(encoding="utf-8") as f:
+            batch: list[dict] = []
+            for line in f:
+                batch.append(json.loads(line))
+                if len(batch) == ENCODE_BATCH:
+                    yield from self._encode(sp, batch, counts)
+                    batch = []
+            yield from self._encode(sp, batch, counts)
+
+    @staticmethod
+    def _encode(sp, batch: list[dict], counts: dict) -> Iterator[tuple[str, dict]]:
+        if not batch:
+            return
+        ids = sp.encode([r["text"] for r in batch], num_threads=2)
+        for record, doc_ids in zip(batch, ids):
+            tokens = np.asarray([tok.BOS_ID, *doc_ids, tok.EOS_ID], dtype=np.int32)
+            counts["docs"] += 1
+            counts["tokens"] += len(tokens) - 1  # predicted tokens: all but the leading BOS
+            counts["bytes"] += len(record["text"].encode("utf-8"))
+            yield record["id"], {"tokens": tokens}
+
+
+def build_shards(clean_dir: pathlib.Path, tokenizer_path: pathlib.Path, sources: list[str], data_dir: pathlib.Path) -> dict:
+    builder = TokenShards(
+        clean_dir=clean_dir,
+        tokenizer_path=tokenizer_path,
+        sources=sources,
+        data_dir=str(data_dir),
+        file_format="array_record",
+    )
+    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
+    counts_path = pathlib.Path(data_dir) / "token_counts.json"
+    counts_path.write_text(json.dumps(builder.counts, indent=2))
+    return builder.counts
+
+
+def data_source(data_dir: pathlib.Path, split: str, source: str):
+    """Random-access ArrayRecord source for one split of one source."""
+    return tfds.data_source(DATASET_NAME, split=split_name(split, source), data_dir=str(data_dir))
+
+
+def token_counts(data_dir: pathlib.Path) -> dict:
+    return json.loads((pathlib.Path(data_dir) / "token_counts.json").read_text())

@@ -1,0 +1,70 @@
+"""Held-out loss per source and overall, and the unigram baseline it must beat."""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from typing import Any, Callable
+
+import jax
+import numpy as np
+
+from jaxtrain.data import loader, shards
+
+
+def evaluate(
+    eval_step: Callable[[Any, dict], dict],
+    params: Any,
+    data_dir: pathlib.Path,
+    sources: list[str],
+    *,
+    seq_len: int,
+    batch_size: int,
+    max_batches: int,
+    to_global: Callable[[dict], dict],
+) -> dict[str, float]:
+    """Token-weighted mean cross-entropy (nats) per source and overall."""
+    results: dict[str, float] = {}
+    total_loss = total_tokens = 0.0
+    for source in sources:
+        loss_sum = tokens = 0.0
+        for batch in loader.eval_batches(
+            data_dir,
+            source,
+            seq_len=seq_len,
+            batch_size=batch_size,
+            max_batches=max_batches,
+            process_index=jax.process_index(),
+            process_count=jax.process_count(),
+        ):
+            out = jax.device_get(eval_step(params, to_global(batch)))
+            loss_sum += float(out["loss_sum"])
+            tokens += float(out["tokens"])
+        results[f"eval/{source}/loss"] = loss_sum / max(tokens, 1.0)
+        total_loss += loss_sum
+        total_tokens += tokens
+    results["eval/loss"] = total_loss / max(total_tokens, 1.0)
+    results["eval/perplexity"] = math.exp(min(results["eval/loss"], 50.0))
+    results["eval/tokens"] = total_tokens
+    return results
+
+
+def unigram_baseline(
+    data_dir: pathlib.Path, sources: list[str], vocab_size: int, *, seq_len: int, batch_size: int, max_batches: int
+) -> float:
+    """Cross-entropy (nats) of add-one-smoothed train-split unigram frequencies on the same eval tokens."""
+    counts = np.ones(vocab_size, dtype=np.float64)
+    for source in sources:
+        src = shards.data_source(data_dir, "train", source)
+        for i in range(len(src)):
+            counts += np.bincount(np.asarray(src[i]["tokens"][1:]), minlength=vocab_size)[:vocab_size]
+    logp = np.log(counts / counts.sum())
+    nll = tokens = 0.0
+    for source in sources:
+        for batch in loader.eval_batches(
+            data_dir, source, seq_len=seq_len, batch_size=batch_size, max_batches=max_batches
+        ):
+            mask = batch["loss_mask"] > 0
+            nll -= float(logp[batch["targets"][mask]].sum())
+            tokens += float(mask.sum())
+    return nll / max(tokens, 1.0)

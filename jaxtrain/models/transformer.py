@@ -1,0 +1,232 @@
+"""A configurable decoder-only transformer in Flax NNX.
+
+One module covers the Llama family (RoPE, RMSNorm, SwiGLU, grouped-query
+attention) and the GPT-2 family (learned positions, LayerNorm, GELU). Every
+parameter carries a `logical_axes` metadata tuple; `jaxtrain.parallel` maps
+those names to mesh axes with one rules table, so the model never mentions a
+mesh. We use our own metadata key rather than NNX's `out_sharding` because the
+latter triggers eager sharding at construction, which needs a mesh in scope and
+would make the model unusable in a plain notebook.
+
+Shapes in names: B batch, L length, D model width, H query heads, G key/value
+heads, K head dim, F MLP width, V vocabulary.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Literal
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxtrain.models.attention import dot_product_attention
+from jaxtrain.parallel.constraints import constrain
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture only: enough to build the model in a notebook in two lines."""
+
+    vocab_size: int = 2048
+    num_layers: int = 4
+    embed_dim: int = 256
+    num_heads: int = 4
+    num_kv_heads: int = 4
+    head_dim: int = 0  # 0: embed_dim // num_heads
+    mlp_dim: int = 1024
+    max_seq_len: int = 256
+    pos_embedding: Literal["rope", "learned"] = "rope"
+    rope_theta: float = 10000.0
+    norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
+    norm_eps: float = 1e-6
+    mlp: Literal["swiglu", "gelu"] = "swiglu"
+    qk_norm: bool = False
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+    dtype: str = "float32"  # compute dtype
+    param_dtype: str = "float32"  # master weights
+
+    @property
+    def resolved_head_dim(self) -> int:
+        return self.head_dim or self.embed_dim // self.num_heads
+
+
+def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], std: float, dtype) -> nnx.Param:
+    value = std * jax.random.normal(rngs.params(), shape, dtype=jnp.float32)
+    return nnx.Param(value.astype(dtype), logical_axes=axes)
+
+
+def _ones(shape: tuple[int, ...], axes: tuple[str | None, ...], dtype) -> nnx.Param:
+    return nnx.Param(jnp.ones(shape, dtype), logical_axes=axes)
+
+
+def _zeros(shape: tuple[int, ...], axes: tuple[str | None, ...], dtype) -> nnx.Param:
+    return nnx.Param(jnp.zeros(shape, dtype), logical_axes=axes)
+
+
+class Norm(nnx.Module):
+    """RMSNorm or LayerNorm, computed in float32 for stability."""
+
+    def __init__(self, dim: int, kind: str, eps: float, param_dtype):
+        self.kind = kind
+        self.eps = eps
+        self.scale = _ones((dim,), ("norm",), param_dtype)
+        self.bias = _zeros((dim,), ("norm",), param_dtype) if kind == "layernorm" else None
+
+    def __call__(self, x: Array) -> Array:
+        x32 = x.astype(jnp.float32)
+        if self.kind == "layernorm":
+            x32 = x32 - jnp.mean(x32, axis=-1, keepdims=True)
+        y = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        y = y * self.scale[...].astype(jnp.float32)
+        if self.bias is not None:
+            y = y + self.bias[...].astype(jnp.float32)
+        return y.astype(x.dtype)
+
+
+def rope(x_BxLxNxK: Array, positions_BxL: Array, theta: float) -> Array:
+    """Rotary embedding on the first and second halves of the head dim (Llama layout)."""
+    half = x_BxLxNxK.shape[-1] // 2
+    freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
+    angle_BxLxK2 = positions_BxL[..., None].astype(jnp.float32) * freq
+    sin = jnp.sin(angle_BxLxK2)[:, :, None, :]
+    cos = jnp.cos(angle_BxLxK2)[:, :, None, :]
+    x1, x2 = jnp.split(x_BxLxNxK.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x_BxLxNxK.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        D, H, G, K = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
+        pdt = jnp.dtype(cfg.param_dtype)
+        std = cfg.init_std
+        self.cfg = cfg
+        self.wq_DxHxK = _param(rngs, (D, H, K), ("embed", "heads", "head_dim"), std, pdt)
+        self.wk_DxGxK = _param(rngs, (D, G, K), ("embed", "kv_heads", "head_dim"), std, pdt)
+        self.wv_DxGxK = _param(rngs, (D, G, K), ("embed", "kv_heads", "head_dim"), std, pdt)
+        # Output projection scaled down with depth (GPT-2 / OLMo residual init).
+        out_std = std / math.sqrt(2 * cfg.num_layers)
+        self.wo_HxKxD = _param(rngs, (H, K, D), ("heads", "head_dim", "embed"), out_std, pdt)
+        if cfg.qk_norm:
+            self.q_norm = Norm(K, "rmsnorm", cfg.norm_eps, pdt)
+            self.k_norm = Norm(K, "rmsnorm", cfg.norm_eps, pdt)
+        else:
+            self.q_norm = self.k_norm = None
+
+    def __call__(self, x_BxLxD: Array, positions_BxL: Array, segment_ids_BxL: Array) -> Array:
+        cfg = self.cfg
+        dt = x_BxLxD.dtype
+        q = jnp.einsum("bld,dhk->blhk", x_BxLxD, self.wq_DxHxK[...].astype(dt))
+        k = jnp.einsum("bld,dgk->blgk", x_BxLxD, self.wk_DxGxK[...].astype(dt))
+        v = jnp.einsum("bld,dgk->blgk", x_BxLxD, self.wv_DxGxK[...].astype(dt))
+        q = constrain(q, ("batch", "length", "heads", "head_dim"))
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        if cfg.pos_embedding == "rope":
+            q = rope(q, positions_BxL, cfg.rope_theta)
+            k = rope(k, positions_BxL, cfg.rope_theta)
+        out_BxLxHxK = dot_product_attention(q, k, v, segment_ids_BxL)
+        out = jnp.einsum("blhk,hkd->bld", out_BxLxHxK, self.wo_HxKxD[...].astype(dt))
+        return constrain(out, ("batch", "length", "embed"))
+
+
+class Mlp(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        D, F = cfg.embed_dim, cfg.mlp_dim
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.kind = cfg.mlp
+        self.w_in_DxF = _param(rngs, (D, F), ("embed", "mlp"), cfg.init_std, pdt)
+        self.w_gate_DxF = _param(rngs, (D, F), ("embed", "mlp"), cfg.init_std, pdt) if cfg.mlp == "swiglu" else None
+        out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
+        self.w_out_FxD = _param(rngs, (F, D), ("mlp", "embed"), out_std, pdt)
+
+    def __call__(self, x_BxLxD: Array) -> Array:
+        dt = x_BxLxD.dtype
+        h_BxLxF = x_BxLxD @ self.w_in_DxF[...].astype(dt)
+        if self.w_gate_DxF is not None:
+            h_BxLxF = jax.nn.silu(x_BxLxD @ self.w_gate_DxF[...].astype(dt)) * h_BxLxF
+        else:
+            h_BxLxF = jax.nn.gelu(h_BxLxF)
+        h_BxLxF = constrain(h_BxLxF, ("batch", "length", "mlp"))
+        return constrain(h_BxLxF @ self.w_out_FxD[...].astype(dt), ("batch", "length", "embed"))
+
+
+class Block(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.attn_norm = Norm(cfg.embed_dim, cfg.norm, cfg.norm_eps, pdt)
+        self.attn = Attention(cfg, rngs)
+        self.mlp_norm = Norm(cfg.embed_dim, cfg.norm, cfg.norm_eps, pdt)
+        self.mlp = Mlp(cfg, rngs)
+
+    def __call__(self, x_BxLxD: Array, positions_BxL: Array, segment_ids_BxL: Array) -> Array:
+        x_BxLxD = x_BxLxD + self.attn(self.attn_norm(x_BxLxD), positions_BxL, segment_ids_BxL)
+        return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
+
+
+class Transformer(nnx.Module):
+    """Decoder-only LM: tokens_BxL -> float32 logits_BxLxV."""
+
+    def __init__(self, cfg: ModelConfig, *, rngs: nnx.Rngs):
+        pdt = jnp.dtype(cfg.param_dtype)
+        self.cfg = cfg
+        self.embed_VxD = _param(rngs, (cfg.vocab_size, cfg.embed_dim), ("vocab", "embed"), cfg.init_std, pdt)
+        if cfg.pos_embedding == "learned":
+            self.pos_embed_LxD = _param(rngs, (cfg.max_seq_len, cfg.embed_dim), (None, "embed"), cfg.init_std, pdt)
+        else:
+            self.pos_embed_LxD = None
+        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+        self.final_norm = Norm(cfg.embed_dim, cfg.norm, cfg.norm_eps, pdt)
+        if cfg.tie_embeddings:
+            self.head_DxV = None
+        else:
+            self.head_DxV = _param(rngs, (cfg.embed_dim, cfg.vocab_size), ("embed", "vocab"), cfg.init_std, pdt)
+
+    def __call__(
+        self,
+        tokens_BxL: Array,
+        positions_BxL: Array | None = None,
+        segment_ids_BxL: Array | None = None,
+    ) -> Array:
+        cfg = self.cfg
+        B, L = tokens_BxL.shape
+        if positions_BxL is None:
+            positions_BxL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
+        if segment_ids_BxL is None:
+            segment_ids_BxL = jnp.ones((B, L), jnp.int32)
+        dt = jnp.dtype(cfg.dtype)
+        # All-gather the table before the lookup, as FSDP does for every weight: a gather
+        # from a sharded table into batch-sharded activations makes the SPMD partitioner
+        # replicate the whole activation instead.
+        table_VxD = constrain(self.embed_VxD[...], (None, None))
+        x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(dt)
+        if self.pos_embed_LxD is not None:
+            x_BxLxD = x_BxLxD + jnp.take(self.pos_embed_LxD[...], positions_BxL, axis=0).astype(dt)
+        x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"))
+        for block in self.blocks:
+            x_BxLxD = block(x_BxLxD, positions_BxL, segment_ids_BxL)
+        x_BxLxD = self.final_norm(x_BxLxD).astype(jnp.float32)
+        head_DxV = self.embed_VxD[...].T if self.head_DxV is None else self.head_DxV[...]
+        logits_BxLxV = x_BxLxD @ head_DxV.astype(jnp.float32)
+        return constrain(logits_BxLxV, ("batch", "length", "vocab"))
+
+
+def count_params(params: nnx.Module | nnx.State | dict, exclude_embeddings: bool = False) -> int:
+    """Number of parameters; with exclude_embeddings, input and position embeddings are left out."""
+    if isinstance(params, nnx.Module):
+        params = nnx.state(params, nnx.Param)
+    if isinstance(params, nnx.State):
+        params = nnx.to_pure_dict(params)
+    total = 0
+    for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+        name = jax.tree_util.keystr(path)
+        if exclude_embeddings and ("embed_VxD" in name or "pos_embed_LxD" in name):
+            continue
+        total += math.prod(leaf.shape)
+    return total

@@ -1,0 +1,106 @@
+"""Mesh construction and parameter shardings from logical axis names.
+
+`RULES` is the one table mapping logical names to mesh axes. Batch is split
+over every data-like axis; FSDP shards the embedding dimension of weights (and
+the batch); tensor parallelism splits heads, MLP width and vocabulary.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxtrain.parallel.constraints import logical_to_spec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+RULES: dict[str, str | tuple[str, ...] | None] = {
+    "batch": ("data", "fsdp"),
+    "length": None,
+    "embed": "fsdp",
+    "heads": "tensor",
+    "kv_heads": "tensor",
+    "head_dim": None,
+    "mlp": "tensor",
+    "vocab": "tensor",
+    "norm": None,
+}
+
+
+class MeshError(ValueError):
+    pass
+
+
+def resolve_mesh_shape(shape: dict[str, int], num_devices: int) -> dict[str, int]:
+    """Fill one -1 axis so the product equals the device count, or explain the mismatch."""
+    fill = [name for name, size in shape.items() if size == -1]
+    if len(fill) > 1:
+        raise MeshError(f"mesh: only one axis may be -1, got {fill}; set the others explicitly.")
+    fixed = math.prod(size for size in shape.values() if size != -1)
+    if fill:
+        if num_devices % fixed:
+            raise MeshError(
+                f"mesh: fixed axes {shape} multiply to {fixed}, which does not divide the "
+                f"{num_devices} available devices; change mesh.* so the product divides {num_devices}."
+            )
+        shape = {**shape, fill[0]: num_devices // fixed}
+    elif fixed != num_devices:
+        raise MeshError(
+            f"mesh: {shape} needs {fixed} devices but {num_devices} are available; "
+            f"set one axis to -1 (e.g. mesh.data=-1) or make the product {num_devices}."
+        )
+    return shape
+
+
+def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    devices = list(devices if devices is not None else jax.devices())
+    resolved = resolve_mesh_shape(shape, len(devices))
+    dims = tuple(resolved[a] for a in MESH_AXES)
+    try:
+        from jax.experimental import mesh_utils
+
+        device_grid = mesh_utils.create_device_mesh(dims, devices=devices)
+    except Exception:  # non-TPU topologies without a physical layout: keep given order
+        device_grid = np.asarray(devices).reshape(dims)
+    return Mesh(device_grid, MESH_AXES)
+
+
+def logical_axes(state: nnx.State) -> dict:
+    """Pure-dict tree (same structure as `nnx.to_pure_dict`) of each parameter's logical axes."""
+    out: dict = {}
+    for path, var in nnx.to_flat_state(state):
+        axes = var.get_metadata().get("logical_axes")
+        node = out
+        for key in path[:-1]:
+            node = node.setdefault(key, {})
+        node[path[-1]] = tuple(axes) if axes is not None else (None,) * len(var.shape)
+    return out
+
+
+def shardings_for(axes_tree: Any, mesh: Mesh, rules: dict | None = None) -> Any:
+    rules = RULES if rules is None else rules
+    return jax.tree.map(
+        lambda axes: NamedSharding(mesh, logical_to_spec(axes, rules)),
+        axes_tree,
+        is_leaf=lambda x: isinstance(x, tuple),
+    )
+
+
+def batch_sharding(mesh: Mesh, rules: dict | None = None) -> NamedSharding:
+    rules = RULES if rules is None else rules
+    return NamedSharding(mesh, logical_to_spec(("batch", "length"), rules))
+
+
+def data_parallel_size(mesh: Mesh, rules: dict | None = None) -> int:
+    spec = batch_sharding(mesh, rules).spec[0]
+    axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
+    return math.prod(mesh.shape[a] for a in axes)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    return NamedSharding(mesh, PartitionSpec())

@@ -1,0 +1,1 @@
+"""Train state, pure train/eval steps, optimizer, checkpointing and the loop."""

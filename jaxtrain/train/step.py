@@ -1,0 +1,82 @@
+"""The pure train and eval steps.
+
+`train_step(state, batch) -> (state, metrics)` is a pure function of pytrees:
+parameters live as a plain dict (`nnx.to_pure_dict` layout) and are merged
+into the NNX graph inside the step, so the same state object is what jit
+shards, optax updates and Orbax saves.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx, struct
+from jax.sharding import Mesh
+
+from jaxtrain.parallel.constraints import activation_sharding
+
+Batch = dict[str, jax.Array]
+Metrics = dict[str, jax.Array]
+
+
+@struct.dataclass
+class TrainState:
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+def cross_entropy(
+    logits_BxLxV: jax.Array, targets_BxL: jax.Array, mask_BxL: jax.Array, z_loss: float = 0.0
+) -> tuple[jax.Array, jax.Array]:
+    """Sum of masked token losses (with optional PaLM z-loss) and the token count."""
+    logz_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
+    target_logit_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
+    nll_BxL = logz_BxL - target_logit_BxL
+    if z_loss:
+        nll_BxL = nll_BxL + z_loss * jnp.square(logz_BxL)
+    mask = mask_BxL.astype(jnp.float32)
+    return jnp.sum(nll_BxL * mask), jnp.sum(mask)
+
+
+def make_forward(graphdef: nnx.GraphDef, mesh: Mesh | None, rules: dict | None) -> Callable:
+    """params, batch -> float32 logits, with activation constraints when a mesh is given."""
+
+    def forward(params: Any, batch: Batch) -> jax.Array:
+        model = nnx.merge(graphdef, params)
+        if mesh is None:
+            return model(batch["inputs"], batch["positions"], batch["segment_ids"])
+        with activation_sharding(mesh, rules):
+            return model(batch["inputs"], batch["positions"], batch["segment_ids"])
+
+    return forward
+
+
+def make_train_step(
+    forward: Callable, tx: optax.GradientTransformation, z_loss: float = 0.0
+) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
+    def loss_fn(params: Any, batch: Batch):
+        logits = forward(params, batch)
+        loss_sum, count = cross_entropy(logits, batch["targets"], batch["loss_mask"], z_loss)
+        return loss_sum / jnp.maximum(count, 1.0), count
+
+    def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
+        (loss, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        metrics = {"loss": loss, "grad_norm": optax.global_norm(grads), "tokens": count}
+        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+    return train_step
+
+
+def make_eval_step(forward: Callable) -> Callable[[Any, Batch], Metrics]:
+    def eval_step(params: Any, batch: Batch) -> Metrics:
+        logits = forward(params, batch)
+        loss_sum, count = cross_entropy(logits, batch["targets"], batch["loss_mask"])
+        return {"loss_sum": loss_sum, "tokens": count}
+
+    return eval_step
