@@ -1,0 +1,62 @@
+#!/usr/bin/env python3
+"""Bootstrap for a fresh machine: make .venv, install the pinned requirements, run.
+
+    python3 dev.py demo [key=value ...]   the main job: whole pipeline on the embedded corpus,
+                                          CPU, 8-device simulated mesh
+    python3 dev.py test [pytest args]     the test suite
+
+Only the standard library is used here, so it runs before anything is installed.
+Installs are redone only when requirements*.txt or pyproject.toml change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pathlib
+import subprocess
+import sys
+import venv
+
+ROOT = pathlib.Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
+INPUTS = ("requirements.txt", "requirements-test.txt", "pyproject.toml")
+
+
+def ensure_env() -> None:
+    if sys.version_info < (3, 11):
+        sys.exit(f"jaxtrain needs Python 3.11+, this is {sys.version.split()[0]}")
+    python = BIN / "python"
+    if not python.exists():
+        print(f"[dev] creating virtual environment {VENV}", flush=True)
+        venv.create(VENV, with_pip=True)
+    digest = hashlib.sha256(b"".join((ROOT / name).read_bytes() for name in INPUTS)).hexdigest()
+    stamp = VENV / ".jaxtrain-installed"
+    if stamp.exists() and stamp.read_text() == digest:
+        return
+    print("[dev] installing pinned requirements (first run only)", flush=True)
+    pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
+    subprocess.run([*pip, "install", "-r", str(ROOT / "requirements-test.txt")], check=True)
+    subprocess.run([*pip, "install", "--no-deps", "-e", str(ROOT)], check=True)
+    stamp.write_text(digest)
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in ("demo", "test"):
+        print(__doc__)
+        return 2
+    ensure_env()
+    env = dict(os.environ)
+    env.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    if argv[0] == "demo":
+        cmd = [str(BIN / "jaxtrain"), "run", "--config", "demo", *argv[1:]]
+    else:
+        cmd = [str(BIN / "python"), "-m", "pytest", "-q", *argv[1:]]
+    os.chdir(ROOT)
+    return subprocess.call(cmd, env=env)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

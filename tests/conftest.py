@@ -1,0 +1,39 @@
+"""Simulated 8-device CPU mesh for every test: must be set before JAX is imported."""
+
+import os
+
+os.environ["XLA_FLAGS"] = (
+    os.environ.get("XLA_FLAGS", "").replace("--xla_force_host_platform_device_count=8", "")
+    + " --xla_force_host_platform_device_count=8"
+).strip()
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+
+import pathlib  # noqa: E402
+import shutil  # noqa: E402
+
+import pytest  # noqa: E402
+
+from jaxtrain.config import load_config  # noqa: E402
+
+
+def tiny_config(*overrides: str):
+    return load_config("tiny", list(overrides))
+
+
+@pytest.fixture(scope="session")
+def prepared_run(tmp_path_factory) -> pathlib.Path:
+    """A tiny run directory with cleaned corpus, tokenizer and token shards (no checkpoints)."""
+    from jaxtrain.data import prepare
+
+    run_dir = tmp_path_factory.mktemp("prepared") / "run"
+    prepare.prepare_all(tiny_config(), run_dir)
+    return run_dir
+
+
+@pytest.fixture
+def fresh_run(prepared_run, tmp_path) -> pathlib.Path:
+    """A new run directory sharing the prepared data (copied), for training tests."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(prepared_run / "data", run_dir / "data")
+    shutil.copytree(prepared_run / "tokenizer", run_dir / "tokenizer")
+    return run_dir

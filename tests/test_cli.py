@@ -1,0 +1,54 @@
+import os
+import subprocess
+import sys
+
+import pytest
+
+from jaxtrain import cli
+
+
+def _jaxtrain(*args, cwd=None):
+    env = dict(os.environ)
+    return subprocess.run([sys.executable, "-m", "jaxtrain.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
+
+
+@pytest.mark.parametrize("command", ["run", "prepare", "tokenizer", "tokenize", "train", "eval", "sample"])
+def test_every_subcommand_has_help(command, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli.main([command, "--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    assert "--config" in out and "key=value" in out
+
+
+def test_bad_override_is_refused_before_any_work(tmp_path, capsys):
+    code = cli.main(["run", "--config", "tiny", "--run-dir", str(tmp_path / "r"), "model.num_layer=2"])
+    assert code == 2
+    assert "model.num_layer: unknown key. Did you mean model.num_layers?" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+def test_whole_pipeline_then_resume_eval_and_sample(tmp_path):
+    run_dir = tmp_path / "run"
+    common = ["--run-dir", str(run_dir)]
+    result = _jaxtrain("run", "--config", "tiny", *common, "train.steps=12", "checkpoint.every_steps=6")
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = result.stdout
+    assert "[prepare] stdlib_code:" in out and "[tokenize]" in out and "compiled train step" in out
+    assert "step     12/12" in out and "tok/s" in out and "eta" in out
+    assert "held-out loss" in out and "unigram baseline" in out and "--- sample" in out
+    for path in ("config.yaml", "tokenizer/tokenizer.model", "metrics.jsonl", "data/clean/report.json",
+                 "checkpoints/12", "checkpoints/6"):
+        assert (run_dir / path).exists(), path
+
+    again = _jaxtrain("train", *common, "train.steps=14")
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from checkpoint step 12" in again.stdout and "step     14/14" in again.stdout
+
+    evaluated = _jaxtrain("eval", *common, "--step", "12")
+    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    assert "[eval] step 12: eval loss" in evaluated.stdout
+
+    sampled = _jaxtrain("sample", *common, "--prompt", "import ", "--prompt", "The ", "--tokens", "8")
+    assert sampled.returncode == 0, sampled.stderr[-3000:]
+    assert sampled.stdout.count("--- sample (step 14") == 2

@@ -1,0 +1,65 @@
+import pytest
+import yaml
+
+from jaxtrain.config import ConfigError, load_config, load_run_config, save_config, validate
+
+
+def test_presets_load_and_overrides_apply():
+    for name in ("demo", "tiny", "llama-1b"):
+        load_config(name)
+    cfg = load_config("tiny", ["model.num_layers=4", "optimizer.learning_rate=1e-4", "train.z_loss=0.0001"])
+    assert cfg.model.num_layers == 4 and cfg.optimizer.learning_rate == 1e-4 and cfg.train.z_loss == 1e-4
+
+
+@pytest.mark.parametrize(
+    "override, pattern",
+    [
+        ("model.num_layer=4", r"model\.num_layer: unknown key\. Did you mean model\.num_layers\?"),
+        ("modle.num_layers=4", r"modle: unknown key\. Did you mean model\?"),
+        ("model.num_layers=four", r"model\.num_layers: expected an integer, got 'four'"),
+        ("train.steps=1.5", r"train\.steps: expected an integer"),
+        ("model.norm=batchnorm", r"model\.norm: 'batchnorm' is not allowed; choose one of \['rmsnorm', 'layernorm'\]"),
+        ("model.num_kv_heads=3", r"model\.num_kv_heads: 3 must divide model\.num_heads=4"),
+        ("mesh.tensor=3", r"mesh\.tensor: 3 must divide model\.num_heads=4"),
+        ("data.seq_len=128", r"data\.seq_len: 128 exceeds model\.max_seq_len=64"),
+        ("tokenizer.vocab_size=1000", r"tokenizer\.vocab_size: 1000 differs from model\.vocab_size=512"),
+        ("train.batch_size", r"expected key=value"),
+    ],
+)
+def test_bad_config_names_the_key_and_fix(override, pattern):
+    with pytest.raises(ConfigError, match=pattern):
+        load_config("tiny", [override])
+
+
+def test_device_dependent_checks():
+    cfg = load_config("tiny", ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "train.batch_size=6"])
+    with pytest.raises(ConfigError, match=r"train\.batch_size: 6 is not divisible by the data-parallel size 4"):
+        validate(cfg, num_devices=8)
+    with pytest.raises(ConfigError, match=r"needs 8 devices but 4 are available"):
+        validate(load_config("tiny", ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]), num_devices=4)
+    validate(load_config("tiny"), num_devices=8)
+
+
+def test_unknown_preset_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="no such preset; available: .*demo.*tiny"):
+        load_config("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("model: [unclosed\n")
+    with pytest.raises(ConfigError, match="bad.yaml: not valid YAML"):
+        load_config(str(bad))
+    with pytest.raises(ConfigError, match=r"data\.sources\[0\]\.name: 'web' is not an embedded source"):
+        load_config("tiny", ["data.sources=[{name: web}]"])
+
+
+def test_resolved_config_round_trips_through_the_run_dir(tmp_path):
+    cfg = load_config("tiny", ["model.num_layers=3"])
+    save_config(cfg, tmp_path / "config.yaml")
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["model"]["num_layers"] == 3
+    assert load_run_config(tmp_path) == cfg
+
+
+def test_preset_inheritance(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text("base: tiny\nmodel: {num_layers: 5}\n")
+    cfg = load_config(str(child))
+    assert cfg.model.num_layers == 5 and cfg.model.embed_dim == load_config("tiny").model.embed_dim

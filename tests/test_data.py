@@ -1,0 +1,118 @@
+import json
+
+import numpy as np
+import pytest
+
+from jaxtrain.data import loader, shards
+from jaxtrain.data import tokenizer as tok
+from jaxtrain.data.prepare import clean_dir, tfds_dir, tokenizer_path
+from jaxtrain.models.attention import attention_mask
+
+
+def _take(it, n):
+    return [next(it) for _ in range(n)]
+
+
+def test_tokenizer_round_trips_code_and_has_specials(prepared_run):
+    sp = tok.load(tokenizer_path(prepared_run))
+    assert sp.vocab_size() == 512
+    assert (sp.bos_id(), sp.eos_id(), sp.pad_id()) == (tok.BOS_ID, tok.EOS_ID, tok.PAD_ID)
+    text = "def f(x):\n    return {'a': x ** 2}  # naïve ✓\n"
+    assert sp.decode(sp.encode(text)) == text
+    assert sp.unk_id() not in sp.encode("\x07 ☃ 漢字")  # byte fallback: nothing is <unk>
+
+
+def test_shards_hold_every_clean_document(prepared_run):
+    counts = shards.token_counts(tfds_dir(prepared_run))
+    for source in ("stdlib_code", "stdlib_docs"):
+        for split in ("train", "validation"):
+            lines = (clean_dir(prepared_run) / f"{source}.{split}.jsonl").read_text().splitlines()
+            src = shards.data_source(tfds_dir(prepared_run), split, source)
+            assert len(src) == len(lines) == counts[shards.split_name(split, source)]["docs"] > 0
+            first = np.asarray(src[0]["tokens"])
+            assert first[0] == tok.BOS_ID and first[-1] == tok.EOS_ID
+
+
+def _iterator(run, seed=0, **kw):
+    return loader.train_iterator(
+        tfds_dir(run), ["stdlib_code", "stdlib_docs"], [0.7, 0.3], seq_len=64, batch_size=4, seed=seed, **kw
+    )
+
+
+def test_pipeline_is_deterministic_and_seeded(prepared_run):
+    a, b, c = _take(_iterator(prepared_run), 5), _take(_iterator(prepared_run), 5), _take(_iterator(prepared_run, 1), 5)
+    for x, y in zip(a, b):
+        for key in x:
+            np.testing.assert_array_equal(x[key], y[key])
+    assert any(not np.array_equal(x["inputs"], z["inputs"]) for x, z in zip(a, c))
+
+
+def test_iterator_state_resumes_exactly(prepared_run):
+    it = _iterator(prepared_run)
+    _take(it, 3)
+    state = json.loads(json.dumps(it.get_state()))  # must survive JSON (it goes into the checkpoint)
+    expected = _take(it, 4)
+    it2 = _iterator(prepared_run)
+    it2.set_state(state)
+    for x, y in zip(expected, _take(it2, 4)):
+        np.testing.assert_array_equal(x["inputs"], y["inputs"])
+
+
+def test_process_shards_are_disjoint_and_cover_the_split(prepared_run):
+    source = "stdlib_code"
+    n = len(shards.data_source(tfds_dir(prepared_run), "train", source))
+    seen = []
+    for pi in range(2):
+        ds = loader.source_dataset(tfds_dir(prepared_run), "train", source, process_index=pi, process_count=2, seed=None, num_epochs=1)
+        seen.append({tuple(ds[i]["inputs"]) for i in range(len(ds))})
+    assert not (seen[0] & seen[1])
+    assert len(seen[0]) + len(seen[1]) == n
+
+
+def test_every_token_seen_once_per_epoch(prepared_run):
+    source = "stdlib_docs"
+    src = shards.data_source(tfds_dir(prepared_run), "train", source)
+    expected = np.zeros(512, np.int64)
+    for i in range(len(src)):
+        expected += np.bincount(np.asarray(src[i]["tokens"])[1:], minlength=512)
+    ds = loader.source_dataset(tfds_dir(prepared_run), "train", source, seed=3, num_epochs=1).to_iter_dataset()
+    got = np.zeros(512, np.int64)
+    for batch in loader._pack_and_batch(ds, 64, 4, drop_remainder=False):
+        got += np.bincount(batch["targets"][batch["loss_mask"] > 0], minlength=512)
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_packing_never_crosses_document_boundaries(prepared_run):
+    src = shards.data_source(tfds_dir(prepared_run), "train", "stdlib_docs")
+    docs = [np.asarray(src[i]["tokens"]).tobytes() for i in range(len(src))]
+    it = loader.train_iterator(tfds_dir(prepared_run), ["stdlib_docs"], [1.0], seq_len=256, batch_size=4, seed=0)
+    pieces = rows_with_several = 0
+    for batch in _take(it, 20):
+        for row in range(batch["inputs"].shape[0]):
+            seg, pos, inp, tgt = (batch[k][row] for k in ("segment_ids", "positions", "inputs", "targets"))
+            for s in np.unique(seg[seg > 0]):
+                idx = np.flatnonzero(seg == s)
+                assert np.all(np.diff(idx) == 1), "a segment must be contiguous"
+                np.testing.assert_array_equal(pos[idx], np.arange(len(idx)))
+                # Each segment is a contiguous run of exactly one document's tokens, and the
+                # attention mask lets it see nothing else.
+                piece = np.concatenate([inp[idx], tgt[idx][-1:]]).astype(np.int32).tobytes()
+                assert any(piece in d for d in docs)
+                pieces += 1
+            rows_with_several += len(np.unique(seg[seg > 0])) > 1
+            assert np.all(batch["loss_mask"][row][seg == 0] == 0)
+            mask = np.asarray(attention_mask(seg[None]))[0]
+            query, key = np.nonzero(mask)
+            assert np.all(seg[query] == seg[key]) and np.all(key <= query)
+    assert rows_with_several > 0, "packing should put several documents in some rows"
+
+
+def test_positions_restart_per_piece():
+    seg = np.array([[1, 1, 1, 2, 2, 3, 0, 0]])
+    np.testing.assert_array_equal(loader.positions_from_segments(seg), [[0, 1, 2, 0, 1, 0, 0, 1]])
+
+
+def test_mixture_weights_natural_and_explicit(prepared_run):
+    natural = loader.mixture_weights(tfds_dir(prepared_run), ["stdlib_code", "stdlib_docs"], [0.0, 0.0])
+    assert sum(natural) == pytest.approx(1.0) and natural[0] > natural[1]
+    assert loader.mixture_weights(tfds_dir(prepared_run), ["stdlib_code", "stdlib_docs"], [1.0, 3.0]) == pytest.approx([0.25, 0.75])
