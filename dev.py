@@ -50,6 +50,7 @@ def main(argv: list[str]) -> int:
     env = dict(os.environ)
     env.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+    env.setdefault("JAX_PLATFORMS", "cpu")
     if argv[0] == "demo":
         cmd = [str(BIN / "jaxtrain"), "run", "--config", "demo", *argv[1:]]
     else:

@@ -7,6 +7,7 @@ os.environ["XLA_FLAGS"] = (
     + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")  # libtpu may be installed (AOT tests); never probe for a TPU
 
 import pathlib  # noqa: E402
 import shutil  # noqa: E402

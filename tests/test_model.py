@@ -48,9 +48,7 @@ def _forward_from_embeddings(model: Transformer, x_BxLxD):
     segments = jnp.ones((B, L), jnp.int32)
     if model.pos_embed_LxD is not None:
         x_BxLxD = x_BxLxD + model.pos_embed_LxD[...][positions]
-    for block in model.blocks:
-        x_BxLxD = block(x_BxLxD, positions, segments)
-    return model.final_norm(x_BxLxD)
+    return model.final_norm(model.apply_blocks(x_BxLxD, positions, segments))
 
 
 def test_packed_documents_do_not_see_each_other():

@@ -72,10 +72,10 @@ def test_sharded_step_matches_single_device(shape):
 
 def test_parameters_are_actually_sharded():
     state, _, _ = _setup({"data": 2, "fsdp": 2, "tensor": 2}, jax.devices())
-    w = state.params["blocks"][0]["mlp"]["w_in_DxF"]
-    assert w.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-    assert w.addressable_shards[0].data.shape == (CFG.embed_dim // 2, CFG.mlp_dim // 2)
-    mu = state.opt_state[1][0].mu["blocks"][0]["mlp"]["w_in_DxF"]
+    w = state.params["blocks"]["mlp"]["w_in_DxF"]
+    assert w.sharding.spec == jax.sharding.PartitionSpec(None, "fsdp", "tensor")
+    assert w.addressable_shards[0].data.shape == (CFG.num_layers, CFG.embed_dim // 2, CFG.mlp_dim // 2)
+    mu = state.opt_state[1][0].mu["blocks"]["mlp"]["w_in_DxF"]
     assert mu.sharding.spec == w.sharding.spec
 
 

@@ -1,13 +1,29 @@
-"""Attention kernels. All take packed-document segment ids and are causal.
+"""Attention implementations, chosen by name; all causal and packed-document aware.
 
-The XLA reference materializes the L x L scores; it is the numerical ground
-truth that faster kernels are checked against.
+  xla     the reference: materializes the L x L scores. Numerical ground truth.
+  jax     `jax.nn.dot_product_attention`: cuDNN flash attention on NVIDIA GPUs, XLA elsewhere.
+  splash  Pallas splash attention (TPU). Runs on CPU in Pallas interpret mode for tests.
+  auto    splash on TPU, jax on GPU, xla on CPU.
 """
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
+from jax.sharding import PartitionSpec
+
+from jaxtrain.parallel.constraints import active_mesh_and_rules, logical_to_spec
+
+IMPLEMENTATIONS = ("auto", "xla", "jax", "splash")
+
+
+def resolve(name: str, platform: str | None = None) -> str:
+    if name != "auto":
+        return name
+    platform = platform or jax.default_backend()
+    return {"tpu": "splash", "gpu": "jax", "cuda": "jax", "rocm": "jax"}.get(platform, "xla")
 
 
 def attention_mask(segment_ids_BxL: jax.Array) -> jax.Array:
@@ -18,17 +34,72 @@ def attention_mask(segment_ids_BxL: jax.Array) -> jax.Array:
     return same_doc_BxLxL & causal_LxL[None]
 
 
-def dot_product_attention(
-    q_BxLxHxK: jax.Array, k_BxLxGxK: jax.Array, v_BxLxGxK: jax.Array, segment_ids_BxL: jax.Array
-) -> jax.Array:
+def xla_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL) -> jax.Array:
     """Grouped-query attention: H query heads share G key/value heads (H % G == 0)."""
     B, L, H, K = q_BxLxHxK.shape
     G = k_BxLxGxK.shape[2]
     q_BxLxGxRxK = q_BxLxHxK.reshape(B, L, G, H // G, K)
     scores = jnp.einsum("blgrk,bmgk->bgrlm", q_BxLxGxRxK, k_BxLxGxK).astype(jnp.float32)
-    scores = scores * (K ** -0.5)
+    scores = scores * (K**-0.5)
     mask_Bx1x1xLxL = attention_mask(segment_ids_BxL)[:, None, None]
     scores = jnp.where(mask_Bx1x1xLxL, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_BxLxGxK.dtype)
     out = jnp.einsum("bgrlm,bmgk->blgrk", probs, v_BxLxGxK)
     return out.reshape(B, L, H, K)
+
+
+def jax_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL) -> jax.Array:
+    mask_Bx1xLxL = attention_mask(segment_ids_BxL)[:, None]
+    return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, mask=mask_Bx1xLxL)
+
+
+def _splash_local(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL, *, interpret: bool) -> jax.Array:
+    """Splash on one device's shard: vmapped over batch, GQA by repeating K/V heads."""
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
+    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
+
+    B, L, H, K = q_BxLxHxK.shape
+    G = k_BxLxGxK.shape[2]
+    q = jnp.transpose(q_BxLxHxK * (K**-0.5), (0, 2, 1, 3))  # splash does not scale
+    k = jnp.repeat(jnp.transpose(k_BxLxGxK, (0, 2, 1, 3)), H // G, axis=1)
+    v = jnp.repeat(jnp.transpose(v_BxLxGxK, (0, 2, 1, 3)), H // G, axis=1)
+    block = min(512, L)
+    sizes = splash.BlockSizes(
+        block_q=block, block_kv=block, block_kv_compute=block,
+        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
+        block_q_dq=block, block_kv_dq=block,
+    )
+    mask = masks.MultiHeadMask([masks.CausalMask((L, L)) for _ in range(H)])
+    kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
+    segments = splash.SegmentIds(q=segment_ids_BxL, kv=segment_ids_BxL)
+    out_BxHxLxK = jax.vmap(kernel)(q, k, v, segment_ids=segments)
+    return jnp.transpose(out_BxHxLxK, (0, 2, 1, 3)).astype(q_BxLxHxK.dtype)
+
+
+def splash_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL, *, interpret: bool = False) -> jax.Array:
+    """Pallas kernels are not partitioned by XLA: under a mesh, run per shard with shard_map."""
+    local = functools.partial(_splash_local, interpret=interpret)
+    active = active_mesh_and_rules()
+    if active is None:
+        return local(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL)
+    mesh, rules = active
+    qkv_spec = logical_to_spec(("batch", "length", "heads", "head_dim"), rules)
+    kv_spec = logical_to_spec(("batch", "length", "kv_heads", "head_dim"), rules)
+    seg_spec = PartitionSpec(qkv_spec[0], None)
+    return jax.shard_map(
+        local, mesh=mesh, in_specs=(qkv_spec, kv_spec, kv_spec, seg_spec), out_specs=qkv_spec, check_vma=False
+    )(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL)
+
+
+def dot_product_attention(
+    q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL, implementation: str = "xla", interpret: bool = False
+) -> jax.Array:
+    impl = resolve(implementation)
+    if impl == "xla":
+        return xla_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL)
+    if impl == "jax":
+        return jax_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL)
+    if impl == "splash":
+        return splash_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL, interpret=interpret)
+    raise ValueError(f"attention implementation {implementation!r}: choose one of {IMPLEMENTATIONS}")
+

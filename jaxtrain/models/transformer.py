@@ -23,6 +23,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jaxtrain.models.attention import dot_product_attention
+from jaxtrain.models.remat import remat_policy
 from jaxtrain.parallel.constraints import constrain
 
 Array = jax.Array
@@ -46,10 +47,15 @@ class ModelConfig:
     norm_eps: float = 1e-6
     mlp: Literal["swiglu", "gelu"] = "swiglu"
     qk_norm: bool = False
+    use_bias: bool = False  # biases on attention and MLP projections (GPT-2)
     tie_embeddings: bool = False
     init_std: float = 0.02
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # master weights
+    attention: Literal["auto", "xla", "jax", "splash"] = "auto"
+    attention_interpret: bool = False  # Pallas interpret mode (tests on CPU)
+    scan_layers: bool = True  # one compiled layer body under lax.scan: flat compile time in depth
+    remat: Literal["none", "full", "save_dots", "offload_dots"] = "none"
 
     @property
     def resolved_head_dim(self) -> int:
@@ -113,6 +119,13 @@ class Attention(nnx.Module):
         # Output projection scaled down with depth (GPT-2 / OLMo residual init).
         out_std = std / math.sqrt(2 * cfg.num_layers)
         self.wo_HxKxD = _param(rngs, (H, K, D), ("heads", "head_dim", "embed"), out_std, pdt)
+        if cfg.use_bias:
+            self.bq_HxK = _zeros((H, K), ("heads", "head_dim"), pdt)
+            self.bk_GxK = _zeros((G, K), ("kv_heads", "head_dim"), pdt)
+            self.bv_GxK = _zeros((G, K), ("kv_heads", "head_dim"), pdt)
+            self.bo_D = _zeros((D,), ("norm",), pdt)
+        else:
+            self.bq_HxK = self.bk_GxK = self.bv_GxK = self.bo_D = None
         if cfg.qk_norm:
             self.q_norm = Norm(K, "rmsnorm", cfg.norm_eps, pdt)
             self.k_norm = Norm(K, "rmsnorm", cfg.norm_eps, pdt)
@@ -125,14 +138,22 @@ class Attention(nnx.Module):
         q = jnp.einsum("bld,dhk->blhk", x_BxLxD, self.wq_DxHxK[...].astype(dt))
         k = jnp.einsum("bld,dgk->blgk", x_BxLxD, self.wk_DxGxK[...].astype(dt))
         v = jnp.einsum("bld,dgk->blgk", x_BxLxD, self.wv_DxGxK[...].astype(dt))
+        if self.bq_HxK is not None:
+            q = q + self.bq_HxK[...].astype(dt)
+            k = k + self.bk_GxK[...].astype(dt)
+            v = v + self.bv_GxK[...].astype(dt)
         q = constrain(q, ("batch", "length", "heads", "head_dim"))
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if cfg.pos_embedding == "rope":
             q = rope(q, positions_BxL, cfg.rope_theta)
             k = rope(k, positions_BxL, cfg.rope_theta)
-        out_BxLxHxK = dot_product_attention(q, k, v, segment_ids_BxL)
+        out_BxLxHxK = dot_product_attention(
+            q, k, v, segment_ids_BxL, implementation=cfg.attention, interpret=cfg.attention_interpret
+        )
         out = jnp.einsum("blhk,hkd->bld", out_BxLxHxK, self.wo_HxKxD[...].astype(dt))
+        if self.bo_D is not None:
+            out = out + self.bo_D[...].astype(dt)
         return constrain(out, ("batch", "length", "embed"))
 
 
@@ -145,16 +166,23 @@ class Mlp(nnx.Module):
         self.w_gate_DxF = _param(rngs, (D, F), ("embed", "mlp"), cfg.init_std, pdt) if cfg.mlp == "swiglu" else None
         out_std = cfg.init_std / math.sqrt(2 * cfg.num_layers)
         self.w_out_FxD = _param(rngs, (F, D), ("mlp", "embed"), out_std, pdt)
+        self.b_in_F = _zeros((F,), ("mlp",), pdt) if cfg.use_bias else None
+        self.b_out_D = _zeros((D,), ("norm",), pdt) if cfg.use_bias else None
 
     def __call__(self, x_BxLxD: Array) -> Array:
         dt = x_BxLxD.dtype
         h_BxLxF = x_BxLxD @ self.w_in_DxF[...].astype(dt)
+        if self.b_in_F is not None:
+            h_BxLxF = h_BxLxF + self.b_in_F[...].astype(dt)
         if self.w_gate_DxF is not None:
             h_BxLxF = jax.nn.silu(x_BxLxD @ self.w_gate_DxF[...].astype(dt)) * h_BxLxF
         else:
             h_BxLxF = jax.nn.gelu(h_BxLxF)
         h_BxLxF = constrain(h_BxLxF, ("batch", "length", "mlp"))
-        return constrain(h_BxLxF @ self.w_out_FxD[...].astype(dt), ("batch", "length", "embed"))
+        out_BxLxD = h_BxLxF @ self.w_out_FxD[...].astype(dt)
+        if self.b_out_D is not None:
+            out_BxLxD = out_BxLxD + self.b_out_D[...].astype(dt)
+        return constrain(out_BxLxD, ("batch", "length", "embed"))
 
 
 class Block(nnx.Module):
@@ -181,7 +209,14 @@ class Transformer(nnx.Module):
             self.pos_embed_LxD = _param(rngs, (cfg.max_seq_len, cfg.embed_dim), (None, "embed"), cfg.init_std, pdt)
         else:
             self.pos_embed_LxD = None
-        self.blocks = nnx.List([Block(cfg, rngs) for _ in range(cfg.num_layers)])
+        # Layers are stored stacked (leading "layers" axis) whether or not they are scanned,
+        # so scan_layers and remat are pure execution choices with identical parameters.
+        @nnx.split_rngs(splits=cfg.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0)
+        def make_blocks(block_rngs: nnx.Rngs) -> Block:
+            return Block(cfg, block_rngs)
+
+        self.blocks = make_blocks(rngs)
         self.final_norm = Norm(cfg.embed_dim, cfg.norm, cfg.norm_eps, pdt)
         if cfg.tie_embeddings:
             self.head_DxV = None
@@ -209,12 +244,28 @@ class Transformer(nnx.Module):
         if self.pos_embed_LxD is not None:
             x_BxLxD = x_BxLxD + jnp.take(self.pos_embed_LxD[...], positions_BxL, axis=0).astype(dt)
         x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"))
-        for block in self.blocks:
-            x_BxLxD = block(x_BxLxD, positions_BxL, segment_ids_BxL)
+        x_BxLxD = self.apply_blocks(x_BxLxD, positions_BxL, segment_ids_BxL)
         x_BxLxD = self.final_norm(x_BxLxD).astype(jnp.float32)
         head_DxV = self.embed_VxD[...].T if self.head_DxV is None else self.head_DxV[...]
         logits_BxLxV = x_BxLxD @ head_DxV.astype(jnp.float32)
         return constrain(logits_BxLxV, ("batch", "length", "vocab"))
+
+
+    def apply_blocks(self, x_BxLxD: Array, positions_BxL: Array, segment_ids_BxL: Array) -> Array:
+        graphdef, stacked = nnx.split(self.blocks)
+
+        def layer(x: Array, layer_state) -> tuple[Array, None]:
+            return nnx.merge(graphdef, layer_state)(x, positions_BxL, segment_ids_BxL), None
+
+        policy = remat_policy(self.cfg.remat)
+        if policy is not None:
+            layer = jax.checkpoint(layer, policy=policy, prevent_cse=not self.cfg.scan_layers)
+        if self.cfg.scan_layers:
+            x_BxLxD, _ = jax.lax.scan(layer, x_BxLxD, stacked)
+        else:
+            for i in range(self.cfg.num_layers):
+                x_BxLxD, _ = layer(x_BxLxD, jax.tree.map(lambda a: a[i], stacked))
+        return x_BxLxD
 
 
 def count_params(params: nnx.Module | nnx.State | dict, exclude_embeddings: bool = False) -> int:

@@ -39,6 +39,10 @@ def activation_sharding(mesh: Mesh, rules: dict) -> Iterator[None]:
         _ACTIVE.reset(token)
 
 
+def active_mesh_and_rules() -> tuple[Mesh, dict] | None:
+    return _ACTIVE.get()
+
+
 def constrain(x: jax.Array, axes: Sequence[str | None]) -> jax.Array:
     active = _ACTIVE.get()
     if active is None:

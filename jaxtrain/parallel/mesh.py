@@ -29,6 +29,7 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
     "mlp": "tensor",
     "vocab": "tensor",
     "norm": None,
+    "layers": None,
 }
 
 
@@ -75,10 +76,13 @@ def logical_axes(state: nnx.State) -> dict:
     out: dict = {}
     for path, var in nnx.to_flat_state(state):
         axes = var.get_metadata().get("logical_axes")
+        axes = tuple(axes) if axes is not None else (None,) * len(var.shape)
+        if len(axes) == len(var.shape) - 1:  # stacked layers (nnx.vmap) add a leading axis
+            axes = ("layers", *axes)
         node = out
         for key in path[:-1]:
             node = node.setdefault(key, {})
-        node[path[-1]] = tuple(axes) if axes is not None else (None,) * len(var.shape)
+        node[path[-1]] = axes
     return out
 
 

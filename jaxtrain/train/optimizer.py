@@ -31,11 +31,15 @@ def lr_schedule(cfg: OptimizerConfig, total_steps: int) -> optax.Schedule:
 
 
 def decay_mask(params) -> object:
-    """No weight decay on embeddings, norms or any vector (OLMo / PaLM practice)."""
+    """Decay weight matrices only: not embeddings, norms or biases (OLMo / PaLM practice).
+
+    Decided by parameter name (`w*` projections and the untied output head), not by
+    rank, because stacked layers give norm scales a leading layer axis.
+    """
 
     def keep(path, leaf) -> bool:
-        name = jax.tree_util.keystr(path)
-        return leaf.ndim >= 2 and "embed_VxD" not in name and "pos_embed" not in name
+        name = str(getattr(path[-1], "key", path[-1]))
+        return name.startswith("w") or name == "head_DxV"
 
     return jax.tree_util.tree_map_with_path(keep, params)
 
