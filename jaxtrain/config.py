@@ -66,17 +66,19 @@ class TokenizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class MeshConfig:
+    dcn: int = 1  # data parallel across slices (multislice)
     data: int = -1
     fsdp: int = 1
     tensor: int = 1
 
     def shape(self) -> dict[str, int]:
-        return {"data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+        return {"dcn": self.dcn, "data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
 
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     batch_size: int = 16  # global, in sequences
+    microbatches: int = 1  # gradient accumulation: the batch is processed in this many slices
     steps: int = 300
     log_every: int = 10
     z_loss: float = 0.0
@@ -325,6 +327,11 @@ def validate(cfg: RunConfig, num_devices: int | None = None) -> None:
     _check(t.steps > 0, f"train.steps: must be positive, got {t.steps}.")
     _check(t.batch_size > 0, f"train.batch_size: must be positive, got {t.batch_size}.")
     _check(t.log_every > 0, f"train.log_every: must be positive, got {t.log_every}.")
+    _check(t.microbatches > 0, f"train.microbatches: must be positive, got {t.microbatches}.")
+    _check(
+        t.batch_size % t.microbatches == 0,
+        f"train.microbatches: {t.microbatches} must divide train.batch_size={t.batch_size}.",
+    )
     _check(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps: must be positive.")
     _check(cfg.checkpoint.keep > 0, "checkpoint.keep: must be positive.")
     _check(cfg.eval.every_steps > 0, "eval.every_steps: must be positive.")
@@ -347,11 +354,16 @@ def validate(cfg: RunConfig, num_devices: int | None = None) -> None:
             shape = resolve_mesh_shape(mesh.shape(), num_devices)
         except MeshError as e:
             raise ConfigError(str(e)) from e
-        dp = shape["data"] * shape["fsdp"]
+        dp = shape["dcn"] * shape["data"] * shape["fsdp"]
         _check(
             t.batch_size % dp == 0,
             f"train.batch_size: {t.batch_size} is not divisible by the data-parallel size "
-            f"{dp} (mesh.data={shape['data']} x mesh.fsdp={shape['fsdp']}); use a multiple of {dp}.",
+            f"{dp} (mesh.dcn={shape['dcn']} x mesh.data={shape['data']} x mesh.fsdp={shape['fsdp']}); "
+            f"use a multiple of {dp}.",
+        )
+        _check(
+            (t.batch_size // dp) % t.microbatches == 0,
+            f"train.microbatches: {t.microbatches} must divide the per-replica batch {t.batch_size // dp}.",
         )
         for name, dim in (("embed_dim", m.embed_dim),):
             _check(dim % shape["fsdp"] == 0, f"model.{name}: {dim} must be divisible by mesh.fsdp={shape['fsdp']}.")

@@ -1,3 +1,5 @@
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -22,14 +24,14 @@ def _batch(seed: int = 0, B: int = 8, L: int = 32) -> dict:
             "positions": positions, "loss_mask": np.ones((B, L), np.float32)}
 
 
-def _setup(mesh_shape: dict, devices, lr: float = 1e-2):
+def _setup(mesh_shape: dict, devices, lr: float = 1e-2, cfg: ModelConfig = CFG, microbatches: int = 1):
     mesh = mesh_lib.make_mesh(mesh_shape, devices)
-    spec = state_lib.model_spec(CFG)
+    spec = state_lib.model_spec(cfg)
     tx = make_optimizer(OptimizerConfig(learning_rate=lr, warmup_steps=0), 100)
     shardings = state_lib.state_shardings(spec, tx, mesh)
-    state = state_lib.init_state(CFG, tx, shardings, seed=0)
+    state = state_lib.init_state(cfg, tx, shardings, seed=0)
     step = jax.jit(
-        make_train_step(make_forward(spec.graphdef, mesh, mesh_lib.RULES), tx),
+        make_train_step(make_forward(spec.graphdef, mesh, mesh_lib.RULES), tx, microbatches=microbatches),
         in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
         donate_argnums=0,
     )
@@ -53,14 +55,34 @@ def test_loss_drops_on_a_fixed_batch():
         {"data": 1, "fsdp": 8, "tensor": 1},
         {"data": 1, "fsdp": 4, "tensor": 2},
         {"data": 2, "fsdp": 2, "tensor": 2},
+        {"dcn": 2, "data": 1, "fsdp": 2, "tensor": 2},
     ],
-    ids=["data8", "fsdp8", "fsdp4xtensor2", "2x2x2"],
+    ids=["data8", "fsdp8", "fsdp4xtensor2", "2x2x2", "multislice2x(fsdp2xtensor2)"],
 )
 def test_sharded_step_matches_single_device(shape):
+    _assert_same_training({"data": 1}, jax.devices()[:1], {}, shape, jax.devices(), {})
+
+
+@pytest.mark.parametrize(
+    "variant",
+    [
+        {"cfg": dataclasses.replace(CFG, scan_layers=False)},
+        {"cfg": dataclasses.replace(CFG, remat="full")},
+        {"cfg": dataclasses.replace(CFG, remat="save_dots", scan_layers=False)},
+        {"microbatches": 2},
+    ],
+    ids=["unrolled", "remat-full", "remat-save_dots-unrolled", "grad-accum-2"],
+)
+def test_execution_choices_change_nothing_numerically(variant):
+    mesh = {"data": 2, "fsdp": 2, "tensor": 2}
+    _assert_same_training(mesh, jax.devices(), {}, mesh, jax.devices(), variant)
+
+
+def _assert_same_training(ref_mesh, ref_devices, ref_kw, mesh_shape, devices, kw):
     batch = _batch(1)
-    ref_state, ref_step, _ = _setup({"data": 1, "fsdp": 1, "tensor": 1}, jax.devices()[:1])
-    state, step, mesh = _setup(shape, jax.devices())
-    assert len(mesh.devices.flat) == 8
+    ref_state, ref_step, _ = _setup(ref_mesh, ref_devices, **ref_kw)
+    state, step, mesh = _setup(mesh_shape, devices, **kw)
+    assert len(mesh.devices.flat) == len(devices)
     for _ in range(3):
         ref_state, ref_metrics = ref_step(ref_state, batch)
         state, metrics = step(state, batch)
@@ -82,4 +104,4 @@ def test_parameters_are_actually_sharded():
 def test_mesh_mismatch_is_a_clear_error():
     with pytest.raises(mesh_lib.MeshError, match="needs 12 devices but 8"):
         mesh_lib.make_mesh({"data": 3, "fsdp": 2, "tensor": 2})
-    assert dict(mesh_lib.make_mesh({"data": -1, "fsdp": 2, "tensor": 2}).shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    assert dict(mesh_lib.make_mesh({"data": -1, "fsdp": 2, "tensor": 2}).shape) == {"dcn": 1, "data": 2, "fsdp": 2, "tensor": 2}

@@ -2,7 +2,9 @@
 
 `RULES` is the one table mapping logical names to mesh axes. Batch is split
 over every data-like axis; FSDP shards the embedding dimension of weights (and
-the batch); tensor parallelism splits heads, MLP width and vocabulary.
+the batch); tensor parallelism splits heads, MLP width and vocabulary. `dcn`
+is data parallelism across TPU slices (multislice): only gradients cross the
+slower data-center network, once per step.
 """
 
 from __future__ import annotations
@@ -17,10 +19,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtrain.parallel.constraints import logical_to_spec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("dcn", "data", "fsdp", "tensor")
 
 RULES: dict[str, str | tuple[str, ...] | None] = {
-    "batch": ("data", "fsdp"),
+    "batch": ("dcn", "data", "fsdp"),
     "length": None,
     "embed": "fsdp",
     "heads": "tensor",
@@ -60,13 +62,22 @@ def resolve_mesh_shape(shape: dict[str, int], num_devices: int) -> dict[str, int
 
 def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
     devices = list(devices if devices is not None else jax.devices())
-    resolved = resolve_mesh_shape(shape, len(devices))
+    resolved = resolve_mesh_shape({a: shape.get(a, 1) for a in MESH_AXES}, len(devices))
     dims = tuple(resolved[a] for a in MESH_AXES)
+    num_slices = len({getattr(d, "slice_index", 0) for d in devices})
+    if num_slices > 1:
+        if resolved["dcn"] != num_slices:
+            raise MeshError(f"mesh.dcn: {resolved['dcn']} but the devices span {num_slices} slices; set mesh.dcn={num_slices}.")
+        from jax.experimental import mesh_utils
+
+        ici = (1, *dims[1:])
+        dcn = (num_slices, 1, 1, 1)
+        return Mesh(mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices), MESH_AXES)
     try:
         from jax.experimental import mesh_utils
 
         device_grid = mesh_utils.create_device_mesh(dims, devices=devices)
-    except Exception:  # non-TPU topologies without a physical layout: keep given order
+    except Exception:  # no physical topology (simulated CPU devices): keep the given order
         device_grid = np.asarray(devices).reshape(dims)
     return Mesh(device_grid, MESH_AXES)
 

@@ -80,7 +80,7 @@ def build_session(cfg: RunConfig, run_dir: pathlib.Path, devices: list | None = 
     forward = make_forward(spec.graphdef, mesh, mesh_lib.RULES)
     replicated = mesh_lib.replicated(mesh)
     train_step = jax.jit(
-        make_train_step(forward, tx, cfg.train.z_loss),
+        make_train_step(forward, tx, cfg.train.z_loss, cfg.train.microbatches),
         in_shardings=(shardings, batch_sharding),
         out_shardings=(shardings, replicated),
         donate_argnums=0,

@@ -56,15 +56,45 @@ def make_forward(graphdef: nnx.GraphDef, mesh: Mesh | None, rules: dict | None) 
 
 
 def make_train_step(
-    forward: Callable, tx: optax.GradientTransformation, z_loss: float = 0.0
+    forward: Callable, tx: optax.GradientTransformation, z_loss: float = 0.0, microbatches: int = 1
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    def loss_fn(params: Any, batch: Batch):
+    """With microbatches > 1, gradients are accumulated over slices of the batch.
+
+    The loss is a token-weighted mean over the whole batch either way: slices
+    contribute summed losses and token counts, normalized once at the end, so
+    accumulation changes memory, not the update.
+    """
+
+    def loss_sum_fn(params: Any, batch: Batch):
         logits = forward(params, batch)
-        loss_sum, count = cross_entropy(logits, batch["targets"], batch["loss_mask"], z_loss)
-        return loss_sum / jnp.maximum(count, 1.0), count
+        return cross_entropy(logits, batch["targets"], batch["loss_mask"], z_loss)
+
+    grad_fn = jax.value_and_grad(loss_sum_fn, has_aux=True)
+
+    def accumulate(params: Any, batch: Batch):
+        if microbatches == 1:
+            return grad_fn(params, batch)
+        # Row r of the batch goes to microbatch r % M: every data-parallel shard keeps
+        # an equal share of each microbatch, so the split moves no data between devices.
+        def split(x):
+            return jnp.swapaxes(x.reshape(x.shape[0] // microbatches, microbatches, *x.shape[1:]), 0, 1)
+
+        micro = jax.tree.map(split, batch)
+
+        def body(carry, mb):
+            (loss_acc, count_acc), grads_acc = carry
+            (loss, count), grads = grad_fn(params, mb)
+            return ((loss_acc + loss, count_acc + count), jax.tree.map(jnp.add, grads_acc, grads)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        (sums, grads), _ = jax.lax.scan(body, ((0.0, 0.0), zeros), micro)
+        return sums, grads
 
     def train_step(state: TrainState, batch: Batch) -> tuple[TrainState, Metrics]:
-        (loss, count), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, batch)
+        (loss_sum, count), grads = accumulate(state.params, batch)
+        denom = jnp.maximum(count, 1.0)
+        loss = loss_sum / denom
+        grads = jax.tree.map(lambda g: g / denom, grads)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": count}

@@ -1,0 +1,1 @@
+"""FLOPs and parameter accounting, compute-optimal planning."""
