@@ -7,6 +7,7 @@
     jaxtrain train    --config demo            train (resumes from the latest checkpoint)
     jaxtrain eval     --run-dir runs/demo      held-out loss of a checkpoint
     jaxtrain sample   --run-dir runs/demo --prompt "def "
+    jaxtrain compile  --config llama-1b --topology v5p-8   AOT compile for a TPU slice: fits in HBM?
 
 Overrides are trailing `key=value` pairs: `jaxtrain train --config tiny model.num_layers=4`.
 """
@@ -148,6 +149,16 @@ def cmd_run(args) -> None:
     print(f"[result] run directory: {run_dir} | total time {time.perf_counter() - start:.0f}s")
 
 
+def cmd_compile(args) -> int:
+    """AOT-compile the train step for a TPU topology and report HBM use and FLOPs."""
+    from jaxtrain.parallel.aot import compile_for_topology
+
+    cfg, _ = _resolve(args)
+    report = compile_for_topology(cfg, args.topology, num_slices=args.num_slices)
+    print(report.render())
+    return 0 if report.fits else 3
+
+
 def _check_devices(cfg) -> None:
     import jax
 
@@ -178,6 +189,10 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = add(name, fn, text)
         p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this invocation")
+    p = add("compile", cmd_compile, "AOT-compile the train step for a TPU topology (needs the [tpu] extra): "
+            "HBM per chip, FLOPs per step, fits or not")
+    p.add_argument("--topology", required=True, help="accelerator type (v5e-8, v5p-128, v4-32, v6e-16) or v5e:2x4")
+    p.add_argument("--num-slices", type=int, default=1, help="multislice: number of slices (set mesh.dcn to match)")
     p = add("eval", cmd_eval, "held-out loss of a checkpoint, with the unigram baseline")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p = add("sample", cmd_sample, "generate text from a checkpoint")
@@ -195,14 +210,14 @@ def main(argv: list[str] | None = None) -> int:
     from jaxtrain.config import ConfigError
 
     try:
-        args.fn(args)
+        code = args.fn(args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    return 0
+    return code or 0
 
 
 if __name__ == "__main__":

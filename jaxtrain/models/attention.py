@@ -94,7 +94,9 @@ def splash_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL, *, interp
 def dot_product_attention(
     q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL, implementation: str = "xla", interpret: bool = False
 ) -> jax.Array:
-    impl = resolve(implementation)
+    active = active_mesh_and_rules()
+    platform = active[0].devices.flat[0].platform if active else None  # AOT: the target, not the host
+    impl = resolve(implementation, platform)
     if impl == "xla":
         return xla_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL)
     if impl == "jax":

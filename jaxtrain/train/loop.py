@@ -21,6 +21,7 @@ from jaxtrain.data import loader, prepare
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.evaluate import evaluation
 from jaxtrain.parallel import mesh as mesh_lib
+from jaxtrain.scaling import flops
 from jaxtrain.train import checkpoint as ckpt_lib
 from jaxtrain.train import state as state_lib
 from jaxtrain.train.optimizer import make_optimizer
@@ -140,19 +141,24 @@ def train(cfg: RunConfig, run_dir: str | pathlib.Path, *, max_steps_this_run: in
     else:
         state = state_lib.init_state(cfg.model, session.tx, session.shardings, cfg.train.seed)
         log("[train] no checkpoint found: starting from step 0")
+    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
+    n_chips = len(session.mesh.devices.flat)
+    flops_per_tok = flops.flops_per_token(cfg.model, cfg.data.seq_len, causal=True)
+    peak = flops.peak_flops(session.mesh.devices.flat[0].device_kind)
     start_step = int(jax.device_get(state.step))
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
     log(
-        f"[train] model {n_params / 1e6:.2f}M params | mesh {dict(session.mesh.shape)} on {len(session.mesh.devices.flat)} "
+        f"[train] model {n_params / 1e6:.2f}M params | mesh {dict(session.mesh.shape)} on {n_chips} "
         f"{jax.devices()[0].platform} devices | batch {cfg.train.batch_size}x{cfg.data.seq_len} | "
         f"mixture {dict(zip(session.sources, (round(w, 3) for w in weights)))}"
     )
+    peak_text = f"{peak / 1e12:.0f} TFLOP/s/chip" if peak else f"unknown for {session.mesh.devices.flat[0].device_kind!r}, MFU n/a"
+    log(f"[train] {flops_per_tok / 1e6:.1f} MFLOPs/token (6N + causal attention); peak {peak_text}")
     metrics_log = MetricsLog(run_dir / "metrics.jsonl")
     total = cfg.train.steps
     end_step = total if max_steps_this_run is None else min(total, start_step + max_steps_this_run)
     if start_step >= total:
         log(f"[train] already at step {start_step} of {total}: nothing to train.")
-    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
 
     def save(step: int, force: bool = False) -> None:
         meta = {"step": step, "tokenizer_fingerprint": fingerprint, "tokens_seen": step * tokens_per_step, "config": to_dict(cfg)}
@@ -177,15 +183,18 @@ def train(cfg: RunConfig, run_dir: str | pathlib.Path, *, max_steps_this_run: in
             elapsed = time.perf_counter() - window_start
             step_time = elapsed / window_steps
             tok_s = tokens_per_step / step_time
+            util = flops.mfu(flops_per_tok, tok_s, n_chips, peak)
             eta = (total - done) * step_time
             bar = _bar(done / total)
             log(
                 f"step {done:>6}/{total} {bar} loss {float(metrics['loss']):.4f} | gnorm {float(metrics['grad_norm']):.3f} "
-                f"| {tok_s:,.0f} tok/s | {step_time * 1000:.0f} ms/step | eta {format_duration(eta)}"
+                f"| {tok_s:,.0f} tok/s | {tok_s / n_chips:,.0f} tok/s/chip | MFU {'n/a' if util is None else f'{util:.1%}'} "
+                f"| {step_time * 1000:.0f} ms/step | eta {format_duration(eta)}"
             )
             metrics_log.write(
                 {"step": done, "loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
-                 "tokens_per_s": tok_s, "step_time_s": step_time, "time": time.time()}
+                 "tokens_per_s": tok_s, "tokens_per_s_per_chip": tok_s / n_chips, "mfu": util,
+                 "step_time_s": step_time, "time": time.time()}
             )
             window_start, window_steps = time.perf_counter(), 0
         if done % cfg.eval.every_steps == 0 or done == total:

@@ -1,0 +1,129 @@
+"""Ahead-of-time compilation of the real train step for a TPU topology, from any machine.
+
+With libtpu installed (`pip install -e .[tpu]`), `jax.experimental.topologies`
+describes a slice's devices without owning one; the train step is lowered
+with abstract (shape-only) state and batch on a mesh of those devices and
+compiled by the TPU compiler. The report says whether it fits in HBM and how
+many FLOPs a step costs, before anyone rents the slice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import pathlib
+import re
+
+import jax
+import jax.numpy as jnp
+
+from jaxtrain.config import ConfigError, RunConfig
+from jaxtrain.scaling import flops
+
+GENERATIONS = {"v4": "v4", "v5p": "v5p", "v5e": "v5e", "v5litepod": "v5e", "v6e": "v6e"}
+_CORES_PER_CHIP = {"v4": 2, "v5p": 2, "v5e": 1, "v6e": 1}  # in accelerator-type names (v5p-128 = 64 chips)
+
+
+def topology_name(accelerator: str) -> tuple[str, str]:
+    """'v5p-128' -> ('v5p', 'v5p:4x4x4'); 'v5e:2x4' passes through. Raises ConfigError on unknown names."""
+    explicit = re.fullmatch(r"(v4|v5p|v5e|v6e):(\d+(?:x\d+){1,2})", accelerator)
+    if explicit:
+        return explicit.group(1), accelerator
+    match = re.fullmatch(r"(v4|v5p|v5e|v5litepod|v6e)-(\d+)", accelerator)
+    if not match:
+        raise ConfigError(
+            f"--topology {accelerator!r}: expected an accelerator type like v5e-8, v5p-128, v4-32, v6e-16 "
+            "or an explicit topology like v5e:2x4."
+        )
+    gen = GENERATIONS[match.group(1)]
+    chips = int(match.group(2)) // _CORES_PER_CHIP[gen]
+    if chips < 1 or chips & (chips - 1):
+        raise ConfigError(f"--topology {accelerator!r}: {chips} chips is not a power of two.")
+    if gen in ("v4", "v5p"):  # 3D torus from 2x2x1: double the smallest axis, the last one on ties
+        dims = [2, 2, 1] if chips >= 4 else [chips, 1, 1]
+        while math.prod(dims) < chips:
+            dims[max(i for i in range(3) if dims[i] == min(dims))] *= 2
+        return gen, f"{gen}:{'x'.join(map(str, dims))}"
+    x = 1 << (int(math.log2(chips)) // 2)
+    return gen, f"{gen}:{x}x{chips // x}"
+
+
+@dataclasses.dataclass
+class CompileReport:
+    topology: str
+    device_kind: str
+    num_chips: int
+    hbm_per_chip: int
+    bytes_per_chip: int
+    arguments_bytes: int
+    temp_bytes: int
+    compiler_flops_per_chip: float
+    model_flops_per_step: float
+    compile_seconds: float
+
+    @property
+    def fits(self) -> bool:
+        return self.bytes_per_chip <= self.hbm_per_chip
+
+    def render(self) -> str:
+        return "\n".join(
+            [
+                f"topology        {self.topology} ({self.num_chips} x {self.device_kind})",
+                f"HBM per chip    {_size(self.bytes_per_chip)} of {_size(self.hbm_per_chip)} "
+                f"({self.bytes_per_chip / self.hbm_per_chip:.1%}) -> {'fits' if self.fits else 'DOES NOT FIT'}",
+                f"  state+batch   {_size(self.arguments_bytes)}   temporaries {_size(self.temp_bytes)}",
+                f"FLOPs per step  {self.model_flops_per_step:.3e} (model, 6N + causal attention); "
+                f"                compiler: {self.compiler_flops_per_chip:.3e} per chip (a scanned layer counted once)",
+                f"compile time    {self.compile_seconds:.1f}s",
+            ]
+        )
+
+
+def _size(n: float) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
+
+
+def compile_for_topology(cfg: RunConfig, accelerator: str, num_slices: int = 1) -> CompileReport:
+    import time
+
+    from jax.experimental import topologies
+
+    from jaxtrain.train.loop import build_session
+
+    gen, name = topology_name(accelerator)
+    kwargs = {"chip_config_name": "megacore"} if gen in ("v4", "v5p") else {}
+    if num_slices > 1:
+        kwargs["num_slices"] = num_slices
+    try:
+        devices = topologies.get_topology_desc(platform="tpu", topology_name=name, **kwargs).devices
+    except Exception as e:  # libtpu missing or topology unknown to it
+        raise RuntimeError(f"cannot describe TPU topology {name}: {e}. Install the extra: pip install -e '.[tpu]'") from e
+    session = build_session(cfg, pathlib.Path("/nonexistent-aot-run"), devices=list(devices))
+    L, B = cfg.data.seq_len, cfg.train.batch_size
+    batch = {
+        name_: jax.ShapeDtypeStruct((B, L), dtype, sharding=session.batch_sharding)
+        for name_, dtype in (
+            ("inputs", jnp.int32), ("targets", jnp.int32), ("segment_ids", jnp.int32),
+            ("positions", jnp.int32), ("loss_mask", jnp.float32),
+        )
+    }
+    start = time.perf_counter()
+    compiled = session.train_step.lower(session.abstract_state(), batch).compile()
+    seconds = time.perf_counter() - start
+    mem = compiled.memory_analysis()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+    used = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
+    used += mem.generated_code_size_in_bytes
+    return CompileReport(
+        topology=name if num_slices == 1 else f"{num_slices} x {name}",
+        device_kind=devices[0].device_kind,
+        num_chips=len(devices),
+        hbm_per_chip=flops.HBM_BYTES[gen],
+        bytes_per_chip=int(used),
+        arguments_bytes=int(mem.argument_size_in_bytes),
+        temp_bytes=int(mem.temp_size_in_bytes),
+        compiler_flops_per_chip=float(cost.get("flops", 0.0)),
+        model_flops_per_step=flops.flops_per_token(cfg.model, L) * B * L,
+        compile_seconds=seconds,
+    )
