@@ -60,10 +60,11 @@ class CompileReport:
     compiler_flops_per_chip: float
     model_flops_per_step: float
     compile_seconds: float
+    compiler_error: str | None = None  # the TPU compiler refused the program (out of HBM)
 
     @property
     def fits(self) -> bool:
-        return self.bytes_per_chip <= self.hbm_per_chip
+        return self.compiler_error is None and self.bytes_per_chip <= self.hbm_per_chip
 
     def render(self) -> str:
         return "\n".join(
@@ -72,10 +73,11 @@ class CompileReport:
                 f"HBM per chip    {_size(self.bytes_per_chip)} of {_size(self.hbm_per_chip)} "
                 f"({self.bytes_per_chip / self.hbm_per_chip:.1%}) -> {'fits' if self.fits else 'DOES NOT FIT'}",
                 f"  state+batch   {_size(self.arguments_bytes)}   temporaries {_size(self.temp_bytes)}",
-                f"FLOPs per step  {self.model_flops_per_step:.3e} (model, 6N + causal attention); "
+                f"FLOPs per step  {self.model_flops_per_step:.3e} (model, 6N + causal attention)",
                 f"                compiler: {self.compiler_flops_per_chip:.3e} per chip (a scanned layer counted once)",
                 f"compile time    {self.compile_seconds:.1f}s",
             ]
+            + ([f"compiler        {self.compiler_error}"] if self.compiler_error else [])
         )
 
 
@@ -107,23 +109,48 @@ def compile_for_topology(cfg: RunConfig, accelerator: str, num_slices: int = 1) 
             ("positions", jnp.int32), ("loss_mask", jnp.float32),
         )
     }
+    abstract_state = session.abstract_state()
+    arguments = _per_device_bytes(abstract_state) + _per_device_bytes(batch)
     start = time.perf_counter()
-    compiled = session.train_step.lower(session.abstract_state(), batch).compile()
+    error = None
+    try:
+        compiled = session.train_step.lower(abstract_state, batch).compile()
+    except Exception as e:  # XLA reports an over-HBM program as RESOURCE_EXHAUSTED
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        error = str(e).strip().splitlines()[0]
     seconds = time.perf_counter() - start
-    mem = compiled.memory_analysis()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, (list, tuple)) else cost
-    used = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + mem.temp_size_in_bytes
-    used += mem.generated_code_size_in_bytes
+    if error is None:
+        mem = compiled.memory_analysis()
+        cost = compiled.cost_analysis()
+        cost = cost[0] if isinstance(cost, (list, tuple)) else cost
+        temp = mem.temp_size_in_bytes
+        used = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + temp
+        used += mem.generated_code_size_in_bytes
+        compiler_flops = float(cost.get("flops", 0.0))
+    else:
+        match = re.search(r"temporaries \(([\d.]+)G\)", error)
+        temp = int(float(match.group(1)) * 2**30) if match else 0
+        used, compiler_flops = arguments + temp, 0.0
     return CompileReport(
         topology=name if num_slices == 1 else f"{num_slices} x {name}",
         device_kind=devices[0].device_kind,
         num_chips=len(devices),
         hbm_per_chip=flops.HBM_BYTES[gen],
         bytes_per_chip=int(used),
-        arguments_bytes=int(mem.argument_size_in_bytes),
-        temp_bytes=int(mem.temp_size_in_bytes),
-        compiler_flops_per_chip=float(cost.get("flops", 0.0)),
+        arguments_bytes=int(arguments),
+        temp_bytes=int(temp),
+        compiler_flops_per_chip=compiler_flops,
         model_flops_per_step=flops.flops_per_token(cfg.model, L) * B * L,
         compile_seconds=seconds,
+        compiler_error=error,
     )
+
+
+def _per_device_bytes(tree) -> int:
+    """Bytes of one device's shards of an abstract, sharded pytree."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shard = leaf.sharding.shard_shape(leaf.shape)
+        total += math.prod(shard) * jnp.dtype(leaf.dtype).itemsize
+    return total

@@ -1,0 +1,166 @@
+"""Same GPT-2-style model, same optimizer, float32, CPU: jaxtrain vs a plain PyTorch eager reference.
+
+    python benchmarks/cpu_vs_torch.py [--steps 40] [--warmup 8] [--rounds 3]
+
+Each (framework, size) is timed in its own subprocess with one device and the
+machine's cores; rounds alternate frameworks so drift hits both. Reports the
+median step time (after warm-up, with results synced to the host every step)
+and the ratio jaxtrain / torch (< 1 means jaxtrain is faster).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+SIZES = {
+    "small": dict(layers=4, heads=4, width=128, ctx=64, batch=12, vocab=65),
+    "medium": dict(layers=6, heads=6, width=384, ctx=256, batch=16, vocab=65),
+}
+LR, BETAS, WD, CLIP = 1e-3, (0.9, 0.95), 0.1, 1.0
+
+
+def _batches(size: dict, n: int, seed: int = 0):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    data = rng.integers(0, size["vocab"], size=(n, size["batch"], size["ctx"] + 1)).astype(np.int32)
+    return data[:, :, :-1], data[:, :, 1:]
+
+
+def run_jax(size: dict, steps: int, warmup: int) -> list[float]:
+    import jax
+    import numpy as np
+
+    from jaxtrain.models import ModelConfig
+    from jaxtrain.train import state as state_lib
+    from jaxtrain.train.optimizer import OptimizerConfig, make_optimizer
+    from jaxtrain.train.step import make_forward, make_train_step
+    from jaxtrain.parallel import mesh as mesh_lib
+
+    cfg = ModelConfig(
+        vocab_size=size["vocab"], num_layers=size["layers"], embed_dim=size["width"], num_heads=size["heads"],
+        num_kv_heads=size["heads"], mlp_dim=4 * size["width"], max_seq_len=size["ctx"], pos_embedding="learned",
+        norm="layernorm", norm_eps=1e-5, mlp="gelu", use_bias=True, tie_embeddings=True, attention="xla",
+        scan_layers=False,
+    )
+    tx = make_optimizer(OptimizerConfig(learning_rate=LR, warmup_steps=0, min_lr_ratio=1.0, weight_decay=WD,
+                                        b1=BETAS[0], b2=BETAS[1], grad_clip=CLIP), 10**6)
+    mesh = mesh_lib.make_mesh({"data": 1}, jax.devices()[:1])
+    spec = state_lib.model_spec(cfg)
+    shardings = state_lib.state_shardings(spec, tx, mesh)
+    state = state_lib.init_state(cfg, tx, shardings, seed=0)
+    step = jax.jit(make_train_step(make_forward(spec.graphdef, None, None), tx), donate_argnums=0)
+    inputs, targets = _batches(size, steps + warmup)
+    B, L = inputs.shape[1:]
+    fixed = {"segment_ids": np.ones((B, L), np.int32), "positions": np.broadcast_to(np.arange(L, dtype=np.int32), (B, L)),
+             "loss_mask": np.ones((B, L), np.float32)}
+    times = []
+    for i in range(steps + warmup):
+        batch = {"inputs": inputs[i], "targets": targets[i], **fixed}
+        t0 = time.perf_counter()
+        state, metrics = step(state, batch)
+        float(metrics["loss"])
+        times.append(time.perf_counter() - t0)
+    return times[warmup:]
+
+
+def run_torch(size: dict, steps: int, warmup: int) -> list[float]:
+    import math
+
+    import torch
+    import torch.nn as nn
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    D, H, L, V = size["width"], size["heads"], size["ctx"], size["vocab"]
+
+    class Block(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
+            self.qkv, self.proj = nn.Linear(D, 3 * D), nn.Linear(D, D)
+            self.fc, self.out = nn.Linear(D, 4 * D), nn.Linear(4 * D, D)
+
+        def forward(self, x):
+            B = x.shape[0]
+            q, k, v = self.qkv(self.ln1(x)).split(D, dim=2)
+            q, k, v = (t.view(B, L, H, D // H).transpose(1, 2) for t in (q, k, v))
+            att = (q @ k.transpose(-2, -1)) / math.sqrt(D // H)
+            att = att.masked_fill(torch.ones(L, L, dtype=torch.bool).tril().logical_not(), float("-inf"))
+            y = (att.softmax(-1) @ v).transpose(1, 2).reshape(B, L, D)
+            x = x + self.proj(y)
+            return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
+
+    class GPT(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.wte, self.wpe = nn.Embedding(V, D), nn.Embedding(L, D)
+            self.blocks = nn.ModuleList(Block() for _ in range(size["layers"]))
+            self.ln_f = nn.LayerNorm(D)
+
+        def forward(self, idx):
+            x = self.wte(idx) + self.wpe(torch.arange(L))
+            for b in self.blocks:
+                x = b(x)
+            return self.ln_f(x) @ self.wte.weight.T
+
+    model = GPT()
+    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n and "wpe" not in n]
+    other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wte" not in n and "wpe" not in n)]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD}, {"params": other, "weight_decay": 0.0}],
+                            lr=LR, betas=BETAS)
+    inputs, targets = _batches(size, steps + warmup)
+    times = []
+    for i in range(steps + warmup):
+        x, y = torch.from_numpy(inputs[i]).long(), torch.from_numpy(targets[i]).long()
+        t0 = time.perf_counter()
+        loss = F.cross_entropy(model(x).view(-1, V), y.reshape(-1))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        opt.step()
+        loss.item()
+        times.append(time.perf_counter() - t0)
+    return times[warmup:]
+
+
+def child(framework: str, size_name: str, steps: int, warmup: int) -> None:
+    size = SIZES[size_name]
+    times = run_jax(size, steps, warmup) if framework == "jax" else run_torch(size, steps, warmup)
+    print(json.dumps({"median_s": statistics.median(times)}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--warmup", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--sizes", nargs="+", default=list(SIZES))
+    parser.add_argument("--child", nargs=2, metavar=("FRAMEWORK", "SIZE"))
+    args = parser.parse_args()
+    if args.child:
+        return child(args.child[0], args.child[1], args.steps, args.warmup)
+    env = dict(os.environ, XLA_FLAGS=os.environ.get("BENCH_XLA_FLAGS", ""), JAX_PLATFORMS="cpu")
+    print(f"| size | jaxtrain ms/step | torch ms/step | ratio jax/torch | rounds |")
+    print("|---|---|---|---|---|")
+    for size_name in args.sizes:
+        results: dict[str, list[float]] = {"jax": [], "torch": []}
+        for _ in range(args.rounds):
+            for fw in ("jax", "torch"):
+                out = subprocess.run(
+                    [sys.executable, __file__, "--child", fw, size_name, "--steps", str(args.steps), "--warmup", str(args.warmup)],
+                    capture_output=True, text=True, env=env, check=True,
+                )
+                results[fw].append(json.loads(out.stdout.strip().splitlines()[-1])["median_s"])
+        j, t = statistics.median(results["jax"]), statistics.median(results["torch"])
+        print(f"| {size_name} {SIZES[size_name]} | {j * 1e3:.2f} | {t * 1e3:.2f} | {j / t:.2f} | {args.rounds} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
