@@ -1,6 +1,6 @@
 """TPU fit report on paper: AOT-compile presets for TPU topologies from a CPU machine.
 
-    python benchmarks/aot_report.py [--presets llama-1b llama3-8b] [--topologies v5e-8 v5p-8 v6e-8]
+    python benchmarks/aot_report.py [--presets llama-1b llama3-8b] [--topologies v5e-8 v5p-8 v6e-8] [--set key=value ...]
 
 Prints a Markdown table for BENCHMARKS.md. Needs libtpu (pip install -e '.[tpu]').
 """
@@ -17,7 +17,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--presets", nargs="+", default=["llama-1b", "llama3-8b"])
     parser.add_argument("--topologies", nargs="+", default=["v5e-8", "v5p-8", "v6e-8"])
-    parser.add_argument("overrides", nargs="*", help="config overrides applied to every preset")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="config override applied to every preset (repeatable)")
     args = parser.parse_args()
 
     from jaxtrain.config import load_config

@@ -12,7 +12,7 @@ def _jaxtrain(*args, cwd=None):
     return subprocess.run([sys.executable, "-m", "jaxtrain.cli", *args], capture_output=True, text=True, env=env, cwd=cwd, timeout=600)
 
 
-@pytest.mark.parametrize("command", ["run", "prepare", "tokenizer", "tokenize", "train", "eval", "sample"])
+@pytest.mark.parametrize("command", ["run", "prepare", "tokenizer", "tokenize", "train", "eval", "sample", "compile"])
 def test_every_subcommand_has_help(command, capsys):
     with pytest.raises(SystemExit) as exc:
         cli.main([command, "--help"])
@@ -35,7 +35,7 @@ def test_whole_pipeline_then_resume_eval_and_sample(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     out = result.stdout
     assert "[prepare] stdlib_code:" in out and "[tokenize]" in out and "compiled train step" in out
-    assert "step     12/12" in out and "tok/s" in out and "eta" in out
+    assert "step     12/12" in out and "tok/s/chip" in out and "MFU n/a" in out and "eta" in out
     assert "held-out loss" in out and "unigram baseline" in out and "--- sample" in out
     for path in ("config.yaml", "tokenizer/tokenizer.model", "metrics.jsonl", "data/clean/report.json",
                  "checkpoints/12", "checkpoints/6"):

@@ -35,17 +35,25 @@ def attention_mask(segment_ids_BxL: jax.Array) -> jax.Array:
 
 
 def xla_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL) -> jax.Array:
-    """Grouped-query attention: H query heads share G key/value heads (H % G == 0)."""
+    """Grouped-query attention: H query heads share G key/value heads (H % G == 0).
+
+    Laid out as batched matmuls with (batch, kv-head) leading and the R = H/G
+    query heads of a group folded into the row dimension: one [R*L, K] x [K, L]
+    matmul per (b, g). XLA's CPU and TPU dot emitters are fastest with batch
+    dimensions leading (a 5-D einsum ran at half the speed on CPU).
+    """
     B, L, H, K = q_BxLxHxK.shape
     G = k_BxLxGxK.shape[2]
-    q_BxLxGxRxK = q_BxLxHxK.reshape(B, L, G, H // G, K)
-    scores = jnp.einsum("blgrk,bmgk->bgrlm", q_BxLxGxRxK, k_BxLxGxK).astype(jnp.float32)
-    scores = scores * (K**-0.5)
-    mask_Bx1x1xLxL = attention_mask(segment_ids_BxL)[:, None, None]
-    scores = jnp.where(mask_Bx1x1xLxL, scores, jnp.finfo(jnp.float32).min)
+    R = H // G
+    q_BxGxRLxK = q_BxLxHxK.reshape(B, L, G, R, K).transpose(0, 2, 3, 1, 4).reshape(B, G, R * L, K)
+    k_BxGxLxK = k_BxLxGxK.transpose(0, 2, 1, 3)
+    v_BxGxLxK = v_BxLxGxK.transpose(0, 2, 1, 3)
+    scores = jnp.einsum("bgqk,bgmk->bgqm", q_BxGxRLxK * (K**-0.5), k_BxGxLxK).astype(jnp.float32)
+    mask_Bx1xRLxL = jnp.tile(attention_mask(segment_ids_BxL), (1, R, 1))[:, None]
+    scores = jnp.where(mask_Bx1xRLxL, scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v_BxLxGxK.dtype)
-    out = jnp.einsum("bgrlm,bmgk->blgrk", probs, v_BxLxGxK)
-    return out.reshape(B, L, H, K)
+    out_BxGxRLxK = jnp.einsum("bgqm,bgmk->bgqk", probs, v_BxGxLxK)
+    return out_BxGxRLxK.reshape(B, G, R, L, K).transpose(0, 3, 1, 2, 4).reshape(B, L, H, K)
 
 
 def jax_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL) -> jax.Array:
