@@ -208,12 +208,24 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _simulated_devices_default()
     from jaxtrain.config import ConfigError
+    from jaxtrain.train.loop import TrainingDiverged
+    from jaxtrain.train.preemption import EXIT_PREEMPTED, Preempted
+    from jaxtrain.train.resume import IncompatibleCheckpoint
 
     try:
         code = args.fn(args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
         return 2
+    except IncompatibleCheckpoint as e:
+        print(f"checkpoint error: {e}", file=sys.stderr)
+        return 2
+    except Preempted as e:
+        print(f"[train] {e} (exit code {EXIT_PREEMPTED})", file=sys.stderr)
+        return EXIT_PREEMPTED
+    except TrainingDiverged as e:
+        print(f"[train] {e}", file=sys.stderr)
+        return 4
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -83,12 +83,23 @@ class TrainConfig:
     log_every: int = 10
     z_loss: float = 0.0
     seed: int = 0
+    # Stability guard (REFERENCE defaults): skip an update whose loss or grad-norm z-score over
+    # the last spike_window accepted steps exceeds spike_zscore, once spike_min_history exist;
+    # after max_bad_steps skipped steps in a row, roll back to the last checkpoint and skip
+    # the data window; give up after max_rollbacks.
+    spike_zscore: float = 6.0
+    spike_window: int = 128
+    spike_min_history: int = 64
+    max_bad_steps: int = 8
+    max_rollbacks: int = 3
 
 
 @dataclasses.dataclass(frozen=True)
 class CheckpointConfig:
     every_steps: int = 100
-    keep: int = 3
+    keep: int = 3  # latest N kept
+    permanent_every: int = 0  # also keep every K-th step for good (0: off)
+    every_minutes: float = 0.0  # also save when this much wall-clock time passed (0: off)
     async_save: bool = True
 
 
@@ -334,6 +345,11 @@ def validate(cfg: RunConfig, num_devices: int | None = None) -> None:
     )
     _check(cfg.checkpoint.every_steps > 0, "checkpoint.every_steps: must be positive.")
     _check(cfg.checkpoint.keep > 0, "checkpoint.keep: must be positive.")
+    _check(cfg.checkpoint.permanent_every >= 0, "checkpoint.permanent_every: must be >= 0 (0 = off).")
+    _check(cfg.checkpoint.every_minutes >= 0, "checkpoint.every_minutes: must be >= 0 (0 = off).")
+    _check(t.spike_window > 0 and t.spike_min_history <= t.spike_window,
+           f"train.spike_min_history: {t.spike_min_history} must be <= train.spike_window={t.spike_window}.")
+    _check(t.max_bad_steps > 0, "train.max_bad_steps: must be positive.")
     _check(cfg.eval.every_steps > 0, "eval.every_steps: must be positive.")
     for axis, size in mesh.shape().items():
         _check(size == -1 or size > 0, f"mesh.{axis}: must be positive or -1 (fill), got {size}.")

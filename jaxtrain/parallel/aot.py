@@ -90,7 +90,7 @@ def compile_for_topology(cfg: RunConfig, accelerator: str, num_slices: int = 1) 
 
     from jax.experimental import topologies
 
-    from jaxtrain.train.loop import build_session
+    from jaxtrain.train.session import build_session
 
     gen, name = topology_name(accelerator)
     kwargs = {"chip_config_name": "megacore"} if gen in ("v4", "v5p") else {}

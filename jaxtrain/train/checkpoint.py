@@ -1,10 +1,13 @@
 """Orbax checkpointing of the whole run state as one composite per step.
 
-Items: `state` (step, params, optimizer state; sharded arrays, async save),
-`data` (the Grain iterator state, per process), `meta` (JSON: tokenizer
-fingerprint, tokens seen, the resolved config). Orbax writes each step into a
-temporary directory and renames it on commit, so a failed or interrupted save
-never touches the previous good checkpoint.
+Items: `state` (step, params, optimizer state, RNG, stability-guard state;
+sharded arrays, async save), `data` (the Grain iterator state, per process),
+`meta` (JSON: tokenizer fingerprint, tokens seen, the resolved config).
+Orbax writes each step into a temporary directory and renames it on commit,
+so a failed or interrupted save never touches the previous good checkpoint;
+an uncommitted directory is invisible to `all_steps()`.
+Retention is Orbax's preservation policies: the latest N, plus every K-th step
+kept for good.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
 
 class _FrozenIteratorState:
@@ -35,11 +39,14 @@ class _FrozenIteratorState:
 
 
 class Checkpointer:
-    def __init__(self, directory: pathlib.Path, keep: int, async_save: bool = True):
+    def __init__(self, directory: pathlib.Path, keep: int, async_save: bool = True, permanent_every: int = 0):
+        policies: list = [preservation.LatestN(n=keep)]
+        if permanent_every > 0:
+            policies.append(preservation.EveryNSteps(interval_steps=permanent_every))
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=keep,
             enable_async_checkpointing=async_save,
             create=True,
+            preservation_policy=preservation.AnyPreservationPolicy(policies),
         )
         self.directory = pathlib.Path(directory).absolute()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
@@ -48,7 +55,8 @@ class Checkpointer:
         return self.manager.latest_step()
 
     def all_steps(self) -> list[int]:
-        return list(self.manager.all_steps())
+        self.manager.reload()
+        return sorted(self.manager.all_steps())
 
     def save(self, step: int, state: Any, data_iterator: Any | None, meta: dict, force: bool = False) -> bool:
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}

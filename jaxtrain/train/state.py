@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from jaxtrain.models.transformer import ModelConfig, Transformer
 from jaxtrain.parallel import mesh as mesh_lib
-from jaxtrain.train.step import TrainState
+from jaxtrain.train.step import TrainState, init_guard
 
 
 @dataclasses.dataclass
@@ -37,7 +37,11 @@ def model_spec(cfg: ModelConfig) -> ModelSpec:
 
 
 def init_params(cfg: ModelConfig, seed: int) -> Any:
-    model = Transformer(cfg, rngs=nnx.Rngs(params=jax.random.key(seed)))
+    return init_params_from_key(cfg, jax.random.key(seed))
+
+
+def init_params_from_key(cfg: ModelConfig, key: jax.Array) -> Any:
+    model = Transformer(cfg, rngs=nnx.Rngs(params=key))
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
 
@@ -50,21 +54,35 @@ def state_shardings(spec: ModelSpec, tx: optax.GradientTransformation, mesh: Mes
     opt_sh = optax.tree_map_params(
         tx, lambda _, sh: sh, abstract_opt, param_sh, transform_non_params=lambda _: replicated
     )
-    return TrainState(step=replicated, params=param_sh, opt_state=opt_sh)
+    guard_sh = jax.tree.map(lambda _: replicated, jax.eval_shape(lambda: init_guard(1)))
+    return TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated, guard=guard_sh)
 
 
-def init_state(cfg: ModelConfig, tx: optax.GradientTransformation, shardings: TrainState, seed: int) -> TrainState:
+def init_state(
+    cfg: ModelConfig, tx: optax.GradientTransformation, shardings: TrainState, seed: int, guard_window: int = 128
+) -> TrainState:
     def init(seed_: jax.Array) -> TrainState:
-        params = init_params(cfg, seed_)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+        params_key, rng_key = jax.random.split(jax.random.key(seed_))
+        params = init_params_from_key(cfg, params_key)
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=tx.init(params),
+            rng=jax.random.key_data(rng_key),
+            guard=init_guard(guard_window),
+        )
 
     return jax.jit(init, out_shardings=shardings)(jnp.asarray(seed, jnp.int32))
 
 
-def abstract_state(spec: ModelSpec, tx: optax.GradientTransformation, shardings: TrainState) -> TrainState:
+def abstract_state(
+    spec: ModelSpec, tx: optax.GradientTransformation, shardings: TrainState, guard_window: int = 128
+) -> TrainState:
     shapes = TrainState(
         step=jax.ShapeDtypeStruct((), jnp.int32),
         params=spec.abstract_params,
         opt_state=jax.eval_shape(tx.init, spec.abstract_params),
+        rng=jax.ShapeDtypeStruct((2,), jnp.uint32),
+        guard=jax.eval_shape(lambda: init_guard(guard_window)),
     )
     return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), shapes, shardings)

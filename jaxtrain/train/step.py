@@ -23,10 +23,39 @@ Metrics = dict[str, jax.Array]
 
 
 @struct.dataclass
+class GuardConfig:
+    """Skip-step on spikes (defaults: OLMo-core / MaxText / Levanter, see REFERENCE)."""
+
+    zscore: float = struct.field(pytree_node=False, default=6.0)
+    window: int = struct.field(pytree_node=False, default=128)
+    min_history: int = struct.field(pytree_node=False, default=64)
+
+
+@struct.dataclass
 class TrainState:
     step: jax.Array
     params: Any
     opt_state: Any
+    rng: jax.Array  # raw uint32 key data: checkpointable, for stochastic layers and sampling
+    guard: dict  # rolling loss / grad-norm history and skip counters
+
+
+def init_guard(window: int) -> dict:
+    return {
+        "losses": jnp.zeros((window,), jnp.float32),
+        "grad_norms": jnp.zeros((window,), jnp.float32),
+        "count": jnp.zeros((), jnp.int32),  # accepted steps recorded so far
+        "skipped": jnp.zeros((), jnp.int32),  # total skipped updates
+        "bad_streak": jnp.zeros((), jnp.int32),  # consecutive skipped updates
+    }
+
+
+def _zscore(x: jax.Array, history: jax.Array, n: jax.Array) -> jax.Array:
+    valid = jnp.arange(history.shape[0]) < n
+    nf = jnp.maximum(n.astype(jnp.float32), 1.0)
+    mean = jnp.sum(jnp.where(valid, history, 0.0)) / nf
+    var = jnp.sum(jnp.where(valid, jnp.square(history - mean), 0.0)) / nf
+    return (x - mean) / (jnp.sqrt(var) + 1e-6)
 
 
 def cross_entropy(
@@ -56,18 +85,33 @@ def make_forward(graphdef: nnx.GraphDef, mesh: Mesh | None, rules: dict | None) 
 
 
 def make_train_step(
-    forward: Callable, tx: optax.GradientTransformation, z_loss: float = 0.0, microbatches: int = 1
+    forward: Callable,
+    tx: optax.GradientTransformation,
+    z_loss: float = 0.0,
+    microbatches: int = 1,
+    guard: GuardConfig = GuardConfig(),
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
-    """With microbatches > 1, gradients are accumulated over slices of the batch.
+    """One optimizer step, with gradient accumulation and the stability guard.
 
-    The loss is a token-weighted mean over the whole batch either way: slices
-    contribute summed losses and token counts, normalized once at the end, so
-    accumulation changes memory, not the update.
+    With microbatches > 1, gradients are accumulated over slices of the batch;
+    slices contribute summed losses and token counts, normalized once at the
+    end, so accumulation changes memory, not the update.
+
+    The guard skips the update (parameters and optimizer state unchanged) when
+    the loss or gradient norm is not finite, or is a spike: a z-score above
+    `guard.zscore` against the last `guard.window` accepted steps, once
+    `guard.min_history` exist. Skipped steps do not enter the history.
+    A batch may carry `loss_scale` (one float per row, default 1): a test hook
+    for injecting spikes and NaNs; the data pipeline never sets it.
     """
 
     def loss_sum_fn(params: Any, batch: Batch):
         logits = forward(params, batch)
-        return cross_entropy(logits, batch["targets"], batch["loss_mask"], z_loss)
+        mask = batch["loss_mask"]
+        if "loss_scale" in batch:
+            mask = mask * batch["loss_scale"][:, None]
+        loss_sum, _ = cross_entropy(logits, batch["targets"], mask, z_loss)
+        return loss_sum, jnp.sum(batch["loss_mask"])
 
     grad_fn = jax.value_and_grad(loss_sum_fn, has_aux=True)
 
@@ -95,10 +139,40 @@ def make_train_step(
         denom = jnp.maximum(count, 1.0)
         loss = loss_sum / denom
         grads = jax.tree.map(lambda g: g / denom, grads)
-        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        grad_norm = optax.tree.norm(grads)
+
+        g = state.guard
+        n = jnp.minimum(g["count"], guard.window)
+        z_loss_score = _zscore(loss, g["losses"], n)
+        z_grad_score = _zscore(grad_norm, g["grad_norms"], n)
+        spike = (g["count"] >= guard.min_history) & ((z_loss_score > guard.zscore) | (z_grad_score > guard.zscore))
+        bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm)) | spike
+
+        safe_grads = jax.tree.map(lambda x: jnp.where(bad, jnp.zeros_like(x), x), grads)  # no NaN into Adam
+        updates, opt_state = tx.update(safe_grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "tokens": count}
-        return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(bad, b, a), new, old)  # noqa: E731
+        slot = g["count"] % guard.window
+        guard_state = {
+            "losses": jnp.where(bad, g["losses"], g["losses"].at[slot].set(loss)),
+            "grad_norms": jnp.where(bad, g["grad_norms"], g["grad_norms"].at[slot].set(grad_norm)),
+            "count": g["count"] + jnp.where(bad, 0, 1),
+            "skipped": g["skipped"] + bad.astype(jnp.int32),
+            "bad_streak": jnp.where(bad, g["bad_streak"] + 1, 0),
+        }
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep(params, state.params),
+            opt_state=keep(opt_state, state.opt_state),
+            rng=state.rng,
+            guard=guard_state,
+        )
+        metrics = {
+            "loss": loss, "grad_norm": grad_norm, "tokens": count, "skipped": bad,
+            "loss_zscore": z_loss_score, "grad_norm_zscore": z_grad_score,
+            "skipped_total": guard_state["skipped"], "bad_streak": guard_state["bad_streak"],
+        }
+        return new_state, metrics
 
     return train_step
 

@@ -1,0 +1,77 @@
+"""Finding the checkpoint to resume from, and refusing the wrong one.
+
+A checkpoint is used only if its metadata matches the run (same tokenizer,
+same architecture; a different mesh, device count or execution choice such as
+remat is fine: arrays are restored straight into the new shardings) and all
+of its arrays read back. A truncated or corrupt checkpoint is reported and
+the previous one is tried.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from jaxtrain.config import RunConfig, to_dict
+from jaxtrain.train.checkpoint import Checkpointer
+from jaxtrain.utils import log
+
+# Model fields that change how the model runs, not what it computes or stores.
+EXECUTION_ONLY = {"dtype", "attention", "attention_interpret", "scan_layers", "remat"}
+
+
+class IncompatibleCheckpoint(RuntimeError):
+    pass
+
+
+def check_compatible(meta: dict, cfg: RunConfig, fingerprint: str, where: str) -> None:
+    saved_fp = meta.get("tokenizer_fingerprint")
+    if saved_fp != fingerprint:
+        raise IncompatibleCheckpoint(
+            f"{where}: saved with tokenizer {saved_fp}, but this run's tokenizer is {fingerprint}; "
+            "a model must keep the tokenizer it was trained with. Use the run's own tokenizer/tokenizer.model "
+            "or start a new run directory."
+        )
+    saved = (meta.get("config") or {}).get("model", {})
+    current = to_dict(cfg)["model"]
+    diff = sorted(k for k in current if k not in EXECUTION_ONLY and saved.get(k) != current[k])
+    if diff:
+        detail = ", ".join(f"model.{k}: checkpoint {saved.get(k)!r} vs config {current[k]!r}" for k in diff)
+        raise IncompatibleCheckpoint(
+            f"{where}: incompatible model config ({detail}). Restore with the run's saved config "
+            "(omit --config) or start a new run directory."
+        )
+
+
+def restore_latest_valid(
+    checkpointer: Checkpointer, abstract_state: Any, data_iterator: Any, cfg: RunConfig, fingerprint: str
+) -> tuple[Any, dict, int] | None:
+    """(state, meta, step) of the newest readable, compatible checkpoint; None when there is none."""
+    steps = checkpointer.all_steps()
+    for step in reversed(steps):
+        where = f"{checkpointer.directory}/{step}"
+        try:
+            meta = checkpointer.restore_meta(step)
+        except Exception as e:  # unreadable metadata: treat like any other corruption
+            log(f"[ckpt] checkpoint {where} is unreadable ({type(e).__name__}: {str(e)[:200]}); trying the previous one")
+            continue
+        check_compatible(meta, cfg, fingerprint, where)  # wrong run: refuse, do not fall back
+        try:
+            state, meta = checkpointer.restore(step, abstract_state, data_iterator)
+        except Exception as e:
+            log(f"[ckpt] checkpoint {where} is corrupt or truncated ({type(e).__name__}: {str(e)[:200]}); "
+                "trying the previous one")
+            continue
+        if step != steps[-1]:
+            log(f"[ckpt] using checkpoint {step} instead of the latest ({steps[-1]}), which could not be read")
+        return state, meta, step
+    if steps:
+        raise RuntimeError(
+            f"none of the checkpoints {steps} in {checkpointer.directory} could be read; move the directory "
+            "aside to start over (nothing was deleted)."
+        )
+    return None
+
+
+def restore_state_only(checkpointer: Checkpointer, abstract_state: Any, step: int) -> Any:
+    state, _ = checkpointer.restore(step, abstract_state)
+    return state
