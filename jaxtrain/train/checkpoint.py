@@ -58,6 +58,17 @@ class Checkpointer:
         self.manager.reload()
         return sorted(self.manager.all_steps())
 
+    def quarantine(self, step: int, reason: str = "corrupt") -> pathlib.Path:
+        """Move a checkpoint out of the run's way (kept for inspection, never deleted)."""
+        target = self.directory.with_name(f"{self.directory.name}.{reason}") / str(step)
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            if target.exists():
+                target = target.with_name(f"{step}.{len(list(target.parent.iterdir()))}")
+            (self.directory / str(step)).rename(target)
+        self.manager.reload()
+        return target
+
     def save(self, step: int, state: Any, data_iterator: Any | None, meta: dict, force: bool = False) -> bool:
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
         if data_iterator is not None:

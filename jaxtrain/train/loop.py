@@ -25,7 +25,8 @@ from jaxtrain.train.preemption import Preempted, PreemptionWatcher
 from jaxtrain.train.session import Session, build_session
 from jaxtrain.utils import format_duration, log
 
-# A test hook: step -> loss scale for that step's batch (None: untouched). Used to inject spikes / NaNs.
+# A test hook: index of the batch drawn from the data iterator (0, 1, ...; it never rewinds) -> loss
+# scale for that batch (None: untouched). Models bad data: used to inject spikes and NaNs.
 FaultInjector = Callable[[int], float | None]
 
 
@@ -137,9 +138,11 @@ def _loop(session: Session, state, data_iter, checkpointer, fingerprint: str, we
     last_save_time = time.perf_counter()
     window_start, window_steps = time.perf_counter(), 0
     run_start = time.perf_counter()
+    batches_drawn = 0
     while step < end_step:
         batch = next(data_iter)
-        scale = fault_injector(step) if fault_injector else None
+        scale = fault_injector(batches_drawn) if fault_injector else None
+        batches_drawn += 1
         batch["loss_scale"] = np.full((batch["inputs"].shape[0],), 1.0 if scale is None else scale, np.float32)
         batch = session.to_global(batch)
         if compiled is None:
@@ -201,17 +204,24 @@ def _rollback(session: Session, checkpointer, step: int, rollbacks: int, metrics
     """Back to the last checkpoint's weights; the data iterator keeps its place, so the bad window is skipped."""
     cfg = session.cfg
     checkpointer.wait()
-    good = [s for s in checkpointer.all_steps() if s < step]
+    streak = int(metrics["bad_streak"])
+    good = [s for s in checkpointer.all_steps() if s <= step - streak]  # saved before the streak began
     where = f"step {step} (loss {float(metrics['loss']):.4g}, grad norm {float(metrics['grad_norm']):.4g})"
     if rollbacks >= cfg.train.max_rollbacks or not good:
         reason = "no earlier checkpoint to roll back to" if not good else f"{rollbacks} rollbacks already"
         raise TrainingDiverged(
-            f"training cannot recover at {where}: {int(metrics['bad_streak'])} bad steps in a row and {reason}. "
+            f"training cannot recover at {where}: {streak} bad steps in a row and {reason}. "
             "Lower optimizer.learning_rate, raise train.max_rollbacks, or inspect the data around this step."
         )
     target = good[-1]
     state = resume.restore_state_only(checkpointer, session.abstract_state(), target)
-    log(f"[train] rollback {rollbacks + 1}: {int(metrics['bad_streak'])} bad steps in a row at {where}; "
+    for newer in (s for s in checkpointer.all_steps() if s > target):  # the abandoned branch
+        checkpointer.quarantine(newer, reason="abandoned")
+    # Counters carry on across the rollback: the streak is over, the skipped total is not forgotten.
+    guard = state.guard
+    state = state.replace(guard={**guard, "bad_streak": guard["bad_streak"] * 0,
+                                 "skipped": guard["skipped"] * 0 + int(metrics["skipped_total"])})
+    log(f"[train] rollback {rollbacks + 1}: {streak} bad steps in a row at {where}; "
         f"restored checkpoint {target}, skipping the {step - target} batches since then")
     return state, target, rollbacks + 1
 

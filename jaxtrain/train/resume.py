@@ -52,14 +52,17 @@ def restore_latest_valid(
         try:
             meta = checkpointer.restore_meta(step)
         except Exception as e:  # unreadable metadata: treat like any other corruption
-            log(f"[ckpt] checkpoint {where} is unreadable ({type(e).__name__}: {str(e)[:200]}); trying the previous one")
+            moved = checkpointer.quarantine(step)
+            log(f"[ckpt] checkpoint {where} is unreadable ({type(e).__name__}: {str(e)[:200]}); moved to {moved}; "
+                "trying the previous one")
             continue
         check_compatible(meta, cfg, fingerprint, where)  # wrong run: refuse, do not fall back
         try:
             state, meta = checkpointer.restore(step, abstract_state, data_iterator)
         except Exception as e:
+            moved = checkpointer.quarantine(step)
             log(f"[ckpt] checkpoint {where} is corrupt or truncated ({type(e).__name__}: {str(e)[:200]}); "
-                "trying the previous one")
+                f"moved to {moved}; trying the previous one")
             continue
         if step != steps[-1]:
             log(f"[ckpt] using checkpoint {step} instead of the latest ({steps[-1]}), which could not be read")
