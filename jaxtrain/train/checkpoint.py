@@ -47,6 +47,7 @@ class Checkpointer:
             enable_async_checkpointing=async_save,
             create=True,
             preservation_policy=preservation.AnyPreservationPolicy(policies),
+            cleanup_tmp_directories=True,  # leftovers of a save killed mid-write
         )
         self.directory = pathlib.Path(directory).absolute()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
