@@ -66,13 +66,28 @@ def cmd_tokenize(args) -> None:
     prepare.prepare_shards(cfg, run_dir)
 
 
-def cmd_train(args) -> None:
+def _prepare_once(cfg, run_dir) -> None:
+    """Data stages run on process 0 only; the others wait for them at a barrier."""
+    import jax
+
     from jaxtrain.data import prepare
+
+    if jax.process_index() == 0:
+        prepare.prepare_all(cfg, run_dir)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxtrain:data-prepared")
+
+
+def cmd_train(args) -> None:
+    from jaxtrain.parallel.distributed import initialize_from_env
     from jaxtrain.train import loop
 
+    initialize_from_env(args.coordinator, args.num_processes, args.process_id, args.heartbeat_timeout, args.distributed)
     cfg, run_dir = _resolve(args)
     _check_devices(cfg)
-    prepare.prepare_all(cfg, run_dir)
+    _prepare_once(cfg, run_dir)
     loop.train(cfg, run_dir, max_steps_this_run=args.max_steps)
 
 
@@ -159,6 +174,17 @@ def cmd_compile(args) -> int:
     return 0 if report.fits else 3
 
 
+def cmd_launch(args) -> int:
+    from jaxtrain.parallel.launch import launch
+
+    argv = list(args.command)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    if not argv:
+        raise SystemExit("jaxtrain launch: give the command to run after --, e.g. -- train --config tiny")
+    return launch(argv, args.num_processes, args.devices_per_process, args.max_restarts, args.heartbeat_timeout)
+
+
 def _check_devices(cfg) -> None:
     import jax
 
@@ -189,10 +215,27 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = add(name, fn, text)
         p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps in this invocation")
+        if name == "train":
+            g = p.add_argument_group("multi-process (jax.distributed)")
+            g.add_argument("--distributed", action="store_true", help="call jax.distributed.initialize() with "
+                           "auto-detection (Cloud TPU VMs, SLURM)")
+            g.add_argument("--coordinator", default=None, help="host:port of process 0 (or JAXTRAIN_COORDINATOR)")
+            g.add_argument("--num-processes", type=int, default=None)
+            g.add_argument("--process-id", type=int, default=None)
+            g.add_argument("--heartbeat-timeout", type=int, default=100,
+                           help="seconds before a dead peer makes the others exit with an error")
     p = add("compile", cmd_compile, "AOT-compile the train step for a TPU topology (needs the [tpu] extra): "
             "HBM per chip, FLOPs per step, fits or not")
     p.add_argument("--topology", required=True, help="accelerator type (v5e-8, v5p-128, v4-32, v6e-16) or v5e:2x4")
     p.add_argument("--num-slices", type=int, default=1, help="multislice: number of slices (set mesh.dcn to match)")
+    p = sub.add_parser("launch", help="run N local processes of a command under jax.distributed, restarting on failure",
+                       description="Local multi-process launcher (CPU, gloo): development and tests of multi-host runs.")
+    p.add_argument("--num-processes", type=int, default=2)
+    p.add_argument("--devices-per-process", type=int, default=4, help="simulated CPU devices in each process")
+    p.add_argument("--max-restarts", type=int, default=3)
+    p.add_argument("--heartbeat-timeout", type=int, default=30)
+    p.add_argument("command", nargs=argparse.REMAINDER, help="-- then a jaxtrain subcommand and its arguments")
+    p.set_defaults(fn=cmd_launch)
     p = add("eval", cmd_eval, "held-out loss of a checkpoint, with the unigram baseline")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p = add("sample", cmd_sample, "generate text from a checkpoint")

@@ -10,6 +10,10 @@ T = TypeVar("T")
 
 
 def log(message: str) -> None:
+    """Print on process 0 only (every host runs the same program)."""
+    jax = sys.modules.get("jax")
+    if jax is not None and jax.process_index() != 0:
+        return
     print(message, flush=True)
 
 

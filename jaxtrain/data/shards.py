@@ -81,6 +81,7 @@ class TokenShards(tfds.core.GeneratorBasedBuilder, skip_registration=True):
 
 
 def build_shards(clean_dir: pathlib.Path, tokenizer_path: pathlib.Path, sources: list[str], data_dir: pathlib.Path) -> dict:
+    tfds.disable_progress_bar()  # our own log lines report progress
     builder = TokenShards(
         clean_dir=clean_dir,
         tokenizer_path=tokenizer_path,

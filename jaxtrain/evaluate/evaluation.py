@@ -28,7 +28,7 @@ def evaluate(
     total_loss = total_tokens = 0.0
     for source in sources:
         loss_sum = tokens = 0.0
-        for batch in loader.eval_batches(
+        batches = list(loader.eval_batches(
             data_dir,
             source,
             seq_len=seq_len,
@@ -36,7 +36,11 @@ def evaluate(
             max_batches=max_batches,
             process_index=jax.process_index(),
             process_count=jax.process_count(),
-        ):
+        ))
+        if jax.process_count() > 1:  # every process must run the same number of (collective) steps
+            empty = {k: np.zeros_like(v) for k, v in batches[0].items()} if batches else None
+            batches += [empty] * (max_batches - len(batches)) if empty is not None else []
+        for batch in batches:
             out = jax.device_get(eval_step(params, to_global(batch)))
             loss_sum += float(out["loss_sum"])
             tokens += float(out["tokens"])
