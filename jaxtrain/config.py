@@ -363,6 +363,11 @@ def validate(cfg: RunConfig, num_devices: int | None = None) -> None:
             m.mlp_dim % mesh.tensor == 0,
             f"mesh.tensor: {mesh.tensor} must divide model.mlp_dim={m.mlp_dim}.",
         )
+        _check(
+            m.vocab_size % mesh.tensor == 0,
+            f"mesh.tensor: {mesh.tensor} must divide model.vocab_size={m.vocab_size}; pad the vocabulary "
+            f"(e.g. model.vocab_size={-(-m.vocab_size // 128) * 128}) or use mesh.tensor=1.",
+        )
     if num_devices is not None:
         from jaxtrain.parallel.mesh import MeshError, resolve_mesh_shape
 

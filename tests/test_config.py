@@ -21,6 +21,7 @@ def test_presets_load_and_overrides_apply():
         ("model.norm=batchnorm", r"model\.norm: 'batchnorm' is not allowed; choose one of \['rmsnorm', 'layernorm'\]"),
         ("model.num_kv_heads=3", r"model\.num_kv_heads: 3 must divide model\.num_heads=4"),
         ("mesh.tensor=3", r"mesh\.tensor: 3 must divide model\.num_heads=4"),
+        ("model.vocab_size=510", r"tokenizer\.vocab_size: 512 differs"),
         ("data.seq_len=128", r"data\.seq_len: 128 exceeds model\.max_seq_len=64"),
         ("tokenizer.vocab_size=1000", r"tokenizer\.vocab_size: 1000 differs from model\.vocab_size=512"),
         ("train.batch_size", r"expected key=value"),
