@@ -147,7 +147,7 @@ def main() -> None:
     if args.child:
         return child(args.child[0], args.child[1], args.steps, args.warmup)
     env = dict(os.environ, XLA_FLAGS=os.environ.get("BENCH_XLA_FLAGS", ""), JAX_PLATFORMS="cpu")
-    print(f"| size | jaxtrain ms/step | torch ms/step | ratio jax/torch | rounds |")
+    print("| size | jaxtrain ms/step | torch ms/step | ratio jax/torch | rounds |")
     print("|---|---|---|---|---|")
     for size_name in args.sizes:
         results: dict[str, list[float]] = {"jax": [], "torch": []}

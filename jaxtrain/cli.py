@@ -92,22 +92,13 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from jaxtrain.data import prepare
-    from jaxtrain.evaluate import evaluation
     from jaxtrain.train import loop
 
     cfg, run_dir = _resolve(args)
     session, params, step = loop.load_params(cfg, run_dir, args.step)
     results = session.evaluate(params)
-    print(f"[eval] step {step}: {loop._fmt_eval(results)}")
-    unigram = evaluation.unigram_baseline(
-        prepare.tfds_dir(run_dir),
-        session.sources,
-        cfg.model.vocab_size,
-        seq_len=cfg.data.seq_len,
-        batch_size=cfg.train.batch_size,
-        max_batches=cfg.eval.max_batches,
-    )
+    print(f"[eval] step {step}: {loop.format_eval(results)}")
+    unigram = session.unigram_baseline()
     print(f"[eval] unigram baseline on the same tokens: {unigram:.4f} nats/token; model: {results['eval/loss']:.4f}")
 
 
@@ -120,45 +111,38 @@ def cmd_sample(args) -> None:
     cfg, run_dir = _resolve(args)
     session, params, step = loop.load_params(cfg, run_dir, args.step)
     sp = tok.load(prepare.tokenizer_path(run_dir))
-    for prompt in args.prompt or [cfg.eval.sample_prompt]:
-        ids = generate(
-            session.spec.graphdef,
-            params,
-            [tok.BOS_ID, *sp.encode(prompt)],
-            max_new_tokens=args.tokens or cfg.eval.sample_tokens,
-            window=cfg.data.seq_len,
-            temperature=cfg.eval.temperature if args.temperature is None else args.temperature,
-            top_k=cfg.eval.top_k,
-            seed=args.seed,
-            eos_id=tok.EOS_ID,
-        )
+    prompts = args.prompt or [cfg.eval.sample_prompt]
+    outputs = generate(
+        session.spec.graphdef,
+        params,
+        [[tok.BOS_ID, *sp.encode(p)] for p in prompts],
+        max_new_tokens=args.tokens or cfg.eval.sample_tokens,
+        temperature=cfg.eval.temperature if args.temperature is None else args.temperature,
+        top_k=cfg.eval.top_k if args.top_k is None else args.top_k,
+        top_p=cfg.eval.top_p if args.top_p is None else args.top_p,
+        seed=args.seed,
+        eos_id=tok.EOS_ID,
+    )
+    for prompt, ids in zip(prompts, outputs):
         print(f"--- sample (step {step}, prompt {prompt!r}) ---\n{prompt}{sp.decode(ids)}\n---")
 
 
 def cmd_run(args) -> None:
     """The whole pipeline on one config, then the comparison that says it learned something."""
-    from jaxtrain.data import prepare
-    from jaxtrain.evaluate import evaluation
     from jaxtrain.train import loop
 
     start = time.perf_counter()
     cfg, run_dir = _resolve(args)
     _check_devices(cfg)
-    prepare.prepare_all(cfg, run_dir)
+    _prepare_once(cfg, run_dir)
     result = loop.train(cfg, run_dir, max_steps_this_run=args.max_steps)
     session = result["session"]
     final = result["eval"] or session.evaluate(result["state"].params)
-    unigram = evaluation.unigram_baseline(
-        prepare.tfds_dir(run_dir),
-        session.sources,
-        cfg.model.vocab_size,
-        seq_len=cfg.data.seq_len,
-        batch_size=cfg.train.batch_size,
-        max_batches=cfg.eval.max_batches,
-    )
+    unigram = session.unigram_baseline()
     print(f"[result] held-out loss {final['eval/loss']:.4f} nats/token vs unigram baseline {unigram:.4f} "
           f"({unigram - final['eval/loss']:+.4f} better)")
     args.prompt, args.step, args.tokens, args.temperature, args.seed = [cfg.eval.sample_prompt], None, None, None, 0
+    args.top_k = args.top_p = None
     args.config, args.run_dir, args.overrides = None, str(run_dir), []
     cmd_sample(args)
     print(f"[result] run directory: {run_dir} | total time {time.perf_counter() - start:.0f}s")
@@ -243,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p.add_argument("--tokens", type=int, default=None, help="new tokens per prompt")
     p.add_argument("--temperature", type=float, default=None, help="0 for greedy")
+    p.add_argument("--top-k", type=int, default=None, help="keep the k most likely tokens (0: all)")
+    p.add_argument("--top-p", type=float, default=None, help="nucleus: keep tokens up to this probability mass")
     p.add_argument("--seed", type=int, default=0)
     return parser
 

@@ -111,6 +111,7 @@ class EvalConfig:
     sample_tokens: int = 64
     temperature: float = 0.8
     top_k: int = 40
+    top_p: float = 0.95
 
 
 @dataclasses.dataclass(frozen=True)

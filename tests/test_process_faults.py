@@ -56,7 +56,7 @@ def _kill_and_resume_matches_uninterrupted(prepared: pathlib.Path, tmp_path: pat
         assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
         step, params = _final_params(run)
         assert step == ref_step == 14
-        for a, b in zip(params, ref_params):
+        for a, b in zip(params, ref_params, strict=True):
             np.testing.assert_array_equal(a, b)
 
 

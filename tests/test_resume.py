@@ -32,7 +32,7 @@ def test_interrupted_run_matches_uninterrupted_bit_for_bit(fresh_run, tmp_path, 
     assert "resuming from checkpoint step 4" in capsys.readouterr().out
     assert resumed["step"] == 8
 
-    for a, b in zip(jax.tree.leaves(_params(full)), jax.tree.leaves(_params(resumed))):
+    for a, b in zip(jax.tree.leaves(_params(full)), jax.tree.leaves(_params(resumed)), strict=True):
         np.testing.assert_array_equal(a, b)
     # The logged losses after the resume point are identical too: same data order.
     def losses(run):

@@ -77,7 +77,7 @@ def test_resume_on_a_different_mesh_keeps_the_loss_curve(fresh_run, tmp_path):
         got = _losses(run)
         for s in range(3, 7):
             np.testing.assert_allclose(got[s], ref_losses[s], rtol=1e-4, err_msg=f"{name} step {s}")
-        for a, b in zip(jax.tree.leaves(result["state"].params), jax.tree.leaves(reference["state"].params)):
+        for a, b in zip(jax.tree.leaves(result["state"].params), jax.tree.leaves(reference["state"].params), strict=True):
             np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=1e-4)
 
 

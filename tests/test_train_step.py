@@ -1,7 +1,6 @@
 import dataclasses
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -88,7 +87,7 @@ def _assert_same_training(ref_mesh, ref_devices, ref_kw, mesh_shape, devices, kw
         state, metrics = step(state, batch)
         np.testing.assert_allclose(float(metrics["loss"]), float(ref_metrics["loss"]), rtol=1e-5)
         np.testing.assert_allclose(float(metrics["grad_norm"]), float(ref_metrics["grad_norm"]), rtol=1e-4)
-    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params)):
+    for a, b in zip(jax.tree.leaves(state.params), jax.tree.leaves(ref_state.params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=5e-5)
 
 

@@ -34,26 +34,41 @@ def attention_mask(segment_ids_BxL: jax.Array) -> jax.Array:
     return same_doc_BxLxL & causal_LxL[None]
 
 
-def xla_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL) -> jax.Array:
-    """Grouped-query attention: H query heads share G key/value heads (H % G == 0).
+def masked_attention(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxLxS) -> jax.Array:
+    """Grouped-query attention under an explicit boolean mask (L queries, S keys; H % G == 0).
 
     Laid out as batched matmuls with (batch, kv-head) leading and the R = H/G
-    query heads of a group folded into the row dimension: one [R*L, K] x [K, L]
+    query heads of a group folded into the row dimension: one [R*L, K] x [K, S]
     matmul per (b, g). XLA's CPU and TPU dot emitters are fastest with batch
     dimensions leading (a 5-D einsum ran at half the speed on CPU).
     """
     B, L, H, K = q_BxLxHxK.shape
-    G = k_BxLxGxK.shape[2]
+    S, G = k_BxSxGxK.shape[1], k_BxSxGxK.shape[2]
     R = H // G
     q_BxGxRLxK = q_BxLxHxK.reshape(B, L, G, R, K).transpose(0, 2, 3, 1, 4).reshape(B, G, R * L, K)
-    k_BxGxLxK = k_BxLxGxK.transpose(0, 2, 1, 3)
-    v_BxGxLxK = v_BxLxGxK.transpose(0, 2, 1, 3)
-    scores = jnp.einsum("bgqk,bgmk->bgqm", q_BxGxRLxK * (K**-0.5), k_BxGxLxK).astype(jnp.float32)
-    mask_Bx1xRLxL = jnp.tile(attention_mask(segment_ids_BxL), (1, R, 1))[:, None]
-    scores = jnp.where(mask_Bx1xRLxL, scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxLxGxK.dtype)
-    out_BxGxRLxK = jnp.einsum("bgqm,bgmk->bgqk", probs, v_BxGxLxK)
+    k_BxGxSxK = k_BxSxGxK.transpose(0, 2, 1, 3)
+    v_BxGxSxK = v_BxSxGxK.transpose(0, 2, 1, 3)
+    scores = jnp.einsum("bgqk,bgmk->bgqm", q_BxGxRLxK * (K**-0.5), k_BxGxSxK).astype(jnp.float32)
+    mask_Bx1xRLxS = jnp.tile(mask_BxLxS, (1, R, 1))[:, None]
+    scores = jnp.where(mask_Bx1xRLxS, scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v_BxSxGxK.dtype)
+    out_BxGxRLxK = jnp.einsum("bgqm,bgmk->bgqk", probs, v_BxGxSxK)
     return out_BxGxRLxK.reshape(B, G, R, L, K).transpose(0, 3, 1, 2, 4).reshape(B, L, H, K)
+
+
+def xla_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL) -> jax.Array:
+    """The reference: causal, within packed documents, scores materialized."""
+    return masked_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, attention_mask(segment_ids_BxL))
+
+
+def cached_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cache_k_BxSxGxK, cache_v_BxSxGxK, index, valid_BxS):
+    """Decode-time attention: write the new keys/values at `index`, attend to every valid earlier slot."""
+    k_all = jax.lax.dynamic_update_slice(cache_k_BxSxGxK, k_BxLxGxK.astype(cache_k_BxSxGxK.dtype), (0, index, 0, 0))
+    v_all = jax.lax.dynamic_update_slice(cache_v_BxSxGxK, v_BxLxGxK.astype(cache_v_BxSxGxK.dtype), (0, index, 0, 0))
+    L, S = q_BxLxHxK.shape[1], k_all.shape[1]
+    query_slot_L = index + jnp.arange(L)
+    mask_BxLxS = (jnp.arange(S)[None, None, :] <= query_slot_L[None, :, None]) & valid_BxS[:, None, :]
+    return masked_attention(q_BxLxHxK, k_all, v_all, mask_BxLxS), k_all, v_all
 
 
 def jax_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL) -> jax.Array:

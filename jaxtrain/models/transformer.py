@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxtrain.models.attention import dot_product_attention
+from jaxtrain.models.attention import cached_attention, dot_product_attention
 from jaxtrain.models.remat import remat_policy
 from jaxtrain.parallel.constraints import constrain
 
@@ -134,6 +134,20 @@ class Attention(nnx.Module):
 
     def __call__(self, x_BxLxD: Array, positions_BxL: Array, segment_ids_BxL: Array) -> Array:
         cfg = self.cfg
+        q, k, v = self._qkv(x_BxLxD, positions_BxL)
+        out_BxLxHxK = dot_product_attention(
+            q, k, v, segment_ids_BxL, implementation=cfg.attention, interpret=cfg.attention_interpret
+        )
+        return self._out(out_BxLxHxK)
+
+    def decode(self, x_BxLxD: Array, positions_BxL: Array, cache: tuple, index: Array, valid_BxS: Array):
+        """Attention for incremental decoding against a key/value cache; returns (out, new cache)."""
+        q, k, v = self._qkv(x_BxLxD, positions_BxL)
+        out_BxLxHxK, k_all, v_all = cached_attention(q, k, v, cache[0], cache[1], index, valid_BxS)
+        return self._out(out_BxLxHxK), (k_all, v_all)
+
+    def _qkv(self, x_BxLxD: Array, positions_BxL: Array) -> tuple[Array, Array, Array]:
+        cfg = self.cfg
         dt = x_BxLxD.dtype
         q = jnp.einsum("bld,dhk->blhk", x_BxLxD, self.wq_DxHxK[...].astype(dt))
         k = jnp.einsum("bld,dgk->blgk", x_BxLxD, self.wk_DxGxK[...].astype(dt))
@@ -148,9 +162,10 @@ class Attention(nnx.Module):
         if cfg.pos_embedding == "rope":
             q = rope(q, positions_BxL, cfg.rope_theta)
             k = rope(k, positions_BxL, cfg.rope_theta)
-        out_BxLxHxK = dot_product_attention(
-            q, k, v, segment_ids_BxL, implementation=cfg.attention, interpret=cfg.attention_interpret
-        )
+        return q, k, v
+
+    def _out(self, out_BxLxHxK: Array) -> Array:
+        dt = out_BxLxHxK.dtype
         out = jnp.einsum("blhk,hkd->bld", out_BxLxHxK, self.wo_HxKxD[...].astype(dt))
         if self.bo_D is not None:
             out = out + self.bo_D[...].astype(dt)
@@ -197,6 +212,11 @@ class Block(nnx.Module):
         x_BxLxD = x_BxLxD + self.attn(self.attn_norm(x_BxLxD), positions_BxL, segment_ids_BxL)
         return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD))
 
+    def decode(self, x_BxLxD: Array, positions_BxL: Array, cache: tuple, index: Array, valid_BxS: Array):
+        h, cache = self.attn.decode(self.attn_norm(x_BxLxD), positions_BxL, cache, index, valid_BxS)
+        x_BxLxD = x_BxLxD + h
+        return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD)), cache
+
 
 class Transformer(nnx.Module):
     """Decoder-only LM: tokens_BxL -> float32 logits_BxLxV."""
@@ -229,12 +249,17 @@ class Transformer(nnx.Module):
         positions_BxL: Array | None = None,
         segment_ids_BxL: Array | None = None,
     ) -> Array:
-        cfg = self.cfg
         B, L = tokens_BxL.shape
         if positions_BxL is None:
             positions_BxL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
         if segment_ids_BxL is None:
             segment_ids_BxL = jnp.ones((B, L), jnp.int32)
+        x_BxLxD = self._embed(tokens_BxL, positions_BxL)
+        x_BxLxD = self.apply_blocks(x_BxLxD, positions_BxL, segment_ids_BxL)
+        return self._logits(x_BxLxD)
+
+    def _embed(self, tokens_BxL: Array, positions_BxL: Array) -> Array:
+        cfg = self.cfg
         dt = jnp.dtype(cfg.dtype)
         # All-gather the table before the lookup, as FSDP does for every weight: a gather
         # from a sharded table into batch-sharded activations makes the SPMD partitioner
@@ -243,12 +268,48 @@ class Transformer(nnx.Module):
         x_BxLxD = jnp.take(table_VxD, tokens_BxL, axis=0).astype(dt)
         if self.pos_embed_LxD is not None:
             x_BxLxD = x_BxLxD + jnp.take(self.pos_embed_LxD[...], positions_BxL, axis=0).astype(dt)
-        x_BxLxD = constrain(x_BxLxD, ("batch", "length", "embed"))
-        x_BxLxD = self.apply_blocks(x_BxLxD, positions_BxL, segment_ids_BxL)
+        return constrain(x_BxLxD, ("batch", "length", "embed"))
+
+    def _logits(self, x_BxLxD: Array) -> Array:
         x_BxLxD = self.final_norm(x_BxLxD).astype(jnp.float32)
         head_DxV = self.embed_VxD[...].T if self.head_DxV is None else self.head_DxV[...]
         logits_BxLxV = x_BxLxD @ head_DxV.astype(jnp.float32)
         return constrain(logits_BxLxV, ("batch", "length", "vocab"))
+
+    def init_cache(self, batch: int, max_len: int) -> dict:
+        """Empty key/value cache for `decode`: one slot per position, per layer."""
+        cfg = self.cfg
+        shape = (cfg.num_layers, batch, max_len, cfg.num_kv_heads, cfg.resolved_head_dim)
+        dt = jnp.dtype(cfg.dtype)
+        return {
+            "k": jnp.zeros(shape, dt),
+            "v": jnp.zeros(shape, dt),
+            "index": jnp.zeros((), jnp.int32),  # next free slot
+            "valid": jnp.zeros((batch, max_len), jnp.bool_),  # slots holding real tokens (not padding)
+        }
+
+    def decode(self, tokens_BxL: Array, positions_BxL: Array, cache: dict, valid_BxL: Array | None = None):
+        """Run L new tokens against the cache: (float32 logits_BxLxV, updated cache).
+
+        Prefill passes the whole (left-padded) prompt, generation one token at a
+        time; logits equal the full forward pass on the same tokens.
+        """
+        B, L = tokens_BxL.shape
+        if valid_BxL is None:
+            valid_BxL = jnp.ones((B, L), jnp.bool_)
+        index = cache["index"]
+        valid_BxS = jax.lax.dynamic_update_slice(cache["valid"], valid_BxL, (0, index))
+        x_BxLxD = self._embed(tokens_BxL, positions_BxL)
+        graphdef, stacked = nnx.split(self.blocks)
+
+        def layer(x: Array, xs):
+            layer_state, k_c, v_c = xs
+            x, (k_c, v_c) = nnx.merge(graphdef, layer_state).decode(x, positions_BxL, (k_c, v_c), index, valid_BxS)
+            return x, (k_c, v_c)
+
+        x_BxLxD, (k_new, v_new) = jax.lax.scan(layer, x_BxLxD, (stacked, cache["k"], cache["v"]))
+        new_cache = {"k": k_new, "v": v_new, "index": index + L, "valid": valid_BxS}
+        return self._logits(x_BxLxD), new_cache
 
 
     def apply_blocks(self, x_BxLxD: Array, positions_BxL: Array, segment_ids_BxL: Array) -> Array:
@@ -264,7 +325,7 @@ class Transformer(nnx.Module):
             x_BxLxD, _ = jax.lax.scan(layer, x_BxLxD, stacked)
         else:
             for i in range(self.cfg.num_layers):
-                x_BxLxD, _ = layer(x_BxLxD, jax.tree.map(lambda a: a[i], stacked))
+                x_BxLxD, _ = layer(x_BxLxD, jax.tree.map(lambda a, i=i: a[i], stacked))
         return x_BxLxD
 
 

@@ -47,7 +47,7 @@ class MetricsLog:
                 f.write(json.dumps(clean) + "\n")
 
 
-def _fmt_eval(results: dict[str, float]) -> str:
+def format_eval(results: dict[str, float]) -> str:
     per_source = " ".join(f"{k.split('/')[1]}={v:.3f}" for k, v in results.items() if k.count("/") == 2)
     return f"eval loss {results['eval/loss']:.4f} (ppl {results['eval/perplexity']:.1f}) [{per_source}]"
 
@@ -186,7 +186,7 @@ def _loop(session: Session, state, data_iter, checkpointer, fingerprint: str, we
             raise Preempted(step)
         if step % cfg.eval.every_steps == 0 or step == total:
             last_eval = session.evaluate(state.params)
-            log(f"[eval] step {step}: {_fmt_eval(last_eval)}")
+            log(f"[eval] step {step}: {format_eval(last_eval)}")
             metrics_log.write({"step": step, **last_eval})
             window_start, window_steps = time.perf_counter(), 0
         minutes = cfg.checkpoint.every_minutes

@@ -65,6 +65,17 @@ class Session:
         t = self.cfg.train
         return state_lib.init_state(self.cfg.model, self.tx, self.shardings, t.seed, t.spike_window)
 
+    def unigram_baseline(self) -> float:
+        """Cross-entropy of train-split unigram frequencies on the eval tokens: the bar to clear."""
+        return evaluation.unigram_baseline(
+            prepare.tfds_dir(self.run_dir),
+            self.sources,
+            self.cfg.model.vocab_size,
+            seq_len=self.cfg.data.seq_len,
+            batch_size=self.cfg.train.batch_size,
+            max_batches=self.cfg.eval.max_batches,
+        )
+
     def evaluate(self, params: Any) -> dict[str, float]:
         return evaluation.evaluate(
             self.eval_step,

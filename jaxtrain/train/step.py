@@ -89,7 +89,7 @@ def make_train_step(
     tx: optax.GradientTransformation,
     z_loss: float = 0.0,
     microbatches: int = 1,
-    guard: GuardConfig = GuardConfig(),
+    guard: GuardConfig | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """One optimizer step, with gradient accumulation and the stability guard.
 
@@ -104,6 +104,8 @@ def make_train_step(
     A batch may carry `loss_scale` (one float per row, default 1): a test hook
     for injecting spikes and NaNs; the data pipeline never sets it.
     """
+
+    guard = guard or GuardConfig()
 
     def loss_sum_fn(params: Any, batch: Batch):
         logits = forward(params, batch)
