@@ -43,7 +43,7 @@ def masked_attention(q_BxLxHxK, k_BxSxGxK, v_BxSxGxK, mask_BxLxS) -> jax.Array:
     dimensions leading (a 5-D einsum ran at half the speed on CPU).
     """
     B, L, H, K = q_BxLxHxK.shape
-    S, G = k_BxSxGxK.shape[1], k_BxSxGxK.shape[2]
+    G = k_BxSxGxK.shape[2]
     R = H // G
     q_BxGxRLxK = q_BxLxHxK.reshape(B, L, G, R, K).transpose(0, 2, 3, 1, 4).reshape(B, G, R * L, K)
     k_BxGxSxK = k_BxSxGxK.transpose(0, 2, 1, 3)
