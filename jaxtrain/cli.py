@@ -169,6 +169,25 @@ def cmd_launch(args) -> int:
     return launch(argv, args.num_processes, args.devices_per_process, args.max_restarts, args.heartbeat_timeout)
 
 
+def cmd_export(args) -> None:
+    from jaxtrain.config import load_run_config
+    from jaxtrain.export.handoff import export_run
+
+    cfg = load_run_config(args.run, args.overrides)
+    out = export_run(cfg, pathlib.Path(args.run), pathlib.Path(args.out), args.step)
+    print(f"[export] {args.format} checkpoint written to {out} (model.safetensors, config.json, tokenizer, README.md)")
+
+
+def cmd_import_hf(args) -> None:
+    from jaxtrain.config import load_config
+    from jaxtrain.export.handoff import import_hf
+
+    base = load_config(args.config or "demo", args.overrides)
+    cfg = import_hf(pathlib.Path(args.hf_dir), base, pathlib.Path(args.run_dir))
+    print(f"[import-hf] {args.hf_dir} -> {args.run_dir} (step-0 checkpoint, {cfg.model.num_layers} layers, "
+          f"vocab {cfg.model.vocab_size}); point data.sources at your corpus and run `jaxtrain train --run-dir {args.run_dir}`")
+
+
 def _check_devices(cfg) -> None:
     import jax
 
@@ -220,6 +239,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-timeout", type=int, default=30)
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- then a jaxtrain subcommand and its arguments")
     p.set_defaults(fn=cmd_launch)
+    p = sub.add_parser("export", help="write a run's checkpoint as a Hugging Face model (safetensors + config + "
+                       "tokenizer + model card)", description="Export for transformers: LlamaForCausalLM or GPT2LMHeadModel.")
+    p.add_argument("run", help="run directory")
+    p.add_argument("out", help="output directory")
+    p.add_argument("--format", choices=["hf"], default="hf")
+    p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (rarely needed)")
+    p.set_defaults(fn=cmd_export)
+    p = sub.add_parser("import-hf", help="start a run from a Hugging Face Llama checkpoint (continued pretraining)",
+                       description="Create a run directory whose step-0 checkpoint holds a HF Llama model's weights.")
+    p.add_argument("hf_dir", help="directory with config.json, *.safetensors and tokenizer.model")
+    p.add_argument("--run-dir", required=True)
+    p.add_argument("--config", "-c", default=None, help="base preset for data/optimizer/mesh settings (default demo)")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(fn=cmd_import_hf)
     p = add("eval", cmd_eval, "held-out loss of a checkpoint, with the unigram baseline")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p = add("sample", cmd_sample, "generate text from a checkpoint")

@@ -79,7 +79,7 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> tuple[Any, dict]:
         """Restore onto the shardings carried by `abstract_state` (ShapeDtypeStructs)."""
         items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
-        if data_iterator is not None:
+        if data_iterator is not None and (self.directory / str(step) / "data").exists():  # imported: no data yet
             items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
         return restored["state"], restored["meta"]

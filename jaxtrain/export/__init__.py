@@ -1,0 +1,1 @@
+"""Base-model handoff: Hugging Face export and import."""

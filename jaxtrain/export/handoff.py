@@ -1,0 +1,183 @@
+"""Run directory <-> Hugging Face directory, with a model card that carries the data's provenance.
+
+Whoever builds on a base model inherits its corpus, so the card lists every
+source (location, license where known, content hash), document and token
+counts after each curation stage, the tokenizer fingerprint, the training
+config, steps and tokens seen, and the latest eval results.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pathlib
+import shutil
+
+import jax
+import numpy as np
+import yaml
+
+from jaxtrain.config import RunConfig, save_config, to_dict
+from jaxtrain.data import prepare, shards
+from jaxtrain.data import tokenizer as tok
+from jaxtrain.export import hf
+
+KNOWN_LICENSES = {
+    "stdlib_code": "PSF-2.0 (CPython standard library)",
+    "stdlib_docs": "PSF-2.0 (CPython documentation)",
+    "package_metadata": "mixed: each package's own license (see its metadata)",
+}
+
+
+def _sha256(paths: list[pathlib.Path]) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def provenance(cfg: RunConfig, run_dir: pathlib.Path) -> dict:
+    clean_dir = prepare.clean_dir(run_dir)
+    report = json.loads((clean_dir / "report.json").read_text())
+    counts = shards.token_counts(prepare.tfds_dir(run_dir))
+    sources = []
+    for s in cfg.data.sources:
+        r = report[s.name]
+        sources.append({
+            "name": s.name,
+            "type": s.type,
+            "location": s.path or f"embedded:{s.name}",
+            "content": s.content,
+            "license": KNOWN_LICENSES.get(s.name, "unknown") if s.type == "embedded" else "unknown (user files)",
+            "cleaned_sha256": _sha256(sorted(clean_dir.glob(f"{s.name}.*.jsonl"))),
+            "documents": {
+                "input": r["input_docs"], "unreadable": r["unreadable_docs"],
+                "removed_by_rule": r["removed"], "duplicates": r["duplicate_docs"],
+                "over_max_bytes": r["capped_docs"], "kept": r["kept_docs"], "held_out": r["eval_docs"],
+            },
+            "tokens": {split: counts[shards.split_name(split, s.name)]["tokens"] for split in ("train", "validation")},
+            "bytes": {split: counts[shards.split_name(split, s.name)]["bytes"] for split in ("train", "validation")},
+        })
+    return {"sources": sources}
+
+
+def _latest_eval(run_dir: pathlib.Path) -> dict:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text().splitlines()]
+    evals = [r for r in rows if "eval/loss" in r]
+    return evals[-1] if evals else {}
+
+
+def model_card(cfg: RunConfig, run_dir: pathlib.Path, step: int, fingerprint: str) -> str:
+    prov = provenance(cfg, run_dir)
+    ev = _latest_eval(run_dir)
+    tokens_seen = step * cfg.train.batch_size * cfg.data.seq_len
+    lines = [
+        f"# {cfg.name}: jaxtrain base model, step {step}",
+        "",
+        f"Trained with jaxtrain for {step} steps ({tokens_seen:,} tokens seen) of {cfg.train.steps} planned.",
+        f"Tokenizer: sentencepiece {cfg.tokenizer.model_type}, {cfg.model.vocab_size} pieces, fingerprint `{fingerprint}`.",
+        "",
+        "## Training data provenance",
+        "",
+        "| source | type | location | license | documents in -> kept (held out) | duplicates | removed by rule | "
+        "train tokens | cleaned text sha256 |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for s in prov["sources"]:
+        d = s["documents"]
+        lines.append(
+            f"| {s['name']} | {s['content']} | {s['location']} | {s['license']} | {d['input']} -> {d['kept']} "
+            f"({d['held_out']}) | {d['duplicates']} | {json.dumps(d['removed_by_rule'])} | {s['tokens']['train']:,} | "
+            f"`{s['cleaned_sha256'][:16]}` |"
+        )
+    lines += ["", "## Latest evaluation", ""]
+    if ev:
+        lines += [f"- step {ev['step']}: " + ", ".join(f"{k} = {v:.4f}" for k, v in ev.items() if k.startswith("eval/"))]
+    else:
+        lines += ["- none recorded"]
+    lines += ["", "## Training config", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).strip(), "```", ""]
+    lines += ["Machine-readable provenance: `provenance.json`."]
+    return "\n".join(lines) + "\n"
+
+
+def export_run(cfg: RunConfig, run_dir: pathlib.Path, out_dir: pathlib.Path, step: int | None = None) -> pathlib.Path:
+    from safetensors.numpy import save_file
+
+    from jaxtrain.train.loop import load_params
+
+    hf.architecture(cfg.model)  # refuse unsupported architectures before restoring anything
+    _, params, step = load_params(cfg, run_dir, step)
+    tensors = hf.to_hf_tensors(cfg.model, jax.device_get(params))
+    out_dir = pathlib.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tensors = {k: v for k, v in tensors.items() if not (cfg.model.tie_embeddings and k == "lm_head.weight")}
+    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt", "jaxtrain_step": str(step)})
+    (out_dir / "config.json").write_text(json.dumps(hf.hf_config(cfg.model, tok.BOS_ID, tok.EOS_ID), indent=2))
+    tokenizer_path = prepare.tokenizer_path(run_dir)
+    shutil.copyfile(tokenizer_path, out_dir / "tokenizer.model")
+    (out_dir / "tokenizer_config.json").write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
+        "pad_token": "<pad>", "add_bos_token": True, "add_eos_token": False, "legacy": False,
+        "sp_model_kwargs": {}, "model_max_length": cfg.model.max_seq_len,
+    }, indent=2))
+    fingerprint = tok.fingerprint(tokenizer_path)
+    (out_dir / "provenance.json").write_text(json.dumps(
+        {**provenance(cfg, run_dir), "tokenizer_fingerprint": fingerprint, "step": step,
+         "tokens_seen": step * cfg.train.batch_size * cfg.data.seq_len, "latest_eval": _latest_eval(run_dir)},
+        indent=2))
+    (out_dir / "README.md").write_text(model_card(cfg, run_dir, step, fingerprint))
+    return out_dir
+
+
+def load_hf_dir(hf_dir: pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
+    from safetensors.numpy import load_file
+
+    hf_dir = pathlib.Path(hf_dir)
+    config = json.loads((hf_dir / "config.json").read_text())
+    tensors: dict[str, np.ndarray] = {}
+    files = sorted(hf_dir.glob("*.safetensors"))
+    if not files:
+        raise FileNotFoundError(f"{hf_dir}: no *.safetensors files (PyTorch .bin checkpoints are not read: no pickle).")
+    for f in files:
+        tensors.update(load_file(str(f)))
+    return config, tensors
+
+
+def import_hf(hf_dir: pathlib.Path, base: RunConfig, run_dir: pathlib.Path) -> RunConfig:
+    """A new run directory whose step-0 checkpoint holds the Hugging Face Llama weights."""
+    import dataclasses
+
+    from jaxtrain.train.session import build_session
+
+    config, tensors = load_hf_dir(hf_dir)
+    model_cfg = hf.model_config_from_hf(config, dtype=base.model.dtype, param_dtype=base.model.param_dtype,
+                                        attention=base.model.attention, remat=base.model.remat)
+    params_np = hf.from_hf_tensors(model_cfg, tensors)
+    run_dir = pathlib.Path(run_dir)
+    tokenizer_src = pathlib.Path(hf_dir) / "tokenizer.model"
+    if not tokenizer_src.exists():
+        raise FileNotFoundError(f"{hf_dir}: no tokenizer.model (sentencepiece); jaxtrain needs it to tokenize new data.")
+    tok_path = tok.install_tokenizer(tokenizer_src, prepare.tokenizer_path(run_dir).parent)
+    cfg = dataclasses.replace(
+        base,
+        model=model_cfg,
+        tokenizer=dataclasses.replace(base.tokenizer, vocab_size=model_cfg.vocab_size, model_file=str(tok_path)),
+        data=dataclasses.replace(base.data, seq_len=min(base.data.seq_len, model_cfg.max_seq_len)),
+        run_dir=str(run_dir),
+    )
+    session = build_session(cfg, run_dir)
+    fresh = session.init_state()
+    params = jax.tree.map(lambda x, sh: jax.device_put(x, sh), params_np, session.shardings.params)
+    state = fresh.replace(params=params, opt_state=session.tx.init(params))
+    ckpt = session.checkpointer()
+    meta = {"step": 0, "tokenizer_fingerprint": tok.fingerprint(tok_path), "tokens_seen": 0, "config": to_dict(cfg),
+            "imported_from": str(hf_dir)}
+    ckpt.save(0, state, None, meta, force=True)
+    ckpt.close()
+    save_config(cfg, run_dir / "config.yaml")
+    return cfg
