@@ -188,6 +188,49 @@ def cmd_import_hf(args) -> None:
           f"vocab {cfg.model.vocab_size}); point data.sources at your corpus and run `jaxtrain train --run-dir {args.run_dir}`")
 
 
+CHIP_PEAKS = {"v4": "TPU v4", "v5e": "TPU v5 lite", "v5p": "TPU v5", "v6e": "TPU v6 lite", "h100": "H100", "h200": "H200"}
+
+
+def cmd_scaling(args) -> None:
+    import json
+
+    from jaxtrain.scaling import flops, laws
+    from jaxtrain.scaling import sweep as sweep_lib
+
+    if args.action == "plan":
+        constants = laws.EPOCH_AI
+        if args.constants:
+            constants = laws.LawConstants(**json.loads(pathlib.Path(args.constants).read_text())["constants"])
+        if args.flops:
+            budget = args.flops
+        elif args.chip_hours and args.chip:
+            peak = flops.peak_flops(CHIP_PEAKS[args.chip])
+            budget = laws.flops_from_chip_hours(args.chip_hours, peak, args.mfu)
+        else:
+            raise SystemExit("jaxtrain scaling plan: give --flops, or --chip-hours with --chip (and --mfu)")
+        plan = laws.compute_optimal(budget, constants)
+        preset, preset_n = sweep_lib.nearest_preset(plan.params)
+        print(f"compute        {budget:.3e} FLOPs")
+        print(f"parameters     {plan.params:.3e}  (compute-optimal N)")
+        print(f"tokens         {plan.tokens:.3e}  ({plan.tokens_per_param:.1f} tokens per parameter)")
+        print(f"predicted loss {plan.predicted_loss:.3f}  (constants: {'fit ' + args.constants if args.constants else 'Epoch AI replication of Chinchilla'})")
+        print(f"nearest preset {preset} ({preset_n:.3e} matmul parameters)")
+    elif args.action == "sweep":
+        from jaxtrain.config import load_config
+
+        base = load_config(args.config or "tiny", args.overrides)
+        base_run = pathlib.Path(args.run_dir or base.run_dir)
+        _prepare_once(base, base_run)
+        results = sweep_lib.run_sweep(base, base_run, pathlib.Path(args.out), args.budgets)
+        print(f"[sweep] {len(results)} runs in {args.out}/sweep.jsonl")
+        if len(results) >= 5:
+            print(json.dumps(sweep_lib.fit_sweep(results, pathlib.Path(args.out)), indent=2))
+    else:
+        results = sweep_lib.read_results(pathlib.Path(args.input))
+        print(json.dumps(sweep_lib.fit_sweep(results, pathlib.Path(args.out)), indent=2))
+        print(f"[fit] plot: {pathlib.Path(args.out) / 'scaling_fit.png'}")
+
+
 def _check_devices(cfg) -> None:
     import jax
 
@@ -254,6 +297,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", default=None, help="base preset for data/optimizer/mesh settings (default demo)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(fn=cmd_import_hf)
+    p = sub.add_parser("scaling", help="scaling laws: plan a compute-optimal run, sweep a ladder, fit L(N, D)",
+                       description="plan: N and D for a budget; sweep: IsoFLOP ladder of real runs; fit: law constants.")
+    p.add_argument("action", choices=["plan", "sweep", "fit"])
+    p.add_argument("--flops", type=float, help="plan: training compute C in FLOPs")
+    p.add_argument("--chip-hours", type=float, help="plan: budget in chip-hours (with --chip and --mfu)")
+    p.add_argument("--chip", choices=sorted(CHIP_PEAKS), help="plan: chip whose bf16 peak sets the FLOPs")
+    p.add_argument("--mfu", type=float, default=0.4, help="plan: assumed model FLOPs utilization")
+    p.add_argument("--constants", help="plan: scaling_fit.json from `scaling fit` (default: Epoch AI constants)")
+    p.add_argument("--config", "-c", default=None, help="sweep: base preset (default tiny)")
+    p.add_argument("--run-dir", default=None, help="sweep: base run directory holding the prepared data")
+    p.add_argument("--budgets", type=float, nargs="+", default=[3e12, 1e13], help="sweep: FLOP budgets")
+    p.add_argument("--out", default="runs/scaling", help="sweep/fit: output directory")
+    p.add_argument("--input", default="runs/scaling/sweep.jsonl", help="fit: sweep results")
+    p.add_argument("overrides", nargs="*", metavar="key=value")
+    p.set_defaults(fn=cmd_scaling)
     p = add("eval", cmd_eval, "held-out loss of a checkpoint, with the unigram baseline")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p = add("sample", cmd_sample, "generate text from a checkpoint")

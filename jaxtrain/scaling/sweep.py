@@ -1,0 +1,115 @@
+"""IsoFLOP sweeps: a ladder of model sizes trained to fixed compute budgets, then a fit.
+
+Each (budget, size) pair is a real training run (`jaxtrain.train.loop.train`)
+in its own run directory that shares the base run's prepared data and
+tokenizer; steps = budget / (FLOPs per token x tokens per step). Results go
+to `sweep.jsonl`, one line per run, which `fit_sweep` turns into law
+constants, IsoFLOP optima and a plot.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import pathlib
+import shutil
+from typing import Sequence
+
+from jaxtrain.config import RunConfig, validate
+from jaxtrain.scaling import laws
+from jaxtrain.scaling.flops import flops_per_token, matmul_params
+from jaxtrain.utils import log
+
+# (layers, width) rungs; heads = width // 32, MLP 4x width.
+DEFAULT_LADDER = ((1, 32), (2, 48), (2, 64), (3, 96), (4, 128))
+
+
+def rung_config(base: RunConfig, layers: int, width: int, budget: float, run_dir: pathlib.Path) -> RunConfig:
+    heads = max(1, width // 32)
+    model = dataclasses.replace(
+        base.model, num_layers=layers, embed_dim=width, num_heads=heads, num_kv_heads=heads, head_dim=0,
+        mlp_dim=4 * width,
+    )
+    tokens_per_step = base.train.batch_size * base.data.seq_len
+    steps = max(1, round(budget / (flops_per_token(model, base.data.seq_len) * tokens_per_step)))
+    return dataclasses.replace(
+        base,
+        name=f"{base.name}-C{budget:.0e}-L{layers}-D{width}",
+        run_dir=str(run_dir),
+        model=model,
+        train=dataclasses.replace(base.train, steps=steps, log_every=max(1, steps // 5)),
+        optimizer=dataclasses.replace(base.optimizer, warmup_steps=max(1, min(base.optimizer.warmup_steps, steps // 10))),
+        checkpoint=dataclasses.replace(base.checkpoint, every_steps=steps, keep=1),
+        eval=dataclasses.replace(base.eval, every_steps=steps),
+        mesh=dataclasses.replace(base.mesh, tensor=1),
+    )
+
+
+def run_sweep(
+    base: RunConfig, base_run: pathlib.Path, out_dir: pathlib.Path, budgets: Sequence[float],
+    ladder: Sequence[tuple[int, int]] = DEFAULT_LADDER,
+) -> list[dict]:
+    from jaxtrain.train.loop import train
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results_path = out_dir / "sweep.jsonl"
+    done = {(r["flops"], r["layers"], r["width"]) for r in read_results(results_path)}
+    for budget in budgets:
+        for layers, width in ladder:
+            if (budget, layers, width) in done:
+                continue
+            run_dir = out_dir / f"C{budget:.0e}-L{layers}-D{width}"
+            cfg = rung_config(base, layers, width, budget, run_dir)
+            validate(cfg)
+            for part in ("data", "tokenizer"):
+                if not (run_dir / part).exists():
+                    shutil.copytree(base_run / part, run_dir / part)
+            log(f"[sweep] budget {budget:.2e} FLOPs: {layers} layers x {width} wide, {cfg.train.steps} steps")
+            result = train(cfg, run_dir)
+            tokens = cfg.train.steps * cfg.train.batch_size * cfg.data.seq_len
+            record = {
+                "flops": budget, "layers": layers, "width": width, "params": matmul_params(cfg.model),
+                "tokens": tokens, "steps": cfg.train.steps, "loss": result["eval"]["eval/loss"],
+            }
+            with results_path.open("a") as f:
+                f.write(json.dumps(record) + "\n")
+    return read_results(results_path)
+
+
+def read_results(path: pathlib.Path) -> list[dict]:
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def fit_sweep(results: list[dict], out_dir: pathlib.Path) -> dict:
+    if len(results) < 5:
+        raise ValueError(f"a fit needs at least 5 runs (5 free constants); have {len(results)}.")
+    n = [r["params"] for r in results]
+    d = [r["tokens"] for r in results]
+    losses = [r["loss"] for r in results]
+    flops = [r["flops"] for r in results]
+    constants = laws.fit_law(n, d, losses)
+    optima = laws.isoflop_optima(flops, n, losses)
+    summary = {"constants": dataclasses.asdict(constants), "isoflop_optimal_params": optima}
+    if len(optima) >= 2:
+        k, p = laws.power_law(list(optima), list(optima.values()))
+        summary["n_opt_power_law"] = {"k": k, "exponent": p}
+    out_dir.mkdir(parents=True, exist_ok=True)
+    laws.plot_fit(out_dir / "scaling_fit.png", n, d, losses, constants, flops)
+    (out_dir / "scaling_fit.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def nearest_preset(n_params: float) -> tuple[str, float]:
+    """The preset in configs/ whose matmul-parameter count is closest in log space."""
+    from jaxtrain.config import CONFIG_DIR, load_config
+
+    best = None
+    for path in sorted(CONFIG_DIR.glob("*.yaml")):
+        n = matmul_params(load_config(path.stem).model)
+        score = abs(math.log(n / n_params))
+        if best is None or score < best[2]:
+            best = (path.stem, n, score)
+    return best[0], best[1]
