@@ -34,6 +34,10 @@ def _simulated_devices_default() -> None:
 def _resolve(args: argparse.Namespace):
     from jaxtrain.config import load_config, load_run_config
 
+    if args.overrides and "=" not in args.overrides[0]:  # `jaxtrain eval RUN ...`: a run directory first
+        if getattr(args, "run_dir", None):
+            raise SystemExit(f"give the run directory once: {args.overrides[0]!r} or --run-dir {args.run_dir!r}")
+        args.run_dir, args.overrides = args.overrides[0], args.overrides[1:]
     run_dir = getattr(args, "run_dir", None)
     if args.config:
         cfg = load_config(args.config, args.overrides)
@@ -94,10 +98,15 @@ def cmd_train(args) -> None:
 def cmd_eval(args) -> None:
     from jaxtrain.train import loop
 
+    from jaxtrain.evaluate.report import MetricsWriter
+
     cfg, run_dir = _resolve(args)
     session, params, step = loop.load_params(cfg, run_dir, args.step)
     results = session.evaluate(params)
     print(f"[eval] step {step}: {loop.format_eval(results)}")
+    writer = MetricsWriter(run_dir)
+    writer.write_eval({"step": step, **results}, kind="offline")
+    writer.close()
     unigram = session.unigram_baseline()
     print(f"[eval] unigram baseline on the same tokens: {unigram:.4f} nats/token; model: {results['eval/loss']:.4f}")
 
@@ -221,7 +230,8 @@ def cmd_scaling(args) -> None:
         base = load_config(args.config or "tiny", args.overrides)
         base_run = pathlib.Path(args.run_dir or base.run_dir)
         _prepare_once(base, base_run)
-        results = sweep_lib.run_sweep(base, base_run, pathlib.Path(args.out), args.budgets)
+        ladder = [tuple(int(x) for x in rung.split("x")) for rung in args.ladder] if args.ladder else sweep_lib.DEFAULT_LADDER
+        results = sweep_lib.run_sweep(base, base_run, pathlib.Path(args.out), args.budgets, ladder)
         print(f"[sweep] {len(results)} runs in {args.out}/sweep.jsonl")
         if len(results) >= 5:
             print(json.dumps(sweep_lib.fit_sweep(results, pathlib.Path(args.out)), indent=2))
@@ -248,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--config", "-c", default=None, help="preset name in configs/ or a YAML path (default: demo, "
                        "or the run directory's saved config)")
         p.add_argument("--run-dir", default=None, help=run_dir_help)
-        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. model.num_layers=4")
+        p.add_argument("overrides", nargs="*", metavar="[RUN] key=value",
+                       help="optionally the run directory, then dotted config overrides, e.g. model.num_layers=4")
         p.set_defaults(fn=fn)
         return p
 
@@ -308,6 +319,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", "-c", default=None, help="sweep: base preset (default tiny)")
     p.add_argument("--run-dir", default=None, help="sweep: base run directory holding the prepared data")
     p.add_argument("--budgets", type=float, nargs="+", default=[3e12, 1e13], help="sweep: FLOP budgets")
+    p.add_argument("--ladder", nargs="+", metavar="LAYERSxWIDTH", help="sweep: model sizes, e.g. 1x16 2x32 (default: 5 rungs)")
     p.add_argument("--out", default="runs/scaling", help="sweep/fit: output directory")
     p.add_argument("--input", default="runs/scaling/sweep.jsonl", help="fit: sweep results")
     p.add_argument("overrides", nargs="*", metavar="key=value")

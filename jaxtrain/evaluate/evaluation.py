@@ -23,9 +23,16 @@ def evaluate(
     max_batches: int,
     to_global: Callable[[dict], dict],
 ) -> dict[str, float]:
-    """Token-weighted mean cross-entropy (nats) per source and overall."""
+    """Token-weighted mean cross-entropy (nats), perplexity and bits per byte, per source and overall.
+
+    Bits per byte divide the summed loss (in bits) by the UTF-8 bytes of the
+    evaluated text, from the per-source counts recorded at tokenization: exact
+    when the whole held-out split is evaluated, otherwise the bytes are
+    prorated by the share of tokens evaluated.
+    """
+    counts = shards.token_counts(data_dir)
     results: dict[str, float] = {}
-    total_loss = total_tokens = 0.0
+    total_loss = total_tokens = total_bytes = 0.0
     for source in sources:
         loss_sum = tokens = 0.0
         batches = list(loader.eval_batches(
@@ -44,11 +51,16 @@ def evaluate(
             out = jax.device_get(eval_step(params, to_global(batch)))
             loss_sum += float(out["loss_sum"])
             tokens += float(out["tokens"])
+        split = counts[shards.split_name("validation", source)]
+        nbytes = split["bytes"] * min(tokens / max(split["tokens"], 1), 1.0)
         results[f"eval/{source}/loss"] = loss_sum / max(tokens, 1.0)
+        results[f"eval/{source}/bpb"] = loss_sum / math.log(2) / max(nbytes, 1.0)
         total_loss += loss_sum
         total_tokens += tokens
+        total_bytes += nbytes
     results["eval/loss"] = total_loss / max(total_tokens, 1.0)
     results["eval/perplexity"] = math.exp(min(results["eval/loss"], 50.0))
+    results["eval/bpb"] = total_loss / math.log(2) / max(total_bytes, 1.0)
     results["eval/tokens"] = total_tokens
     return results
 

@@ -8,7 +8,6 @@ bad steps roll back to the last checkpoint and skip the offending data.
 
 from __future__ import annotations
 
-import json
 import pathlib
 import time
 from typing import Any, Callable
@@ -19,6 +18,7 @@ import numpy as np
 from jaxtrain.config import RunConfig, save_config, to_dict
 from jaxtrain.data import loader, prepare
 from jaxtrain.data import tokenizer as tok
+from jaxtrain.evaluate.report import MetricsWriter
 from jaxtrain.scaling import flops
 from jaxtrain.train import resume
 from jaxtrain.train.preemption import Preempted, PreemptionWatcher
@@ -34,22 +34,12 @@ class TrainingDiverged(RuntimeError):
     pass
 
 
-class MetricsLog:
-    """Appends one JSON object per line to run_dir/metrics.jsonl (process 0 only)."""
-
-    def __init__(self, path: pathlib.Path):
-        self.path = path
-
-    def write(self, record: dict) -> None:
-        if jax.process_index() == 0:
-            clean = {k: (v.item() if isinstance(v, (np.generic, np.ndarray)) else v) for k, v in record.items()}
-            with self.path.open("a") as f:
-                f.write(json.dumps(clean) + "\n")
-
-
 def format_eval(results: dict[str, float]) -> str:
-    per_source = " ".join(f"{k.split('/')[1]}={v:.3f}" for k, v in results.items() if k.count("/") == 2)
-    return f"eval loss {results['eval/loss']:.4f} (ppl {results['eval/perplexity']:.1f}) [{per_source}]"
+    per_source = " ".join(
+        f"{k.split('/')[1]}={v:.3f}" for k, v in results.items() if k.count("/") == 2 and k.endswith("/loss")
+    )
+    return (f"eval loss {results['eval/loss']:.4f} (ppl {results['eval/perplexity']:.1f}, "
+            f"{results['eval/bpb']:.3f} bits/byte) [{per_source}]")
 
 
 def _bar(fraction: float, width: int = 20) -> str:
@@ -118,7 +108,7 @@ def _loop(session: Session, state, data_iter, checkpointer, fingerprint: str, we
     )
     peak_text = f"{peak / 1e12:.0f} TFLOP/s/chip" if peak else f"unknown for {session.mesh.devices.flat[0].device_kind!r}, MFU n/a"
     log(f"[train] {flops_per_tok / 1e6:.1f} MFLOPs/token (6N + causal attention); peak {peak_text}")
-    metrics_log = MetricsLog(run_dir / "metrics.jsonl")
+    metrics_log = MetricsWriter(run_dir, enabled=jax.process_index() == 0)
     total = cfg.train.steps
     end_step = total if max_steps_this_run is None else min(total, step + max_steps_this_run)
     if step >= total:
@@ -188,6 +178,7 @@ def _loop(session: Session, state, data_iter, checkpointer, fingerprint: str, we
             last_eval = session.evaluate(state.params)
             log(f"[eval] step {step}: {format_eval(last_eval)}")
             metrics_log.write({"step": step, **last_eval})
+            metrics_log.write_eval({"step": step, **last_eval}, kind="in-loop")
             window_start, window_steps = time.perf_counter(), 0
         minutes = cfg.checkpoint.every_minutes
         timed_out = minutes > 0 and time.perf_counter() - last_save_time >= 60 * minutes
@@ -195,6 +186,7 @@ def _loop(session: Session, state, data_iter, checkpointer, fingerprint: str, we
             save(step)
             last_save_time = time.perf_counter()
     checkpointer.wait()
+    metrics_log.close()
     log(f"[train] stopped at step {step} after {format_duration(time.perf_counter() - run_start)}; "
         f"checkpoints in {checkpointer.directory}")
     return {"step": step, "state": state, "eval": last_eval, "session": session, "rollbacks": rollbacks}
