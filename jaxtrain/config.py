@@ -112,6 +112,9 @@ class EvalConfig:
     temperature: float = 0.8
     top_k: int = 40
     top_p: float = 0.95
+    tasks: bool = True  # score the built-in held-out tasks (next_line, last_word) at every eval
+    task_examples: int = 64  # examples per built-in task
+    task_files: tuple[str, ...] = ()  # extra JSONL tasks: {"context", "choices", "label"} per line
 
 
 @dataclasses.dataclass(frozen=True)

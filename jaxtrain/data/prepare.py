@@ -138,7 +138,24 @@ def prepare_shards(cfg: RunConfig, run_dir: pathlib.Path) -> dict:
     return counts
 
 
+def tasks_dir(run_dir: pathlib.Path) -> pathlib.Path:
+    return run_dir / "tasks"
+
+
+def prepare_tasks(cfg: RunConfig, run_dir: pathlib.Path) -> None:
+    """Built-in downstream tasks from the held-out documents (see jaxtrain.evaluate.tasks)."""
+    from jaxtrain.evaluate.tasks import BUILTIN_TASKS, build_tasks
+
+    out = tasks_dir(run_dir)
+    if all((out / f"{name}.jsonl").exists() for name in BUILTIN_TASKS):
+        return
+    paths = build_tasks(clean_dir(run_dir), out, cfg.eval.task_examples, cfg.data.shuffle_seed)
+    sizes = {name: len(p.read_text().splitlines()) for name, p in paths.items()}
+    log(f"[tasks] built from held-out text: {sizes} examples in {out}")
+
+
 def prepare_all(cfg: RunConfig, run_dir: pathlib.Path) -> None:
     prepare_corpus(cfg, run_dir)
     prepare_tokenizer(cfg, run_dir)
     prepare_shards(cfg, run_dir)
+    prepare_tasks(cfg, run_dir)

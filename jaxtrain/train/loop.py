@@ -38,8 +38,9 @@ def format_eval(results: dict[str, float]) -> str:
     per_source = " ".join(
         f"{k.split('/')[1]}={v:.3f}" for k, v in results.items() if k.count("/") == 2 and k.endswith("/loss")
     )
+    tasks = " ".join(f"{k.split('/')[1]}={v:.2f}" for k, v in results.items() if k.startswith("tasks/") and k.endswith("/acc"))
     return (f"eval loss {results['eval/loss']:.4f} (ppl {results['eval/perplexity']:.1f}, "
-            f"{results['eval/bpb']:.3f} bits/byte) [{per_source}]")
+            f"{results['eval/bpb']:.3f} bits/byte) [{per_source}]" + (f" tasks acc [{tasks}]" if tasks else ""))
 
 
 def _bar(fraction: float, width: int = 20) -> str:

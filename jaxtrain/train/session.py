@@ -36,6 +36,8 @@ class Session:
     batch_sharding: NamedSharding
     train_step: Any
     eval_step: Any
+    _scorer: Any = None
+    _sp: Any = None
 
     @property
     def sources(self) -> list[str]:
@@ -77,6 +79,32 @@ class Session:
         )
 
     def evaluate(self, params: Any) -> dict[str, float]:
+        """Held-out loss / perplexity / bits per byte per source, plus the downstream tasks."""
+        results = self._evaluate_loss(params)
+        if self.cfg.eval.tasks and jax.process_count() == 1:
+            results.update(self.evaluate_tasks(params))
+        return results
+
+    def evaluate_tasks(self, params: Any) -> dict[str, float]:
+        from jaxtrain.data import tokenizer as tok
+        from jaxtrain.evaluate import tasks
+
+        if self._scorer is None:
+            forward = make_forward(self.spec.graphdef, None, None)
+            self._scorer = tasks.make_scorer(forward, self.cfg.data.seq_len, self.cfg.train.batch_size)
+            self._sp = tok.load(prepare.tokenizer_path(self.run_dir))
+        paths = [prepare.tasks_dir(self.run_dir) / f"{name}.jsonl" for name in tasks.BUILTIN_TASKS]
+        paths += [pathlib.Path(p) for p in self.cfg.eval.task_files]
+        results = {}
+        for path in paths:
+            if not path.exists():
+                continue
+            scores = tasks.evaluate_task(self._scorer, params, self._sp, tasks.read_task(path))
+            results[f"tasks/{path.stem}/acc"] = scores["acc"]
+            results[f"tasks/{path.stem}/acc_norm"] = scores["acc_norm"]
+        return results
+
+    def _evaluate_loss(self, params: Any) -> dict[str, float]:
         return evaluation.evaluate(
             self.eval_step,
             params,
