@@ -6,7 +6,9 @@
     python3 dev.py test [pytest args]     the test suite
 
 Only the standard library is used here, so it runs before anything is installed.
-Installs are redone only when requirements*.txt or pyproject.toml change.
+`demo` installs requirements.txt; `test` adds requirements-test.txt (libtpu for the
+AOT test, CPU PyTorch + transformers for the export test, lm-eval, nbclient).
+Installs are redone only when those files or pyproject.toml change.
 """
 
 from __future__ import annotations
@@ -21,23 +23,21 @@ import venv
 ROOT = pathlib.Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 BIN = VENV / ("Scripts" if os.name == "nt" else "bin")
-INPUTS = ("requirements.txt", "requirements-test.txt", "pyproject.toml")
-
-
-def ensure_env() -> None:
+def ensure_env(requirements: str) -> None:
     if sys.version_info < (3, 11):
         sys.exit(f"jaxtrain needs Python 3.11+, this is {sys.version.split()[0]}")
     python = BIN / "python"
     if not python.exists():
         print(f"[dev] creating virtual environment {VENV}", flush=True)
         venv.create(VENV, with_pip=True)
-    digest = hashlib.sha256(b"".join((ROOT / name).read_bytes() for name in INPUTS)).hexdigest()
-    stamp = VENV / ".jaxtrain-installed"
+    inputs = ("requirements.txt", requirements, "pyproject.toml")
+    digest = hashlib.sha256(b"".join((ROOT / name).read_bytes() for name in inputs)).hexdigest()
+    stamp = VENV / f".jaxtrain-installed-{requirements}"
     if stamp.exists() and stamp.read_text() == digest:
         return
-    print("[dev] installing pinned requirements (first run only)", flush=True)
+    print(f"[dev] installing pinned {requirements} (first run only)", flush=True)
     pip = [str(python), "-m", "pip", "--disable-pip-version-check", "-q"]
-    subprocess.run([*pip, "install", "-r", str(ROOT / "requirements-test.txt")], check=True)
+    subprocess.run([*pip, "install", "-r", str(ROOT / requirements)], check=True)
     subprocess.run([*pip, "install", "--no-deps", "-e", str(ROOT)], check=True)
     stamp.write_text(digest)
 
@@ -46,7 +46,7 @@ def main(argv: list[str]) -> int:
     if not argv or argv[0] not in ("demo", "test"):
         print(__doc__)
         return 2
-    ensure_env()
+    ensure_env("requirements.txt" if argv[0] == "demo" else "requirements-test.txt")
     env = dict(os.environ)
     env.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
