@@ -111,29 +111,38 @@ def cmd_eval(args) -> None:
     print(f"[eval] unigram baseline on the same tokens: {unigram:.4f} nats/token; model: {results['eval/loss']:.4f}")
 
 
-def cmd_sample(args) -> None:
+def _print_samples(session, params, step: int, prompts: list[str], *, tokens: int | None = None,
+                   temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                   seed: int = 0) -> None:
+    """Sample from params already in memory (shared by `sample` and the end of `run`)."""
     from jaxtrain.data import prepare
     from jaxtrain.data import tokenizer as tok
     from jaxtrain.evaluate.sampling import generate
-    from jaxtrain.train import loop
 
-    cfg, run_dir = _resolve(args)
-    session, params, step = loop.load_params(cfg, run_dir, args.step)
-    sp = tok.load(prepare.tokenizer_path(run_dir))
-    prompts = args.prompt or [cfg.eval.sample_prompt]
+    cfg = session.cfg
+    sp = tok.load(prepare.tokenizer_path(session.run_dir))
     outputs = generate(
         session.spec.graphdef,
         params,
         [[tok.BOS_ID, *sp.encode(p)] for p in prompts],
-        max_new_tokens=args.tokens or cfg.eval.sample_tokens,
-        temperature=cfg.eval.temperature if args.temperature is None else args.temperature,
-        top_k=cfg.eval.top_k if args.top_k is None else args.top_k,
-        top_p=cfg.eval.top_p if args.top_p is None else args.top_p,
-        seed=args.seed,
+        max_new_tokens=tokens or cfg.eval.sample_tokens,
+        temperature=cfg.eval.temperature if temperature is None else temperature,
+        top_k=cfg.eval.top_k if top_k is None else top_k,
+        top_p=cfg.eval.top_p if top_p is None else top_p,
+        seed=seed,
         eos_id=tok.EOS_ID,
     )
     for prompt, ids in zip(prompts, outputs):
         print(f"--- sample (step {step}, prompt {prompt!r}) ---\n{prompt}{sp.decode(ids)}\n---")
+
+
+def cmd_sample(args) -> None:
+    from jaxtrain.train import loop
+
+    cfg, run_dir = _resolve(args)
+    session, params, step = loop.load_params(cfg, run_dir, args.step)
+    _print_samples(session, params, step, args.prompt or [cfg.eval.sample_prompt], tokens=args.tokens,
+                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
 
 
 def cmd_run(args) -> None:
@@ -150,10 +159,7 @@ def cmd_run(args) -> None:
     unigram = session.unigram_baseline()
     print(f"[result] held-out loss {final['eval/loss']:.4f} nats/token vs unigram baseline {unigram:.4f} "
           f"({unigram - final['eval/loss']:+.4f} better)")
-    args.prompt, args.step, args.tokens, args.temperature, args.seed = [cfg.eval.sample_prompt], None, None, None, 0
-    args.top_k = args.top_p = None
-    args.config, args.run_dir, args.overrides = None, str(run_dir), []
-    cmd_sample(args)
+    _print_samples(session, result["state"].params, result["step"], [cfg.eval.sample_prompt])
     print(f"[result] run directory: {run_dir} | total time {time.perf_counter() - start:.0f}s")
 
 

@@ -15,6 +15,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 from flax import nnx
+from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtrain.parallel.constraints import logical_to_spec
@@ -68,14 +69,10 @@ def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None
     if num_slices > 1:
         if resolved["dcn"] != num_slices:
             raise MeshError(f"mesh.dcn: {resolved['dcn']} but the devices span {num_slices} slices; set mesh.dcn={num_slices}.")
-        from jax.experimental import mesh_utils
-
         ici = (1, *dims[1:])
         dcn = (num_slices, 1, 1, 1)
         return Mesh(mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices), MESH_AXES)
     try:
-        from jax.experimental import mesh_utils
-
         device_grid = mesh_utils.create_device_mesh(dims, devices=devices)
     except Exception:  # no physical topology (simulated CPU devices): keep the given order
         device_grid = np.asarray(devices).reshape(dims)
@@ -109,12 +106,6 @@ def shardings_for(axes_tree: Any, mesh: Mesh, rules: dict | None = None) -> Any:
 def batch_sharding(mesh: Mesh, rules: dict | None = None) -> NamedSharding:
     rules = RULES if rules is None else rules
     return NamedSharding(mesh, logical_to_spec(("batch", "length"), rules))
-
-
-def data_parallel_size(mesh: Mesh, rules: dict | None = None) -> int:
-    spec = batch_sharding(mesh, rules).spec[0]
-    axes = (spec,) if isinstance(spec, str) else tuple(spec or ())
-    return math.prod(mesh.shape[a] for a in axes)
 
 
 def replicated(mesh: Mesh) -> NamedSharding:

@@ -36,11 +36,7 @@ def model_spec(cfg: ModelConfig) -> ModelSpec:
     return ModelSpec(graphdef, nnx.to_pure_dict(abstract_state), mesh_lib.logical_axes(abstract_state))
 
 
-def init_params(cfg: ModelConfig, seed: int) -> Any:
-    return init_params_from_key(cfg, jax.random.key(seed))
-
-
-def init_params_from_key(cfg: ModelConfig, key: jax.Array) -> Any:
+def init_params(cfg: ModelConfig, key: jax.Array) -> Any:
     model = Transformer(cfg, rngs=nnx.Rngs(params=key))
     return nnx.to_pure_dict(nnx.state(model, nnx.Param))
 
@@ -63,7 +59,7 @@ def init_state(
 ) -> TrainState:
     def init(seed_: jax.Array) -> TrainState:
         params_key, rng_key = jax.random.split(jax.random.key(seed_))
-        params = init_params_from_key(cfg, params_key)
+        params = init_params(cfg, params_key)
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
