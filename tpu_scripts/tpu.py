@@ -1,0 +1,286 @@
+#!/usr/bin/env python3
+"""Cloud TPU VM operations for jaxtrain: create, set up, launch, watch, recover, tear down.
+
+One entry point, stdlib only (runs from a laptop with just gcloud installed):
+
+  tpu.py create  --name N --zone Z --accelerator v5litepod-8 [--spot] [--queued [--slices S]]
+  tpu.py setup   --name N --zone Z --repo URL --commit SHA
+  tpu.py launch  --name N --zone Z --config C --run-dir gs://B/run [KEY=VALUE ...]
+  tpu.py run     (create if needed, set up, launch; on preemption recreate and relaunch
+                  until the run completes or --max-retries is spent)
+  tpu.py logs    --name N --zone Z [--collect DIR]
+  tpu.py sync    SRC DST            (gcloud storage rsync; either side may be gs://)
+  tpu.py delete  --name N --zone Z
+  tpu.py state   --name N --zone Z
+
+Every subcommand takes --dry-run (print the exact gcloud commands, run nothing)
+and checks its arguments before calling anything.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import tpu_commands as tc  # noqa: E402
+
+
+class GcloudError(RuntimeError):
+    pass
+
+
+class Runner:
+    """Runs (or, with dry_run, prints) gcloud commands; every command is echoed first."""
+
+    def __init__(self, dry_run: bool, log_file: pathlib.Path | None = None):
+        self.dry_run = dry_run
+        self.log_file = log_file
+
+    def echo(self, msg: str) -> None:
+        print(msg, flush=True)
+
+    def call(self, cmd: list[str], *, capture: bool = False, check: bool = True) -> tuple[int, str]:
+        self.echo("+ " + shlex.join(cmd))
+        if self.dry_run:
+            return 0, ""
+        try:
+            if capture:
+                proc = subprocess.run(cmd, capture_output=True, text=True)
+                out, rc = proc.stdout, proc.returncode
+                if rc and proc.stderr:
+                    self.echo(proc.stderr.rstrip())
+            else:
+                rc, out = self._stream(cmd), ""
+        except FileNotFoundError:
+            raise GcloudError(f"{cmd[0]}: not found on PATH; install the Google Cloud CLI (gcloud).") from None
+        if check and rc:
+            raise GcloudError(f"command failed (exit {rc}): {shlex.join(cmd)}")
+        return rc, out
+
+    def _stream(self, cmd: list[str]) -> int:
+        """Stream output to the terminal and, when set, append it to the local log."""
+        sink = self.log_file.open("a") if self.log_file else None
+        try:
+            with subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) as proc:
+                assert proc.stdout is not None
+                for line in proc.stdout:
+                    sys.stdout.write(line)
+                    if sink:
+                        sink.write(line)
+                        sink.flush()
+                return proc.wait()
+        finally:
+            if sink:
+                sink.close()
+
+
+def vm_state(r: Runner, t: tc.Target) -> str | None:
+    """READY, CREATING, PREEMPTED, ... or None when the resource does not exist."""
+    if r.dry_run:
+        r.echo("+ " + shlex.join(t.describe_state()))
+        return None
+    rc, out = r.call(t.describe_state(), capture=True, check=False)
+    return out.strip().upper() or None if rc == 0 else None
+
+
+def create(r: Runner, t: tc.Target, acc: tc.Accelerator, version: str | None, spot: bool,
+           retries: int, wait_s: float, poll_s: float = 10.0) -> None:
+    """Create, retrying failed creates (stockouts are common) with a growing pause."""
+    for attempt in range(retries + 1):
+        rc, _ = r.call(t.create(acc, version, spot), check=False)
+        if rc == 0:
+            break
+        if attempt == retries:
+            raise GcloudError(f"create {t.name}: failed {retries + 1} times; see the gcloud errors above.")
+        pause = min(poll_s * 2 ** attempt, 600)
+        r.echo(f"[tpu] create failed (exit {rc}); retry {attempt + 1}/{retries} in {pause:.0f}s")
+        time.sleep(pause)
+    if r.dry_run or not t.queued:
+        return
+    deadline = time.monotonic() + wait_s  # queued resources become ACTIVE later
+    while (state := vm_state(r, t)) != "ACTIVE":
+        if state in ("FAILED", "SUSPENDED") or time.monotonic() > deadline:
+            raise GcloudError(f"queued resource {t.name} is {state} (waited up to {wait_s:.0f}s); "
+                              "delete it or try another zone.")
+        time.sleep(poll_s)
+
+
+def setup(r: Runner, t: tc.Target, repo: str, commit: str, install: str) -> None:
+    r.call(t.ssh(tc.setup_command(repo, commit, install)))
+
+
+def launch(r: Runner, t: tc.Target, args: argparse.Namespace) -> int:
+    cmd = tc.train_command(args.config, args.run_dir, args.overrides, t.slices, args.python)
+    rc, _ = r.call(t.ssh(cmd), check=False)
+    return rc
+
+
+def run_until_done(r: Runner, t: tc.Target, acc: tc.Accelerator, args: argparse.Namespace) -> int:
+    """The recovery loop: (re)create, set up, launch; a preempted VM is recreated and the job
+    relaunched, resuming from the last checkpoint in the run directory."""
+    failures = 0
+    needs_setup = True
+    while True:
+        state = vm_state(r, t)
+        ready = "ACTIVE" if t.queued else "READY"
+        if state != ready:
+            if state is not None:
+                r.echo(f"[tpu] {t.name} is {state}: deleting and recreating it")
+                r.call(t.delete())
+            create(r, t, acc, args.version, args.spot, args.create_retries, args.wait, args.create_pause)
+            needs_setup = True
+        if needs_setup and args.repo:
+            setup(r, t, args.repo, args.commit, args.install)
+        needs_setup = False
+        rc = launch(r, t, args)
+        if r.dry_run:
+            r.echo(f"[tpu] dry run: if the job fails or the VM is preempted, the loop describes it, recreates it "
+                   f"when needed and relaunches, up to --max-retries {args.max_retries} times")
+            return 0
+        if rc == 0:
+            r.echo(f"[tpu] run complete on {t.name}")
+            return 0
+        state = vm_state(r, t)
+        preempted = state is None or state in tc.PREEMPTED_STATES
+        failures += 1
+        kind = f"preempted ({state or 'gone'})" if preempted else f"failed with exit {rc} (VM {state})"
+        if failures > args.max_retries:
+            r.echo(f"[tpu] job {kind}; retry budget of {args.max_retries} spent, giving up")
+            return 1
+        r.echo(f"[tpu] job {kind}; relaunch {failures}/{args.max_retries} from the last checkpoint")
+        time.sleep(args.retry_pause)
+
+
+def logs(r: Runner, t: tc.Target, acc: tc.Accelerator | None, collect: str | None, lines: int) -> None:
+    if not collect:
+        r.call(t.ssh(f"tail -n {int(lines)} -F {tc.REMOTE_LOG}"), check=False)
+        return
+    dest = pathlib.Path(collect)
+    if not r.dry_run:
+        dest.mkdir(parents=True, exist_ok=True)
+    hosts = acc.hosts if acc else 1
+    for worker in range(hosts):
+        r.call(t.scp_from(tc.REMOTE_LOG, str(dest / f"worker-{worker}.log"), worker), check=False)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tpu.py", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help_text: str, target: bool = True) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--dry-run", action="store_true", help="print the gcloud commands, run nothing")
+        if target:
+            p.add_argument("--name", required=True, help="TPU VM (or queued resource) name")
+            p.add_argument("--zone", required=True, help="e.g. us-central2-b (v4), us-east5-a (v5p), us-west4-a (v5e)")
+            p.add_argument("--project", help="GCP project (default: gcloud's configured project)")
+            p.add_argument("--queued", action="store_true", help="use a queued resource (needed for --slices > 1)")
+            p.add_argument("--slices", type=int, default=1, help="slices in a multislice queued resource")
+        return p
+
+    def add_create(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--accelerator", required=True, help="v5litepod-8 (alias v5e-8), v5p-8, v4-32, v6e-8, ...")
+        p.add_argument("--version", help="runtime version (default: the one for the chip generation)")
+        p.add_argument("--spot", action="store_true", help="spot capacity (cheaper, may be preempted)")
+        p.add_argument("--create-retries", type=int, default=3, help="retries of a failed create")
+        p.add_argument("--wait", type=float, default=3600, help="seconds to wait for a queued resource")
+        p.add_argument("--create-pause", type=float, default=10, help="first pause before a create retry (doubles)")
+
+    def add_setup(p: argparse.ArgumentParser, required: bool) -> None:
+        p.add_argument("--repo", required=required, help="git URL of this project (or your fork)")
+        p.add_argument("--commit", default="main", help="commit, tag or branch to install")
+        p.add_argument("--install", default=tc.DEFAULT_INSTALL, help="install command run in the checkout")
+
+    def add_launch(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--config", required=True, help="preset name or YAML path (inside the checkout)")
+        p.add_argument("--run-dir", required=True, help="run directory, gs://BUCKET/... so it outlives the VM")
+        p.add_argument("--python", default=".venv/bin/python", help="interpreter on the workers")
+        p.add_argument("overrides", nargs="*", help="config overrides KEY=VALUE")
+
+    add_create(add("create", "create a TPU VM, pod slice or multislice queued resource"))
+    add_setup(add("setup", "install the project at a commit on every worker"), required=True)
+    add_launch(add("launch", "run `jaxtrain train` on all workers at once (logs stream here)"))
+    p = add("run", "create if needed, set up, launch; recreate and relaunch on preemption until done")
+    add_create(p)
+    add_setup(p, required=False)
+    add_launch(p)
+    p.add_argument("--max-retries", type=int, default=10, help="relaunches allowed after preemptions/failures")
+    p.add_argument("--retry-pause", type=float, default=30, help="seconds between relaunches")
+    p.add_argument("--log-file", help="also append the job's output to this local file")
+    p = add("logs", "stream the training log of every worker, or --collect them into a directory")
+    p.add_argument("--collect", help="copy each worker's log into this local directory")
+    p.add_argument("--accelerator", help="accelerator type (to know the number of workers for --collect)")
+    p.add_argument("--lines", type=int, default=100)
+    p = add("sync", "copy a run directory to or from Cloud Storage (gcloud storage rsync)", target=False)
+    p.add_argument("src")
+    p.add_argument("dst")
+    add("delete", "delete the TPU VM or queued resource")
+    add("state", "print the VM's state (READY, PREEMPTED, ...) or NOT_FOUND")
+    return parser
+
+
+def _check(args: argparse.Namespace) -> tuple[tc.Target | None, tc.Accelerator | None]:
+    if args.command == "sync":
+        if not (args.src.startswith("gs://") or args.dst.startswith("gs://")):
+            raise tc.UsageError(f"sync {args.src!r} {args.dst!r}: one side must be a gs:// path.")
+        for flag, p in (("SRC", args.src), ("DST", args.dst)):
+            if p.startswith("gs://"):
+                tc.check_gs(p, flag)
+        return None, None
+    tc.check_name(args.name)
+    tc.check_zone(args.zone)
+    tc.check_project(args.project)
+    if args.slices < 1 or (args.slices > 1 and not args.queued):
+        raise tc.UsageError(f"--slices {args.slices}: multislice (> 1) needs --queued; at least 1.")
+    acc = tc.parse_accelerator(args.accelerator) if getattr(args, "accelerator", None) else None
+    if args.command in ("launch", "run"):
+        if args.run_dir.startswith("gs://"):
+            tc.check_gs(args.run_dir, "--run-dir")
+        elif args.command == "run" and not os.path.isabs(args.run_dir):
+            raise tc.UsageError(f"--run-dir {args.run_dir!r}: a recreated VM starts with an empty disk; use gs://BUCKET/... "
+                                "(or an absolute path on storage that outlives the VM).")
+        tc.train_command(args.config, args.run_dir, args.overrides, args.slices, args.python)
+    if args.command in ("setup",) or (args.command == "run" and args.repo):
+        tc.setup_command(args.repo, args.commit, args.install)
+    return tc.Target(args.name, args.zone, args.project, args.queued, args.slices), acc
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        target, acc = _check(args)
+    except tc.UsageError as e:
+        print(f"tpu.py {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    r = Runner(args.dry_run, pathlib.Path(args.log_file) if getattr(args, "log_file", None) else None)
+    try:
+        if args.command == "sync":
+            r.call(tc.storage_sync(args.src, args.dst))
+        elif args.command == "create":
+            create(r, target, acc, args.version, args.spot, args.create_retries, args.wait, args.create_pause)
+        elif args.command == "setup":
+            setup(r, target, args.repo, args.commit, args.install)
+        elif args.command == "launch":
+            return launch(r, target, args)
+        elif args.command == "run":
+            return run_until_done(r, target, acc, args)
+        elif args.command == "logs":
+            logs(r, target, acc, args.collect, args.lines)
+        elif args.command == "delete":
+            r.call(target.delete())
+        elif args.command == "state":
+            print(vm_state(r, target) or "NOT_FOUND")
+    except GcloudError as e:
+        print(f"tpu.py {args.command}: error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
