@@ -20,6 +20,8 @@ import pathlib
 import sys
 import time
 
+from etils import epath
+
 
 def _simulated_devices_default() -> None:
     """On a CPU-only host, default to an 8-device simulated mesh (must precede JAX import)."""
@@ -41,11 +43,11 @@ def _resolve(args: argparse.Namespace):
     run_dir = getattr(args, "run_dir", None)
     if args.config:
         cfg = load_config(args.config, args.overrides)
-    elif run_dir and (pathlib.Path(run_dir) / "config.yaml").exists():
+    elif run_dir and (epath.Path(run_dir) / "config.yaml").exists():
         cfg = load_run_config(run_dir, args.overrides)
     else:
         cfg = load_config("demo", args.overrides)
-    run_dir = pathlib.Path(run_dir or cfg.run_dir)
+    run_dir = epath.Path(run_dir or cfg.run_dir)
     return cfg, run_dir
 
 
@@ -96,9 +98,8 @@ def cmd_train(args) -> None:
 
 
 def cmd_eval(args) -> None:
-    from jaxtrain.train import loop
-
     from jaxtrain.evaluate.report import MetricsWriter
+    from jaxtrain.train import loop
 
     cfg, run_dir = _resolve(args)
     session, params, step = loop.load_params(cfg, run_dir, args.step)
@@ -198,7 +199,7 @@ def cmd_import_hf(args) -> None:
     from jaxtrain.export.handoff import import_hf
 
     base = load_config(args.config or "demo", args.overrides)
-    cfg = import_hf(pathlib.Path(args.hf_dir), base, pathlib.Path(args.run_dir))
+    cfg = import_hf(pathlib.Path(args.hf_dir), base, epath.Path(args.run_dir))
     print(f"[import-hf] {args.hf_dir} -> {args.run_dir} (step-0 checkpoint, {cfg.model.num_layers} layers, "
           f"vocab {cfg.model.vocab_size}); point data.sources at your corpus and run `jaxtrain train --run-dir {args.run_dir}`")
 
@@ -234,7 +235,7 @@ def cmd_scaling(args) -> None:
         from jaxtrain.config import load_config
 
         base = load_config(args.config or "tiny", args.overrides)
-        base_run = pathlib.Path(args.run_dir or base.run_dir)
+        base_run = epath.Path(args.run_dir or base.run_dir)
         _prepare_once(base, base_run)
         ladder = [tuple(int(x) for x in rung.split("x")) for rung in args.ladder] if args.ladder else sweep_lib.DEFAULT_LADDER
         results = sweep_lib.run_sweep(base, base_run, pathlib.Path(args.out), args.budgets, ladder)

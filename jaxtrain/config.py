@@ -16,6 +16,7 @@ import typing
 from typing import Any, Literal
 
 import yaml
+from etils import epath
 
 from jaxtrain.models.transformer import ModelConfig
 from jaxtrain.train.optimizer import OptimizerConfig
@@ -223,7 +224,7 @@ def _merge(base: dict, update: dict) -> dict:
 
 
 def preset_path(name_or_path: str) -> pathlib.Path:
-    path = pathlib.Path(name_or_path)
+    path = epath.Path(name_or_path)
     if path.suffix in (".yaml", ".yml"):
         if not path.exists():
             raise ConfigError(f"config file {path} does not exist.")
@@ -288,7 +289,7 @@ def save_config(cfg: RunConfig, path: pathlib.Path) -> None:
 
 
 def load_run_config(run_dir: str | pathlib.Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
-    path = pathlib.Path(run_dir) / "config.yaml"
+    path = epath.Path(run_dir) / "config.yaml"
     if not path.exists():
         raise ConfigError(f"{path}: no resolved config; is {run_dir} a jaxtrain run directory?")
     return load_config(str(path), overrides)

@@ -12,6 +12,8 @@ import os
 import pathlib
 import time
 
+from etils import epath
+
 from jaxtrain.config import ConfigError, RunConfig
 from jaxtrain.data import clean, corpus, shards
 from jaxtrain.data import tokenizer as tok
@@ -82,9 +84,7 @@ def prepare_corpus(cfg: RunConfig, run_dir: pathlib.Path) -> dict:
             )
     result = clean.write_report(reports, tmp_dir / "report.json")
     if out_dir.exists():
-        import shutil
-
-        shutil.rmtree(out_dir)
+        epath.Path(out_dir).rmtree()
     tmp_dir.rename(out_dir)
     log(f"[prepare] done in {time.perf_counter() - start:.1f}s -> {out_dir}")
     return result

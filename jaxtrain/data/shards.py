@@ -15,6 +15,7 @@ from typing import Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 
 from jaxtrain.data import tokenizer as tok
 
@@ -33,8 +34,8 @@ class TokenShards(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     VERSION = tfds.core.Version("1.0.0")
 
     def __init__(self, *, clean_dir: pathlib.Path, tokenizer_path: pathlib.Path, sources: list[str], **kwargs):
-        self._clean_dir = pathlib.Path(clean_dir)
-        self._tokenizer_path = pathlib.Path(tokenizer_path)
+        self._clean_dir = epath.Path(clean_dir)
+        self._tokenizer_path = epath.Path(tokenizer_path)
         self._sources = list(sources)
         self.counts: dict[str, dict[str, int]] = {}
         super().__init__(**kwargs)
@@ -90,7 +91,7 @@ def build_shards(clean_dir: pathlib.Path, tokenizer_path: pathlib.Path, sources:
         file_format="array_record",
     )
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
-    counts_path = pathlib.Path(data_dir) / "token_counts.json"
+    counts_path = epath.Path(data_dir) / "token_counts.json"
     counts_path.write_text(json.dumps(builder.counts, indent=2))
     return builder.counts
 
@@ -101,4 +102,4 @@ def data_source(data_dir: pathlib.Path, split: str, source: str):
 
 
 def token_counts(data_dir: pathlib.Path) -> dict:
-    return json.loads((pathlib.Path(data_dir) / "token_counts.json").read_text())
+    return json.loads((epath.Path(data_dir) / "token_counts.json").read_text())

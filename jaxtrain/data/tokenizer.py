@@ -10,10 +10,11 @@ import hashlib
 import itertools
 import json
 import pathlib
-import shutil
+import tempfile
 from typing import Iterator
 
 import sentencepiece as spm
+from etils import epath
 
 PAD_ID, BOS_ID, EOS_ID, UNK_ID = 0, 1, 2, 3
 MODEL_NAME = "tokenizer.model"
@@ -25,7 +26,7 @@ def _lines(paths: list[pathlib.Path], sample_bytes: int) -> Iterator[str]:
 
     def from_file(path: pathlib.Path) -> Iterator[str]:
         used = 0
-        with path.open(encoding="utf-8") as f:
+        with epath.Path(path).open(encoding="utf-8") as f:
             for record in map(json.loads, f):
                 for line in record["text"].split("\n"):
                     if line.strip():
@@ -50,8 +51,17 @@ def train_tokenizer(
     sample_bytes: int = 4_000_000,
     num_threads: int = 2,
 ) -> pathlib.Path:
+    out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    prefix = out_dir / "tokenizer"
+    with tempfile.TemporaryDirectory() as tmp:  # sentencepiece writes local files only; out_dir may be gs://
+        prefix = pathlib.Path(tmp) / "tokenizer"
+        _train(train_files, prefix, vocab_size, model_type, byte_fallback, sample_bytes, num_threads)
+        for suffix in (".model", ".vocab"):
+            (out_dir / f"tokenizer{suffix}").write_bytes(prefix.with_suffix(suffix).read_bytes())
+    return out_dir / MODEL_NAME
+
+
+def _train(train_files, prefix, vocab_size, model_type, byte_fallback, sample_bytes, num_threads) -> None:
     spm.SentencePieceTrainer.train(
         sentence_iterator=_lines(train_files, sample_bytes),
         model_prefix=str(prefix),
@@ -72,27 +82,26 @@ def train_tokenizer(
         num_threads=num_threads,
         minloglevel=2,
     )
-    return prefix.with_suffix(".model")
 
 
 def install_tokenizer(model_file: str | pathlib.Path, out_dir: pathlib.Path) -> pathlib.Path:
     """Copy a user-supplied .model into the run; refuse one whose special ids differ."""
-    src = pathlib.Path(model_file)
+    src = epath.Path(model_file)
     if not src.exists():
         raise FileNotFoundError(f"tokenizer.model_file: {src} does not exist.")
-    sp = spm.SentencePieceProcessor(model_file=str(src))
+    sp = load(src)
     if sp.bos_id() < 0 or sp.eos_id() < 0:
         raise ValueError(f"tokenizer.model_file: {src} has no BOS/EOS pieces; jaxtrain needs both.")
     out_dir.mkdir(parents=True, exist_ok=True)
     dst = out_dir / MODEL_NAME
-    shutil.copyfile(src, dst)
+    dst.write_bytes(src.read_bytes())
     return dst
 
 
 def load(path: str | pathlib.Path) -> spm.SentencePieceProcessor:
-    return spm.SentencePieceProcessor(model_file=str(path))
+    return spm.SentencePieceProcessor(model_proto=epath.Path(path).read_bytes())
 
 
 def fingerprint(path: str | pathlib.Path) -> str:
     """Content hash, recorded with checkpoints so a model is never paired with the wrong tokenizer."""
-    return hashlib.sha256(pathlib.Path(path).read_bytes()).hexdigest()[:16]
+    return hashlib.sha256(epath.Path(path).read_bytes()).hexdigest()[:16]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import pathlib
 
+from etils import epath
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
 
@@ -29,7 +30,7 @@ class JaxtrainLM(LM):
         from jaxtrain.train.loop import load_params
         from jaxtrain.train.step import make_forward
 
-        run = pathlib.Path(run_dir)
+        run = epath.Path(run_dir)
         cfg = load_run_config(run, ["mesh.dcn=1", "mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1"])
         self.session, self.params, self.step = load_params(cfg, run, step)
         self.sp = tok.load(prepare.tokenizer_path(run))

@@ -10,6 +10,7 @@ import json
 import pathlib
 
 import numpy as np
+from etils import epath
 
 
 def _plain(value):
@@ -18,11 +19,13 @@ def _plain(value):
 
 class MetricsWriter:
     def __init__(self, run_dir: pathlib.Path, enabled: bool = True):
-        self.run_dir = pathlib.Path(run_dir)
+        self.run_dir = epath.Path(run_dir)
         self.enabled = enabled
         self._tb = None
 
     def _tensorboard(self):
+        if self._tb is None and "://" in str(self.run_dir):
+            return None  # tensorboardX writes local files; on gs:// the JSONL files are the record
         if self._tb is None:
             from tensorboardX import SummaryWriter
 
@@ -33,10 +36,11 @@ class MetricsWriter:
         if not self.enabled:
             return
         clean = {k: _plain(v) for k, v in record.items()}
-        with (self.run_dir / file).open("a") as f:
-            f.write(json.dumps(clean) + "\n")
+        append_line(self.run_dir / file, json.dumps(clean))
         step = int(clean.get("step", 0))
         tb = self._tensorboard()
+        if tb is None:
+            return
         for key, value in clean.items():
             if key not in ("step", "time", "kind") and isinstance(value, (int, float)) and value == value:
                 tb.add_scalar(key if "/" in key else f"train/{key}", value, step)
@@ -52,6 +56,16 @@ class MetricsWriter:
     def close(self) -> None:
         if self._tb is not None:
             self._tb.close()
+
+
+def append_line(path: epath.Path, line: str) -> None:
+    """Append to a local file; object stores (gs://) cannot append, so rewrite the object there."""
+    if "://" not in str(path):
+        with path.open("a") as f:
+            f.write(line + "\n")
+        return
+    existing = path.read_text() if path.exists() else ""
+    path.write_text(existing + line + "\n")
 
 
 def plot_evals(evals_path: pathlib.Path, png_path: pathlib.Path) -> None:
@@ -74,5 +88,6 @@ def plot_evals(evals_path: pathlib.Path, png_path: pathlib.Path) -> None:
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
+    with epath.Path(png_path).open("wb") as f:
+        fig.savefig(f, dpi=100, format="png")
     plt.close(fig)

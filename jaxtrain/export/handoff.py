@@ -16,6 +16,7 @@ import shutil
 import jax
 import numpy as np
 import yaml
+from etils import epath
 
 from jaxtrain.config import RunConfig, save_config, to_dict
 from jaxtrain.data import prepare, shards
@@ -158,7 +159,7 @@ def import_hf(hf_dir: pathlib.Path, base: RunConfig, run_dir: pathlib.Path) -> R
     model_cfg = hf.model_config_from_hf(config, dtype=base.model.dtype, param_dtype=base.model.param_dtype,
                                         attention=base.model.attention, remat=base.model.remat)
     params_np = hf.from_hf_tensors(model_cfg, tensors)
-    run_dir = pathlib.Path(run_dir)
+    run_dir = epath.Path(run_dir)
     tokenizer_src = pathlib.Path(hf_dir) / "tokenizer.model"
     if not tokenizer_src.exists():
         raise FileNotFoundError(f"{hf_dir}: no tokenizer.model (sentencepiece); jaxtrain needs it to tokenize new data.")

@@ -19,6 +19,7 @@ from typing import Any
 import grain
 import jax
 import orbax.checkpoint as ocp
+from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
 
@@ -38,6 +39,12 @@ class _FrozenIteratorState:
         return self._encoded
 
 
+def checkpoint_dir(directory: str | pathlib.Path) -> epath.Path:
+    """Absolute local path, or a gs:// URI kept as it is (Orbax writes to GCS itself)."""
+    path = epath.Path(directory)
+    return path if "://" in str(directory) else path.absolute()
+
+
 class Checkpointer:
     def __init__(self, directory: pathlib.Path, keep: int, async_save: bool = True, permanent_every: int = 0):
         policies: list = [preservation.LatestN(n=keep)]
@@ -49,7 +56,7 @@ class Checkpointer:
             preservation_policy=preservation.AnyPreservationPolicy(policies),
             cleanup_tmp_directories=True,  # leftovers of a save killed mid-write
         )
-        self.directory = pathlib.Path(directory).absolute()
+        self.directory = checkpoint_dir(directory)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:

@@ -14,6 +14,7 @@ from typing import Any, Callable
 
 import jax
 import numpy as np
+from etils import epath
 
 from jaxtrain.config import RunConfig, save_config, to_dict
 from jaxtrain.data import loader, prepare
@@ -57,7 +58,7 @@ def train(
     fault_injector: FaultInjector | None = None,
 ) -> dict:
     """Train to cfg.train.steps (or stop after max_steps_this_run, as an interruption would)."""
-    run_dir = pathlib.Path(run_dir)
+    run_dir = epath.Path(run_dir)
     session = build_session(cfg, run_dir, devices)
     if jax.process_index() == 0:
         save_config(cfg, run_dir / "config.yaml")

@@ -11,6 +11,7 @@ import pathlib
 from typing import Any
 
 import jax
+from etils import epath
 from jax.sharding import Mesh, NamedSharding
 
 from jaxtrain.config import RunConfig, validate
@@ -140,4 +141,4 @@ def build_session(cfg: RunConfig, run_dir: pathlib.Path, devices: list | None = 
         donate_argnums=0,
     )
     eval_step = jax.jit(make_eval_step(forward), in_shardings=(shardings.params, None), out_shardings=replicated)
-    return Session(cfg, pathlib.Path(run_dir), mesh, spec, tx, shardings, batch_sharding, train_step, eval_step)
+    return Session(cfg, epath.Path(run_dir), mesh, spec, tx, shardings, batch_sharding, train_step, eval_step)
