@@ -31,11 +31,16 @@ class ConfigError(ValueError):
 @dataclasses.dataclass(frozen=True)
 class SourceConfig:
     name: str = "stdlib_code"
-    type: Literal["embedded", "files"] = "embedded"
-    path: str = ""  # glob for type=files
-    text_field: str = "text"  # JSONL field holding the document
-    content: Literal["prose", "code"] = "prose"
-    weight: float = 0.0  # mixture weight; 0 = proportional to the source's tokens
+    type: Literal["embedded", "files", "tfds"] = "embedded"
+    path: str = ""  # glob for type=files (.txt, .md, .jsonl, .jsonl.gz, .parquet; anything else is text)
+    text_field: str = "text"  # JSONL field / Parquet column / TFDS feature holding the document
+    dataset: str = ""  # type=tfds: name[/config][:version], e.g. c4/en, lm1b
+    split: str = "train"  # type=tfds: split to read
+    data_dir: str = ""  # type=tfds: TFDS data_dir (default: TFDS's)
+    content: Literal["prose", "code", "docs"] = "prose"  # picks the default quality rules
+    filters: tuple[str, ...] | None = None  # quality rules to run (None: the content's defaults; []: none)
+    pii: bool = True  # replace e-mail and IP addresses
+    weight: float = 0.0  # mixture weight; 0 = proportional to the source's tokens (or temperature)
     max_bytes: int = 0  # cap on kept text per source (0 = no cap)
 
 
@@ -43,13 +48,23 @@ class SourceConfig:
 class DataConfig:
     sources: tuple[SourceConfig, ...] = (
         SourceConfig(name="stdlib_code", content="code"),
-        SourceConfig(name="stdlib_docs", content="prose"),
-        SourceConfig(name="package_metadata", content="prose"),
+        SourceConfig(name="stdlib_docs", content="docs"),
+        SourceConfig(name="package_metadata", content="docs"),
     )
     min_chars: int = 200
     max_chars: int = 200_000
-    min_alpha_fraction: float = 0.5  # prose: letters / non-space chars
-    min_alnum_fraction_code: float = 0.4  # code: letters+digits / non-space chars
+    min_alpha_fraction: float = 0.5  # the `alpha` rule: letters / non-space chars
+    exact_dedup: bool = True  # drop documents whose normalized text repeats, across all sources
+    near_dedup: bool = True  # MinHash LSH near-duplicates, across all sources
+    minhash_ngram: int = 5  # word n-gram shingles
+    minhash_bands: int = 14
+    minhash_rows: int = 8
+    decontaminate: tuple[str, ...] = ()  # globs of evaluation sets (text/JSONL): drop docs sharing an n-gram
+    decontaminate_ngram: int = 13
+    curate_workers: int = 1  # Beam DirectRunner worker processes (1 = in-process)
+    beam_options: tuple[str, ...] = ()  # extra Beam pipeline flags, e.g. ["--runner=DataflowRunner", ...]
+    mixture_temperature: float = 0.0  # > 0: weights ~ n_tokens^(1/T) for sources without a weight
+    pack: bool = True  # concatenate documents into full rows; false: one document per row, padded
     eval_fraction: float = 0.02
     seq_len: int = 256
     shuffle_seed: int = 0
@@ -330,8 +345,15 @@ def validate(cfg: RunConfig, num_devices: int | None = None) -> None:
     for i, s in enumerate(d.sources):
         _check(s.name.isidentifier(), f"data.sources[{i}].name: {s.name!r} must be a valid identifier.")
         _check(s.weight >= 0, f"data.sources[{i}].weight: must be >= 0, got {s.weight}.")
+        if s.filters is not None:
+            from jaxtrain.data.filters import ALL_RULES
+
+            bad = [f for f in s.filters if f not in ALL_RULES]
+            _check(not bad, f"data.sources[{i}].filters: unknown rule(s) {bad}; choose from {list(ALL_RULES)} or [] for none.")
         if s.type == "files":
             _check(bool(s.path), f"data.sources[{i}].path: a glob is required for type=files.")
+        elif s.type == "tfds":
+            _check(bool(s.dataset), f"data.sources[{i}].dataset: a TFDS name (e.g. c4/en, lm1b) is required for type=tfds.")
         else:
             from jaxtrain.data.corpus import EMBEDDED_SOURCES
 
@@ -340,6 +362,10 @@ def validate(cfg: RunConfig, num_devices: int | None = None) -> None:
                 f"data.sources[{i}].name: {s.name!r} is not an embedded source; use one of "
                 f"{list(EMBEDDED_SOURCES)} or set type=files with a path.",
             )
+    _check(d.minhash_bands * d.minhash_rows <= 1024 and d.minhash_bands > 0 and d.minhash_rows > 0,
+           f"data.minhash_bands x data.minhash_rows: {d.minhash_bands} x {d.minhash_rows} must be positive, <= 1024 hashes.")
+    _check(d.mixture_temperature >= 0, f"data.mixture_temperature: must be >= 0 (0 = off), got {d.mixture_temperature}.")
+    _check(d.curate_workers > 0, f"data.curate_workers: must be positive, got {d.curate_workers}.")
     _check(t.steps > 0, f"train.steps: must be positive, got {t.steps}.")
     _check(t.batch_size > 0, f"train.batch_size: must be positive, got {t.batch_size}.")
     _check(t.log_every > 0, f"train.log_every: must be positive, got {t.log_every}.")

@@ -1,72 +1,176 @@
+"""Curation: per-document rules, PII, the Beam pipeline's accounting and global dedup, bad input."""
+
 import gzip
 import json
+import os
 
+import numpy as np
 import pytest
 
 from jaxtrain.config import ConfigError, load_config
-from jaxtrain.data import clean, corpus, prepare
+from jaxtrain.data import clean, corpus, filters, prepare
+from jaxtrain.data.minhash import MinHasher, band_keys, cluster, estimated_jaccard, jaccard
 
-RULES = clean.CleanRules(min_chars=20, max_chars=1000, min_alpha_fraction=0.5)
-PROSE = "The quick brown fox jumps over the lazy dog near the river bank today."
-
-
-def _run(docs, content="prose", max_bytes=0):
-    report = clean.SourceReport()
-    kept = list(clean.clean_source(docs, content, RULES, {}, report, 0.3, max_bytes))
-    return kept, report
-
-
-def test_every_document_lands_in_one_bucket():
-    docs = [
-        corpus.Document("s", "a", PROSE),
-        corpus.Document("s", "b", PROSE + "\r\n"),  # duplicate after normalization
-        corpus.Document("s", "c", "short"),
-        corpus.Document("s", "d", "1234 5678 9012 3456 7890 !!!! ####"),
-        corpus.Document("s", "e", None, "binary file (NUL bytes)"),
-        corpus.Document("s", "f", "x" * 2000),
-        corpus.Document("s", "g", PROSE.replace("fox", "cat")),
-    ]
-    kept, report = _run(docs)
-    assert [r["id"] for _, r in kept] == ["a", "g"]
-    assert report.duplicate_docs == 1 and report.unreadable_docs == 1
-    assert dict(report.removed) == {"too_short": 1, "low_alpha_fraction": 1, "too_long": 1}
-    assert report.accounted() == report.input_docs == len(docs)
+PROSE = (
+    "The committee met on Tuesday to review the budget for the coming year. Members agreed that the library "
+    "should stay open longer in the evenings. They also discussed the repairs to the old bridge near the river. "
+    "A local engineer explained that the work would take about three months to finish. Several residents asked "
+    "whether the road would be closed during that time. The chair said that a detour would be signposted. "
+    "Finally, the group voted to publish the minutes on the town website before the end of the week. "
+)
 
 
-def test_dedup_is_global_across_sources():
-    seen: dict = {}
-    r1, r2 = clean.SourceReport(), clean.SourceReport()
-    a = list(clean.clean_source([corpus.Document("one", "x", PROSE)], "prose", RULES, seen, r1, 0.0))
-    b = list(clean.clean_source([corpus.Document("two", "y", PROSE)], "prose", RULES, seen, r2, 0.0))
-    assert len(a) == 1 and b == [] and r2.duplicate_docs == 1
+_WORDS = ("river bridge council budget library evening morning engineer residents road detour minutes website "
+          "garden market school teacher student harbour ship captain weather storm village mountain forest trail "
+          "bakery bread farmer field harvest museum painting artist concert music orchestra station train ticket "
+          "hospital doctor nurse patient clinic office manager report meeting project plan design window door").split()
 
 
-def test_eval_split_is_stable_and_hash_based():
-    digest = clean.text_hash(PROSE)
-    assert clean.is_eval(digest, 0.5) == clean.is_eval(digest, 0.5)
-    splits = {clean.is_eval(clean.text_hash(f"doc {i}"), 0.1) for i in range(200)}
-    assert splits == {True, False}
+def _prose(i: int) -> str:
+    """A distinct, clean prose document per i (random sentences that pass the web-prose rules)."""
+    rng = np.random.default_rng(i)
+    sentences = []
+    for _ in range(12):
+        w = list(rng.choice(_WORDS, 9))
+        sentences.append(f"The {w[0]} and the {w[1]} went to the {w[2]} with {' '.join(w[3:])}.")
+    return " ".join(sentences)
 
 
-def test_file_source_reports_bad_lines_and_binary_files(tmp_path):
-    (tmp_path / "a.txt").write_text(PROSE)
-    (tmp_path / "b.bin").write_bytes(b"\x00\x01\x02" * 10)
-    (tmp_path / "c.jsonl").write_text(json.dumps({"text": PROSE + " one"}) + "\n{not json\n" + json.dumps({"body": "x"}) + "\n")
-    with gzip.open(tmp_path / "d.jsonl.gz", "wt") as f:
-        f.write(json.dumps({"text": PROSE + " two"}) + "\n")
-    (tmp_path / "e.txt").write_bytes(b"caf\xe9 " + PROSE.encode())  # invalid UTF-8 is repaired
-    docs = list(corpus.file_source("mine", str(tmp_path / "*")))
-    errors = sorted(d.error for d in docs if d.text is None)
-    assert errors == ["binary file (NUL bytes)", "no string field 'text'", "not JSON: Expecting property name enclosed in double quotes"]
-    kept, report = _run(docs)
-    assert len(kept) == 4 and report.unreadable_docs == 3 and report.accounted() == len(docs)
+def test_rules_flag_what_they_should():
+    assert filters.gopher_quality(PROSE) is None and filters.fineweb(PROSE) is None
+    assert filters.c4(PROSE)[0] is None and filters.gopher_repetition(PROSE) is None
+    assert filters.gopher_quality("word " * 20) == "word_count"
+    assert filters.gopher_repetition("same line here\n" * 10 + PROSE) == "dup_line_fraction"
+    assert filters.c4(PROSE + " lorem ipsum dolor.")[0] == "lorem_ipsum"
+    assert filters.c4("Short.\nOne two.\n")[0] == "too_few_sentences"
+    _, kept = filters.c4(PROSE + "\nPlease enable JavaScript to view this page.\nMenu")
+    assert "JavaScript" not in kept and "Menu" not in kept
+    assert filters.fineweb("\n".join(f"item {i}" for i in range(50))) == "line_punct_ratio"
+    assert filters.code("# Generated by tools/gen.py. DO NOT EDIT.\nx = 1\n") == "autogenerated"
+    assert filters.code("x = 1\n" + "y" * 1200) == "max_line_length"
+    assert filters.code("def f(x):\n    return x + 1\n") is None
 
 
-def test_glob_matching_nothing_is_refused_before_work(tmp_path):
+def test_pii_is_scrubbed_and_private_addresses_kept():
+    text, n = filters.scrub_pii("Mail jane.doe@example.org or ops@corp.co.uk; server 8.8.4.4, local 127.0.0.1, 10.0.0.2")
+    assert n == 3 and "<EMAIL>" in text and "<IP_ADDRESS>" in text
+    assert "127.0.0.1" in text and "10.0.0.2" in text and "jane" not in text
+
+
+def test_judge_puts_each_document_in_one_bucket():
+    r = clean.SourceRules("s", 0, rules=filters.DEFAULT_RULES["prose"], min_chars=50, max_chars=5000)
+    out = {name: clean.judge(corpus.Document("s", name, text, err), r) for name, text, err in [
+        ("ok", PROSE, None), ("short", "tiny", None), ("long", PROSE * 20, None), ("bin", None, "binary file (NUL bytes)"),
+        ("blank", "  \n\n ", None), ("list", "\n".join(f"- item {i}" for i in range(40)), None)]}
+    assert out["ok"]["bucket"] == "kept" and out["ok"]["kept_bytes"] > 0
+    assert {k: v.get("reason") for k, v in out.items() if k != "ok"} == {
+        "short": "too_short", "long": "too_long", "bin": "binary file (NUL bytes)", "blank": "empty",
+        "list": "c4:too_few_sentences"}
+
+
+def test_minhash_estimates_jaccard_and_clusters_deterministically():
+    hasher = MinHasher()
+    rng = np.random.default_rng(0)
+    words = [f"w{i}" for i in range(3000)]
+    base = " ".join(rng.choice(words, 400))
+    errors = []
+    for k in (100, 200, 300, 380):
+        other = " ".join(base.split()[:k] + list(rng.choice(words, 400 - k)))
+        exact = jaccard(hasher.shingles(base), hasher.shingles(other))
+        errors.append(abs(estimated_jaccard(hasher.signature(base), hasher.signature(other)) - exact))
+    assert max(errors) < 0.12
+    assert np.array_equal(MinHasher().signature(base), hasher.signature(base))  # stable across instances
+    near = " ".join(base.split()[:395] + ["x"] * 5)
+    keys = {"b": band_keys(hasher.signature(near)), "a": band_keys(hasher.signature(base)),
+            "c": band_keys(hasher.signature(" ".join(rng.choice(words, 400))))}
+    assert cluster(keys) == {"a": "a", "b": "a", "c": "c"}
+    assert cluster(dict(reversed(list(keys.items())))) == cluster(keys)
+
+
+def _curate(tmp_path, sources, *extra):
+    cfg = load_config("tiny", [f"data.sources={json.dumps(sources)}", "data.min_chars=100", "data.eval_fraction=0.3", *extra])
+    report = prepare.prepare_corpus(cfg, tmp_path / "run")
+    clean_dir = prepare.clean_dir(tmp_path / "run")
+    ledger = [json.loads(x) for p in sorted(clean_dir.glob("ledger*")) for x in p.read_text().splitlines()]
+    return report, ledger, clean_dir
+
+
+def test_pipeline_accounts_for_every_document_including_bad_input(tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    for i in range(12):
+        (a / f"doc{i:02d}.txt").write_text(_prose(i))
+    (a / "dup.md").write_text(_prose(3) + "\r\n")  # exact duplicate after normalization
+    (a / "bad_utf8.txt").write_bytes(b"caf\xe9 " + _prose(20).encode())  # repaired, counted
+    (a / "binary.txt").write_bytes(b"\x00\x01\x02" * 100)
+    (a / "empty.txt").write_text("")
+    (a / "huge.txt").write_text("word " * 10_000_000)  # a 50 MB single-line document
+    os.symlink(tmp_path / "missing", a / "dangling.txt")  # unreadable
+    with gzip.open(a / "lines.jsonl.gz", "wt") as f:
+        f.write(json.dumps({"text": _prose(30)}) + "\n{not json\n" + json.dumps({"body": "x"}) + "\n"
+                + json.dumps({"text": ""}) + "\n")
+    pq.write_table(pa.table({"text": [_prose(40), _prose(41), "mail me: a.b@example.com " + _prose(42)]}), b / "t.parquet")
+    pq.write_table(pa.table({"other": ["x"]}), b / "wrong.parquet")
+    (b / "near.txt").write_text(_prose(5).replace(" ship", " boat", 1) + " One more line.")  # near dup of a/doc05
+    (tmp_path / "eval.jsonl").write_text(json.dumps({"text": " ".join(_prose(7).split()[10:30])}) + "\n")  # doc07 leaks
+    sources = [{"name": "alpha", "type": "files", "path": str(a / "*"), "content": "prose"},
+               {"name": "beta", "type": "files", "path": str(b / "*"), "content": "prose", "filters": ["gopher_quality"]}]
+    report, ledger, clean_dir = _curate(tmp_path, sources, f"data.decontaminate=['{tmp_path}/eval.jsonl']")
+    for name in ("alpha", "beta"):
+        r = report[name]
+        assert r["accounted"] == r["input_docs"] == sum(e["source"] == name for e in ledger)
+    ra, rb = report["alpha"], report["beta"]
+    assert ra["input_docs"] == 12 + 1 + 1 + 1 + 1 + 1 + 1 + 4
+    assert ra["unreadable"] == {"binary file (NUL bytes)": 1, "no string field 'text'": 1,
+                                "not JSON: Expecting property name enclosed in double quotes": 1,
+                                next(k for k in ra["unreadable"] if k.startswith("unreadable")): 1}
+    assert ra["removed"]["empty"] == 2 and ra["removed"]["too_long"] == 1 and ra["removed"]["decontaminated"] == 1
+    assert ra["duplicates"] == {"exact": 1} and ra["repaired_utf8"] == 1
+    assert rb["duplicates"] == {"near": 1} and rb["unreadable"] == {"no column 'text' (columns: ['other'])": 1}
+    assert rb["pii_replaced"] == 1
+    near = next(e for e in ledger if e["id"].endswith("near.txt"))
+    assert near["reason"].startswith("near:0000|") and near["reason"].endswith("doc05.txt")  # the earlier source wins
+    kept_text = (clean_dir / "beta.train.jsonl").read_text() + (clean_dir / "beta.validation.jsonl").read_text()
+    assert "<EMAIL>" in kept_text and "a.b@example.com" not in kept_text
+    assert (clean_dir / "report.md").read_text().count("accounted / input") == 2
+    assert (clean_dir / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_same_result_with_two_workers(tmp_path):
+    src = tmp_path / "src"
+    src.mkdir()
+    for i in range(30):
+        (src / f"{i:02d}.txt").write_text(_prose(i % 20))  # ten exact duplicate pairs
+    sources = [{"name": "s", "type": "files", "path": str(src / "*.txt"), "content": "prose"}]
+    _, one, _ = _curate(tmp_path / "one", sources)
+    _, two, _ = _curate(tmp_path / "two", sources, "data.curate_workers=2")
+    key = lambda e: (e["id"], e["bucket"], e.get("reason"), e.get("split"))  # noqa: E731
+    assert sorted(map(key, one)) == sorted(map(key, two))
+    bucket = {os.path.basename(e["id"]): e["bucket"] for e in one}
+    pairs_kept = sum(bucket[f"{i:02d}.txt"] != "removed" for i in range(10))  # 20..29 repeat 00..09
+    assert sum(b == "duplicate" for b in bucket.values()) == pairs_kept >= 5
+    assert all(bucket[f"{i:02d}.txt"] == "duplicate" for i in range(20, 30) if bucket[f"{i - 20:02d}.txt"] == "kept")
+
+
+def test_tfds_source_by_name(tmp_path):
+    import tensorflow_datasets as tfds
+
+    with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
+        docs = list(corpus.tfds_source("lm1b", "lm1b", "train", None, "text"))
+    assert len(docs) == 40 and all(isinstance(d.text, str) for d in docs)
+    assert docs[0].doc_id == "lm1b/train:0"
+
+
+def test_glob_matching_nothing_and_unknown_rules_are_refused_before_work(tmp_path):
     cfg = load_config("tiny", [f"data.sources=[{{name: mine, type: files, path: '{tmp_path}/*.txt'}}]"])
     with pytest.raises(ConfigError, match=r"data\.sources\[0\]\.path: glob .* matches no files"):
         prepare.prepare_corpus(cfg, tmp_path / "run")
     assert not (tmp_path / "run" / "data").exists()
+    with pytest.raises(ConfigError, match=r"data\.sources\[0\]\.filters: unknown rule"):
+        load_config("tiny", ["data.sources=[{name: stdlib_code, filters: [gopher]}]"])
 
 
 def test_embedded_sources_are_real_and_deterministic():

@@ -99,16 +99,60 @@ def embedded_source(name: str) -> Iterator[Document]:
     return readers[name]()
 
 
+def source_files(pattern: str) -> list[str]:
+    return sorted(p for p in glob.glob(os.path.expanduser(pattern), recursive=True) if not os.path.isdir(p))
+
+
 def file_source(name: str, pattern: str, text_field: str = "text") -> Iterator[Document]:
-    """Plain text / Markdown (one document per file) and JSONL(.gz) (one per line)."""
-    for path in sorted(glob.glob(os.path.expanduser(pattern), recursive=True)):
-        if os.path.isdir(path):
+    """Every file matching the glob, in sorted order."""
+    for path in source_files(pattern):
+        yield from read_file(path, name, text_field)
+
+
+def read_file(path: str, name: str, text_field: str = "text") -> Iterator[Document]:
+    """Plain text / Markdown: one document per file; JSONL(.gz) and Parquet: one per record."""
+    if path.endswith((".jsonl", ".jsonl.gz")):
+        yield from _jsonl_docs(name, path, text_field)
+    elif path.endswith(".parquet"):
+        yield from _parquet_docs(name, path, text_field)
+    else:
+        text, err = _read_text(path)
+        yield Document(name, path, text, err)
+
+
+def _parquet_docs(name: str, path: str, text_field: str) -> Iterator[Document]:
+    import pyarrow.parquet as pq
+
+    try:
+        f = pq.ParquetFile(path)
+        if text_field not in f.schema_arrow.names:
+            yield Document(name, path, None, f"no column {text_field!r} (columns: {f.schema_arrow.names})")
+            return
+        row = 0
+        for batch in f.iter_batches(columns=[text_field], batch_size=1024):
+            for value in batch.column(0).to_pylist():
+                row += 1
+                ok = isinstance(value, str)
+                error = None if ok else f"column {text_field!r} is not a string"
+                yield Document(name, f"{path}:{row}", value if ok else None, error)
+    except (OSError, ValueError) as e:  # pyarrow raises ArrowInvalid (a ValueError) on corrupt files
+        yield Document(name, path, None, f"unreadable parquet: {e}")
+
+
+def tfds_source(name: str, dataset: str, split: str, data_dir: str | None, text_field: str) -> Iterator[Document]:
+    """A TFDS dataset by name (`c4/en`, `lm1b`, `wikipedia/20230601.en`), read via tfds.data_source."""
+    import tensorflow_datasets as tfds
+
+    ds = tfds.data_source(dataset, split=split, data_dir=data_dir or None)
+    for i in range(len(ds)):
+        record = ds[i]
+        value = record.get(text_field) if isinstance(record, dict) else None
+        if isinstance(value, bytes):
+            value = value.decode("utf-8", errors="replace")
+        if not isinstance(value, str):
+            yield Document(name, f"{dataset}/{split}:{i}", None, f"no string feature {text_field!r}")
             continue
-        if path.endswith((".jsonl", ".jsonl.gz")):
-            yield from _jsonl_docs(name, path, text_field)
-        else:
-            text, err = _read_text(path)
-            yield Document(name, path, text, err)
+        yield Document(name, f"{dataset}/{split}:{i}", value)
 
 
 def _jsonl_docs(name: str, path: str, text_field: str) -> Iterator[Document]:

@@ -3,7 +3,7 @@
 Word 5-gram shingles, 14 bands x 8 rows = 112 hashes (FineWeb's setting): a
 pair with Jaccard similarity s becomes a candidate with probability
 1 - (1 - s^8)^14 (0.57 at 0.7, 0.92 at 0.8). Hashes are stable across
-processes and machines (CRC32 words, fixed-seed multiply-shift permutations),
+processes and machines (polynomial byte hashes, fixed-seed permutations),
 so signatures computed on different workers agree. Vectorized with numpy:
 the per-shingle work happens in C, not in a Python loop.
 """
@@ -11,44 +11,94 @@ the per-shingle work happens in C, not in a Python loop.
 from __future__ import annotations
 
 import hashlib
-import zlib
 
 import numpy as np
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)
-_CHUNK = 4096  # shingles per block, bounds memory on huge documents
+
+
+_P = 0x100000001B3  # FNV prime: odd, so invertible mod 2^64
+_P_INV = pow(_P, -1, 2**64)
+_SPACE = np.zeros(256, dtype=bool)
+_SPACE[[9, 10, 11, 12, 13, 32]] = True  # ASCII whitespace, as bytes.split() splits
 
 
 class MinHasher:
     def __init__(self, num_perm: int = 112, ngram: int = 5, seed: int = 1):
         rng = np.random.default_rng(seed)
         self.num_perm, self.ngram = num_perm, ngram
-        self._a = rng.integers(1, 2**63, size=num_perm, dtype=np.uint64) | np.uint64(1)  # odd multipliers
-        self._b = rng.integers(0, 2**63, size=num_perm, dtype=np.uint64)
-        self._pows = np.array([pow(0x100000001B3, k, 2**64) for k in range(ngram)], dtype=np.uint64)
+        self._a = rng.integers(1, 2**32, size=num_perm, dtype=np.uint64).astype(np.uint32) | np.uint32(1)
+        self._b = rng.integers(0, 2**32, size=num_perm, dtype=np.uint64).astype(np.uint32)
+        self._pows = np.array([pow(0x9E3779B1, k, 2**64) for k in range(ngram)], dtype=np.uint64)
+
+    def _powers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """P^(i+1) and P^-i for i < n (wrapping mod 2^64), cached and grown on demand."""
+        if getattr(self, "_pw", None) is None or self._pw.size < n:
+            size = max(n, 2 * getattr(self, "_pw", np.zeros(0)).size, 1 << 16)
+            with np.errstate(over="ignore"):
+                self._pw = np.cumprod(np.full(size, _P, dtype=np.uint64))
+                inv = np.cumprod(np.full(size, _P_INV, dtype=np.uint64))
+            self._inv = np.concatenate((np.ones(1, np.uint64), inv))
+        return self._pw[:n], self._inv[: n + 1]
+
+    def word_hashes(self, data: bytes) -> np.ndarray:
+        """64-bit polynomial hash of every whitespace-separated word, from prefix sums (no Python loop)."""
+        b = np.frombuffer(data, dtype=np.uint8)
+        if b.size == 0:
+            return np.zeros(0, dtype=np.uint64)
+        space = _SPACE[b]
+        edge = np.diff(np.concatenate(([True], space, [True])).astype(np.int8))
+        starts, ends = np.flatnonzero(edge == -1), np.flatnonzero(edge == 1)
+        if starts.size == 0:
+            return np.zeros(0, dtype=np.uint64)
+        pw, inv = self._powers(b.size)
+        with np.errstate(over="ignore"):
+            prefix = np.concatenate((np.zeros(1, np.uint64), np.cumsum((b.astype(np.uint64) + np.uint64(1)) * pw)))
+            return (prefix[ends] - prefix[starts]) * inv[starts] + (ends - starts).astype(np.uint64)
+
+    def _shingles(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """32-bit hashes of every document's word n-grams (a document shorter than n words is one
+        shingle), concatenated; and each document's first shingle index."""
+        data = b"\n".join(t.encode("utf-8") for t in texts)
+        doc_starts = np.cumsum([0] + [len(t.encode("utf-8")) + 1 for t in texts[:-1]])
+        h = self.word_hashes(data)
+        if h.size == 0:
+            return np.zeros(len(texts), np.uint32), np.arange(len(texts))
+        b = np.frombuffer(data, dtype=np.uint8)
+        edge = np.diff(np.concatenate(([True], _SPACE[b])).astype(np.int8))
+        word_byte = np.flatnonzero(edge == -1)
+        first_word = np.searchsorted(word_byte, doc_starts)  # per doc, index of its first word
+        n_words = np.diff(np.append(first_word, h.size))
+        n_shingles = np.maximum(n_words - self.ngram + 1, 1)
+        offsets = np.concatenate(([0], np.cumsum(n_shingles)[:-1]))
+        doc_of = np.repeat(np.arange(len(texts)), n_shingles)
+        start = first_word[doc_of] + (np.arange(n_shingles.sum()) - offsets[doc_of])
+        length = np.minimum(n_words[doc_of], self.ngram)
+        out = np.zeros(start.size, dtype=np.uint64)
+        last = h.size - 1
+        with np.errstate(over="ignore"):
+            for k in range(self.ngram):  # polynomial combination of n consecutive word hashes
+                out += np.where(k < length, h[np.minimum(start + k, last)] * self._pows[k], np.uint64(0))
+            out ^= out >> np.uint64(31)
+            out *= _MIX
+        return (out >> np.uint64(32)).astype(np.uint32), offsets
 
     def shingles(self, text: str) -> np.ndarray:
-        """Distinct 64-bit hashes of the word n-grams (one shingle if the text is shorter)."""
-        words = text.split()
-        if not words:
-            return np.zeros(1, dtype=np.uint64)
-        h = np.fromiter((zlib.crc32(w.encode("utf-8")) for w in words), dtype=np.uint64, count=len(words))
-        n = min(self.ngram, len(h))
-        out = np.zeros(len(h) - n + 1, dtype=np.uint64)
-        for k in range(n):  # polynomial combination of n consecutive word hashes (wraps mod 2^64)
-            out += h[k:len(h) - n + 1 + k] * self._pows[k]
-        out ^= out >> np.uint64(29)
-        out *= _MIX
-        return np.unique(out)
+        return self._shingles([text])[0]
+
+    def signatures(self, texts: list[str], batch: int = 64) -> np.ndarray:
+        """[len(texts), num_perm] uint32 minima of the shingles under (a*x + b) mod 2^32
+        permutations (a odd). Documents are hashed in batches so numpy's per-call cost is shared."""
+        out = np.empty((len(texts), self.num_perm), dtype=np.uint32)
+        for i in range(0, len(texts), batch):
+            s, offsets = self._shingles(texts[i:i + batch])
+            block_PxS = self._a[:, None] * s[None, :]  # permutations x shingles: rows stay contiguous
+            block_PxS += self._b[:, None]
+            out[i:i + batch] = np.minimum.reduceat(block_PxS, offsets, axis=1).T
+        return out
 
     def signature(self, text: str) -> np.ndarray:
-        """112 uint32 minima of multiply-shift hash permutations of the shingles."""
-        s = self.shingles(text)
-        sig = np.full(self.num_perm, np.iinfo(np.uint64).max, dtype=np.uint64)
-        for start in range(0, len(s), _CHUNK):
-            block = s[start:start + _CHUNK, None] * self._a[None, :] + self._b[None, :]
-            np.minimum(sig, (block >> np.uint64(32)).min(axis=0), out=sig)
-        return sig.astype(np.uint32)
+        return self.signatures([text])[0]
 
 
 def band_keys(signature: np.ndarray, bands: int = 14, rows: int = 8) -> list[bytes]:

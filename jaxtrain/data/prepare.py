@@ -6,18 +6,16 @@ already there, so re-running a pipeline resumes instead of redoing work.
 
 from __future__ import annotations
 
-import glob
 import json
-import os
 import pathlib
 import time
 
 from etils import epath
 
 from jaxtrain.config import ConfigError, RunConfig
-from jaxtrain.data import clean, corpus, shards
+from jaxtrain.data import corpus, curate, curation_report, shards
 from jaxtrain.data import tokenizer as tok
-from jaxtrain.utils import Progress, log
+from jaxtrain.utils import log
 
 
 def clean_dir(run_dir: pathlib.Path) -> pathlib.Path:
@@ -35,59 +33,57 @@ def tokenizer_path(run_dir: pathlib.Path) -> pathlib.Path:
 def check_sources(cfg: RunConfig) -> None:
     """Refuse sources that cannot produce anything, before any work starts."""
     for i, s in enumerate(cfg.data.sources):
-        if s.type == "files" and not [p for p in glob.glob(os.path.expanduser(s.path), recursive=True) if os.path.isfile(p)]:
+        if s.type == "files" and not corpus.source_files(s.path):
             raise ConfigError(
                 f"data.sources[{i}].path: glob {s.path!r} (source {s.name!r}) matches no files; "
                 "check the path or quote the glob."
             )
+    for pattern in cfg.data.decontaminate:
+        if not corpus.source_files(pattern):
+            raise ConfigError(f"data.decontaminate: glob {pattern!r} matches no files; check the path.")
 
 
 def prepare_corpus(cfg: RunConfig, run_dir: pathlib.Path) -> dict:
-    out_dir = clean_dir(run_dir)
+    """Curate (Beam pipeline) into data/clean: per-source JSONL splits, ledger and report."""
+    out_dir = epath.Path(clean_dir(run_dir))
     report_path = out_dir / "report.json"
     if report_path.exists():
         log(f"[prepare] reusing cleaned corpus in {out_dir}")
         return json.loads(report_path.read_text())
     check_sources(cfg)
     tmp_dir = out_dir.with_name("clean.partial")
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    rules = clean.CleanRules(
-        min_chars=cfg.data.min_chars,
-        max_chars=cfg.data.max_chars,
-        min_alpha_fraction=cfg.data.min_alpha_fraction,
-        min_alnum_fraction_code=cfg.data.min_alnum_fraction_code,
-    )
-    seen: dict[str, str] = {}
-    reports: dict[str, clean.SourceReport] = {}
+    if tmp_dir.exists():
+        tmp_dir.rmtree()
     start = time.perf_counter()
+    workers = cfg.data.curate_workers
+    log(f"[prepare] curating {len(cfg.data.sources)} sources (Apache Beam, {workers} worker(s))")
+    curate.run(cfg, tmp_dir, workers)
+    names = [s.name for s in cfg.data.sources]
+    report = curation_report.build(sorted(tmp_dir.glob(f"{curate.LEDGER}*")), names)
+    curation_report.write(report, tmp_dir)
     for s in cfg.data.sources:
-        docs = corpus.embedded_source(s.name) if s.type == "embedded" else corpus.file_source(s.name, s.path, s.text_field)
-        report = reports[s.name] = clean.SourceReport()
-        progress = Progress(f"[prepare] {s.name}", unit="docs")
-        with (tmp_dir / f"{s.name}.train.jsonl").open("w", encoding="utf-8") as train_f, (
-            tmp_dir / f"{s.name}.validation.jsonl"
-        ).open("w", encoding="utf-8") as eval_f:
-            for split, record in clean.clean_source(
-                progress.wrap(docs), s.content, rules, seen, report, cfg.data.eval_fraction, s.max_bytes
-            ):
-                (eval_f if split == "validation" else train_f).write(json.dumps(record, ensure_ascii=False) + "\n")
-        progress.close(
-            f"{report.input_docs} in, {report.kept_docs} kept ({report.kept_bytes / 1e6:.1f} MB, "
-            f"{report.eval_docs} held out), {report.duplicate_docs} duplicates, "
-            f"{sum(report.removed.values())} filtered {dict(report.removed)}, {report.unreadable_docs} unreadable, "
-            f"{report.capped_docs} over max_bytes"
-        )
-        if report.kept_docs - report.eval_docs <= 0 or report.eval_docs <= 0:
+        r = report[s.name]
+        if r["accounted"] != r["input_docs"]:
+            raise RuntimeError(f"curation lost documents of {s.name!r}: {r['accounted']} accounted of {r['input_docs']}")
+        log(f"[prepare] {s.name}: {r['input_docs']} in, {r['kept_docs']} kept ({r['kept_bytes'] / 1e6:.1f} MB, "
+            f"{r['eval_docs']} held out), duplicates {r['duplicates']}, removed {sum(r['removed'].values())} "
+            f"{_top(r['removed'])}, unreadable {sum(r['unreadable'].values())}, {r['capped_docs']} over max_bytes, "
+            f"{r['pii_replaced']} PII replaced")
+        if r["kept_docs"] - r["eval_docs"] <= 0 or r["eval_docs"] <= 0:
             raise ConfigError(
-                f"data.sources: source {s.name!r} kept {report.kept_docs} documents ({report.eval_docs} held out); "
-                "both the train and validation splits need at least one. Raise max_bytes or loosen data.min_chars."
+                f"data.sources: source {s.name!r} kept {r['kept_docs']} documents ({r['eval_docs']} held out); "
+                f"both the train and validation splits need at least one (see {tmp_dir / 'report.md'}). "
+                "Raise max_bytes, loosen data.min_chars or the source's filters."
             )
-    result = clean.write_report(reports, tmp_dir / "report.json")
     if out_dir.exists():
-        epath.Path(out_dir).rmtree()
+        out_dir.rmtree()
     tmp_dir.rename(out_dir)
-    log(f"[prepare] done in {time.perf_counter() - start:.1f}s -> {out_dir}")
-    return result
+    log(f"[prepare] done in {time.perf_counter() - start:.1f}s -> {out_dir} (report.md, report.png)")
+    return report
+
+
+def _top(counter: dict, n: int = 4) -> dict:
+    return dict(sorted(counter.items(), key=lambda kv: -kv[1])[:n])
 
 
 def prepare_tokenizer(cfg: RunConfig, run_dir: pathlib.Path) -> pathlib.Path:

@@ -1,0 +1,183 @@
+"""The curation pipeline on Apache Beam: read, judge, deduplicate globally, cap, split, write.
+
+The same pipeline runs on the DirectRunner here (in-process, or several worker
+processes with `data.curate_workers`) and on Dataflow, Flink or Spark through
+`data.beam_options` (e.g. `--runner=DataflowRunner --project=P --region=R
+--temp_location=gs://B/tmp`). Dedup is global, not per shard: exact duplicates
+meet in a GroupByKey on the text hash, near duplicates in a GroupByKey on each
+MinHash LSH band key. Within a group the smallest document key (source order,
+then id) is the representative, so the same input always keeps the same
+documents whatever the runner or worker count.
+Every input document leaves one ledger line (kept / removed:rule /
+duplicate:representative / unreadable:reason / capped); the report is built
+from the ledger.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Iterator
+
+import apache_beam as beam
+from apache_beam.options.pipeline_options import PipelineOptions
+from etils import epath
+
+from jaxtrain.data import clean, corpus, filters
+from jaxtrain.data.minhash import MinHasher, band_keys
+
+LEDGER = "ledger"
+
+
+def _read(spec: dict) -> Iterator[corpus.Document]:
+    if spec["type"] == "embedded":
+        yield from corpus.embedded_source(spec["name"])
+    elif spec["type"] == "tfds":
+        yield from corpus.tfds_source(spec["name"], spec["dataset"], spec["split"], spec["data_dir"], spec["text_field"])
+    else:
+        raise ValueError(f"source {spec['name']!r}: type {spec['type']!r} is read per file")
+
+
+def _resolve_exact(item: tuple[str, Iterable[dict]]) -> Iterator[dict]:
+    _, group = item
+    group = sorted(group, key=lambda e: e["key"])
+    yield group[0]
+    for e in group[1:]:
+        yield {**e, "bucket": "duplicate", "reason": f"exact:{group[0]['key']}"}
+
+
+class _Sign(beam.DoFn):
+    """MinHash signatures in batches (numpy work is shared across a batch) -> (key, band keys)."""
+
+    def __init__(self, ngram: int, bands: int, rows: int):
+        self.ngram, self.bands, self.rows = ngram, bands, rows
+
+    def setup(self):
+        self.hasher = MinHasher(num_perm=self.bands * self.rows, ngram=self.ngram)
+
+    def process(self, batch: list[dict]) -> Iterator[tuple[str, bytes]]:
+        sigs = self.hasher.signatures([e["text"] for e in batch])
+        for e, sig in zip(batch, sigs):
+            for key in band_keys(sig, self.bands, self.rows):
+                yield key, e["key"]
+
+
+def _bucket_edges(item: tuple[bytes, Iterable[str]]) -> Iterator[tuple[str, str]]:
+    _, docs = item
+    docs = sorted(set(docs))
+    for d in docs[1:]:
+        yield d, docs[0]
+
+
+def _second_hop(item: tuple[str, dict]) -> Iterator[tuple[str, str]]:
+    """Docs pointing at `rep` point at rep's own representative when it has one (chains of two)."""
+    rep, groups = item
+    target = min([rep, *groups["its_rep"]])
+    for doc in groups["pointing"]:
+        yield doc, target
+
+
+def _mark_near(item: tuple[str, dict]) -> Iterator[dict]:
+    _, groups = item
+    for e in groups["doc"]:
+        reps = list(groups["rep"])
+        yield {**e, "bucket": "duplicate", "reason": f"near:{min(reps)}"} if reps else e
+
+
+class _WriteSource(beam.DoFn):
+    """All kept documents of one source: cap by bytes (in hash order), split, write JSONL."""
+
+    def __init__(self, out_dir: str, caps: dict, eval_fraction: float):
+        self.out_dir, self.caps, self.eval_fraction = out_dir, caps, eval_fraction
+
+    def process(self, item: tuple[str, Iterable[dict]]) -> Iterator[dict]:
+        source, entries = item
+        cap, used = self.caps.get(source, 0), 0
+        out = epath.Path(self.out_dir)
+        with (out / f"{source}.train.jsonl").open("w") as train_f, (out / f"{source}.validation.jsonl").open("w") as eval_f:
+            for e in sorted(entries, key=lambda e: e["digest"]):
+                if cap and used + e["kept_bytes"] > cap:
+                    yield {**e, "bucket": "capped", "reason": f"max_bytes={cap}"}
+                    continue
+                used += e["kept_bytes"]
+                split = "validation" if clean.is_eval(e["digest"], self.eval_fraction) else "train"
+                record = {"source": source, "id": e["id"], "text": e["text"]}
+                (eval_f if split == "validation" else train_f).write(json.dumps(record, ensure_ascii=False) + "\n")
+                yield {**e, "split": split}
+
+
+def _ledger_line(e: dict) -> str:
+    return json.dumps({k: v for k, v in e.items() if k not in ("text", "digest")}, ensure_ascii=False)
+
+
+def _decontamination_ngrams(patterns: tuple[str, ...], n: int) -> frozenset:
+    grams: set[str] = set()
+    for pattern in patterns:
+        for doc in corpus.file_source("eval", pattern):
+            if doc.text:
+                grams |= filters.ngrams(doc.text, n)
+    return frozenset(grams)
+
+
+def source_rules(cfg) -> dict[str, clean.SourceRules]:
+    d = cfg.data
+    decon = _decontamination_ngrams(d.decontaminate, d.decontaminate_ngram) if d.decontaminate else frozenset()
+    return {
+        s.name: clean.SourceRules(
+            source=s.name, order=i,
+            rules=tuple(s.filters) if s.filters is not None else filters.DEFAULT_RULES[s.content],
+            min_chars=d.min_chars, max_chars=d.max_chars, min_alpha_fraction=d.min_alpha_fraction,
+            pii=s.pii, decontaminate=decon, decontaminate_n=d.decontaminate_ngram,
+        )
+        for i, s in enumerate(d.sources)
+    }
+
+
+def pipeline_options(workers: int, extra: tuple[str, ...] = ()) -> PipelineOptions:
+    if any(o.startswith("--runner") for o in extra):
+        return PipelineOptions(list(extra))
+    mode = "multi_processing" if workers > 1 else "in_memory"
+    return PipelineOptions(list(extra), direct_num_workers=workers, direct_running_mode=mode)
+
+
+def run(cfg, out_dir: epath.Path, workers: int = 1) -> None:
+    """Curate every source of `cfg.data` into `out_dir`: {source}.{train,validation}.jsonl + ledger."""
+    d = cfg.data
+    rules = source_rules(cfg)
+    out_dir = epath.Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with beam.Pipeline(options=pipeline_options(workers, d.beam_options)) as p:
+        judged = []
+        for s in d.sources:
+            r = rules[s.name]
+            if s.type == "files":
+                docs = (p | f"List {s.name}" >> beam.Create(corpus.source_files(s.path))
+                        | f"Read {s.name}" >> beam.FlatMap(corpus.read_file, s.name, s.text_field))
+            else:
+                spec = {"name": s.name, "type": s.type, "dataset": s.dataset, "split": s.split,
+                        "data_dir": s.data_dir, "text_field": s.text_field}
+                docs = p | f"Open {s.name}" >> beam.Create([spec]) | f"Read {s.name}" >> beam.FlatMap(_read)
+            judged.append(docs | f"Judge {s.name}" >> beam.Map(clean.judge, r))
+        entries = judged | "All sources" >> beam.Flatten()
+        kept = entries | "Kept" >> beam.Filter(lambda e: e["bucket"] == "kept")
+        done = [entries | "Not kept" >> beam.Filter(lambda e: e["bucket"] != "kept")]
+        if d.exact_dedup:
+            resolved = (kept | "By hash" >> beam.Map(lambda e: (e["digest"], e)) | "Group hash" >> beam.GroupByKey()
+                        | "Resolve exact" >> beam.FlatMap(_resolve_exact))
+            kept = resolved | "Unique" >> beam.Filter(lambda e: e["bucket"] == "kept")
+            done.append(resolved | "Exact dups" >> beam.Filter(lambda e: e["bucket"] != "kept"))
+        if d.near_dedup:
+            rep1 = (kept | "Batch" >> beam.BatchElements(min_batch_size=16, max_batch_size=256)
+                    | "MinHash" >> beam.ParDo(_Sign(d.minhash_ngram, d.minhash_bands, d.minhash_rows))
+                    | "Group band" >> beam.GroupByKey() | "Edges" >> beam.FlatMap(_bucket_edges)
+                    | "Smallest neighbour" >> beam.CombinePerKey(min))
+            rep = ({"pointing": rep1 | "Invert" >> beam.Map(lambda dr: (dr[1], dr[0])), "its_rep": rep1}
+                   | "Join hop" >> beam.CoGroupByKey() | "Second hop" >> beam.FlatMap(_second_hop))
+            marked = ({"doc": kept | "By key" >> beam.Map(lambda e: (e["key"], e)), "rep": rep}
+                      | "Join rep" >> beam.CoGroupByKey() | "Mark near" >> beam.FlatMap(_mark_near))
+            kept = marked | "Distinct" >> beam.Filter(lambda e: e["bucket"] == "kept")
+            done.append(marked | "Near dups" >> beam.Filter(lambda e: e["bucket"] != "kept"))
+        caps = {s.name: s.max_bytes for s in d.sources}
+        written = (kept | "By source" >> beam.Map(lambda e: (e["source"], e)) | "Group source" >> beam.GroupByKey()
+                   | "Write" >> beam.ParDo(_WriteSource(str(out_dir), caps, d.eval_fraction)))
+        _ = ([*done, written] | "Ledger" >> beam.Flatten() | "Lines" >> beam.Map(_ledger_line)
+             | "Write ledger" >> beam.io.WriteToText(str(out_dir / LEDGER), file_name_suffix=".jsonl"))

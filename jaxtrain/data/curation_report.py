@@ -1,0 +1,113 @@
+"""The curation report: where every input document went, per source, as JSON, Markdown and PNG."""
+
+from __future__ import annotations
+
+import collections
+import json
+
+from etils import epath
+
+BUCKETS = ("kept", "removed", "duplicate", "unreadable", "capped")
+
+
+def _new() -> dict:
+    return {"input_docs": 0, "input_bytes": 0, "kept_docs": 0, "kept_bytes": 0, "eval_docs": 0,
+            "removed": collections.Counter(), "removed_bytes": collections.Counter(),
+            "duplicates": collections.Counter(), "duplicate_bytes": 0, "unreadable": collections.Counter(),
+            "capped_docs": 0, "pii_replaced": 0, "repaired_utf8": 0, "examples": {}}
+
+
+def build(ledger_files: list[epath.Path], sources: list[str]) -> dict:
+    """Aggregate the ledger; `accounted` must equal `input_docs` for every source."""
+    report = {s: _new() for s in sources}
+    for path in ledger_files:
+        with path.open() as f:
+            for line in f:
+                e = json.loads(line)
+                r = report[e["source"]]
+                r["input_docs"] += 1
+                r["input_bytes"] += e.get("bytes", 0)
+                r["repaired_utf8"] += bool(e.get("repaired_utf8"))
+                bucket, reason = e["bucket"], e.get("reason", "")
+                if bucket == "kept":
+                    r["kept_docs"] += 1
+                    r["kept_bytes"] += e["kept_bytes"]
+                    r["eval_docs"] += e.get("split") == "validation"
+                    r["pii_replaced"] += e.get("pii", 0)
+                elif bucket == "removed":
+                    r["removed"][reason] += 1
+                    r["removed_bytes"][reason] += e.get("bytes", 0)
+                    r["examples"].setdefault(reason, e["id"])
+                elif bucket == "duplicate":
+                    r["duplicates"][reason.split(":", 1)[0]] += 1
+                    r["duplicate_bytes"] += e.get("bytes", 0)
+                    r["examples"].setdefault(reason.split(":", 1)[0] + "_duplicate", f"{e['id']} of {reason.split(':', 1)[1]}")
+                elif bucket == "unreadable":
+                    r["unreadable"][reason] += 1
+                    r["examples"].setdefault(f"unreadable:{reason}", e["id"])
+                elif bucket == "capped":
+                    r["capped_docs"] += 1
+    for r in report.values():
+        r["accounted"] = (r["kept_docs"] + sum(r["removed"].values()) + sum(r["duplicates"].values())
+                          + sum(r["unreadable"].values()) + r["capped_docs"])
+        for key in ("removed", "removed_bytes", "duplicates", "unreadable"):
+            r[key] = dict(sorted(r[key].items()))
+    return report
+
+
+def write(report: dict, out_dir: epath.Path) -> None:
+    out_dir = epath.Path(out_dir)
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2))
+    (out_dir / "report.md").write_text(markdown(report))
+    with (out_dir / "report.png").open("wb") as f:
+        chart(report, f)
+
+
+def markdown(report: dict) -> str:
+    lines = ["# Curation report", "",
+             "| source | input docs | input MB | kept docs | kept MB | held out | removed | duplicates | unreadable "
+             "| capped | PII replaced |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    for name, r in report.items():
+        lines.append(
+            f"| {name} | {r['input_docs']} | {r['input_bytes'] / 1e6:.2f} | {r['kept_docs']} | {r['kept_bytes'] / 1e6:.2f} "
+            f"| {r['eval_docs']} | {sum(r['removed'].values())} | {sum(r['duplicates'].values())} "
+            f"| {sum(r['unreadable'].values())} | {r['capped_docs']} | {r['pii_replaced']} |")
+    for name, r in report.items():
+        lines += ["", f"## {name}", "", "| outcome | docs | MB | example |", "|---|---:|---:|---|"]
+        for rule, n in r["removed"].items():
+            lines.append(f"| removed: {rule} | {n} | {r['removed_bytes'][rule] / 1e6:.3f} | {r['examples'].get(rule, '')} |")
+        for kind, n in r["duplicates"].items():
+            lines.append(f"| duplicate ({kind}) | {n} | | {r['examples'].get(kind + '_duplicate', '')} |")
+        for reason, n in r["unreadable"].items():
+            lines.append(f"| unreadable: {reason} | {n} | | {r['examples'].get('unreadable:' + reason, '')} |")
+        lines.append(f"| accounted / input | {r['accounted']} / {r['input_docs']} | | |")
+    return "\n".join(lines) + "\n"
+
+
+def chart(report: dict, file) -> None:
+    """Documents and bytes removed per rule (duplicates and unreadable included), one bar group per source."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    outcomes = sorted({k for r in report.values() for k in [*r["removed"], *(f"duplicate:{d}" for d in r["duplicates"]),
+                                                              *(f"unreadable:{u}" for u in r["unreadable"])]})
+    fig, axes = plt.subplots(1, 2, figsize=(12, max(3, 0.35 * len(outcomes) + 1.5)), sharey=True)
+    height = 0.8 / max(len(report), 1)
+    for i, (name, r) in enumerate(report.items()):
+        docs = [r["removed"].get(o, 0) or r["duplicates"].get(o.split(":", 1)[-1], 0) * o.startswith("duplicate:")
+                or r["unreadable"].get(o.split(":", 1)[-1], 0) * o.startswith("unreadable:") for o in outcomes]
+        mb = [r["removed_bytes"].get(o, 0) / 1e6 for o in outcomes]
+        ys = [j + i * height for j in range(len(outcomes))]
+        axes[0].barh(ys, docs, height=height, label=name)
+        axes[1].barh(ys, mb, height=height, label=name)
+    axes[0].set_yticks([j + 0.4 - height / 2 for j in range(len(outcomes))], outcomes, fontsize=7)
+    axes[0].set_xlabel("documents removed")
+    axes[1].set_xlabel("MB removed by quality rules")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("Curation: where the removed documents went")
+    fig.tight_layout()
+    fig.savefig(file, format="png", dpi=90)
+    plt.close(fig)
