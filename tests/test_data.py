@@ -116,3 +116,22 @@ def test_mixture_weights_natural_and_explicit(prepared_run):
     natural = loader.mixture_weights(tfds_dir(prepared_run), ["stdlib_code", "stdlib_docs"], [0.0, 0.0])
     assert sum(natural) == pytest.approx(1.0) and natural[0] > natural[1]
     assert loader.mixture_weights(tfds_dir(prepared_run), ["stdlib_code", "stdlib_docs"], [1.0, 3.0]) == pytest.approx([0.25, 0.75])
+
+
+def test_temperature_flattens_the_mixture(prepared_run):
+    counts = shards.token_counts(tfds_dir(prepared_run))
+    n = [counts[shards.split_name("train", s)]["tokens"] for s in ("stdlib_code", "stdlib_docs")]
+    hot = loader.mixture_weights(tfds_dir(prepared_run), ["stdlib_code", "stdlib_docs"], [0.0, 0.0], temperature=2.0)
+    expected = np.sqrt(n) / np.sqrt(n).sum()
+    assert hot == pytest.approx(expected.tolist())
+    natural = loader.mixture_weights(tfds_dir(prepared_run), ["stdlib_code", "stdlib_docs"], [0.0, 0.0])
+    assert abs(hot[0] - 0.5) < abs(natural[0] - 0.5)
+
+
+def test_unpacked_rows_hold_one_document_each(prepared_run):
+    it = loader.train_iterator(tfds_dir(prepared_run), ["stdlib_docs"], [1.0], seq_len=64, batch_size=4, seed=0, pack=False)
+    batch = next(it)
+    seg = batch["segment_ids"]
+    assert seg.shape == (4, 64) and set(np.unique(seg)) <= {0, 1}
+    assert (np.diff(seg, axis=1) <= 0).all()  # ones then padding, never a second document
+    np.testing.assert_array_equal(batch["loss_mask"], (seg != 0).astype(np.float32))

@@ -46,8 +46,22 @@ def _finalize(packed: dict) -> dict:
     }
 
 
-def _pack_and_batch(ds: grain.IterDataset, seq_len: int, batch_size: int, drop_remainder: bool) -> grain.IterDataset:
-    ds = ConcatThenSplitIterDataset(ds, length_struct={"inputs": seq_len, "targets": seq_len})
+def _pad_one(example: dict, seq_len: int) -> dict:
+    """One document per row: truncated to seq_len, padded with segment id 0."""
+    out = {}
+    for key in ("inputs", "targets"):
+        x = example[key][:seq_len]
+        out[key] = np.pad(x, (0, seq_len - len(x)))
+        out[f"{key}_segment_ids"] = np.pad(np.ones(len(x), np.int32), (0, seq_len - len(x)))
+    return out
+
+
+def _pack_and_batch(ds: grain.IterDataset, seq_len: int, batch_size: int, drop_remainder: bool,
+                    pack: bool = True) -> grain.IterDataset:
+    if pack:
+        ds = ConcatThenSplitIterDataset(ds, length_struct={"inputs": seq_len, "targets": seq_len})
+    else:
+        ds = ds.map(lambda ex: _pad_one(ex, seq_len))
     return ds.batch(batch_size, drop_remainder=drop_remainder).map(_finalize)
 
 
@@ -68,10 +82,14 @@ def source_dataset(
     return ds.repeat(num_epochs).map(_to_example)
 
 
-def mixture_weights(data_dir: pathlib.Path, sources: Sequence[str], weights: Sequence[float]) -> list[float]:
-    """Configured weights; sources with weight 0 take their natural share of train tokens."""
+def mixture_weights(data_dir: pathlib.Path, sources: Sequence[str], weights: Sequence[float],
+                    temperature: float = 0.0) -> list[float]:
+    """Configured weights; sources with weight 0 take their natural share of train tokens, or with
+    temperature T > 0 a share ~ n_tokens^(1/T) (T > 1 flattens the mixture toward small sources)."""
     counts = shards.token_counts(data_dir)
     natural = [counts[shards.split_name("train", s)]["tokens"] for s in sources]
+    if temperature > 0:
+        natural = [n ** (1.0 / temperature) for n in natural]
     total = sum(natural)
     out = [w if w > 0 else n / total for w, n in zip(weights, natural)]
     norm = sum(out)
@@ -89,6 +107,7 @@ def train_iterator(
     process_index: int = 0,
     process_count: int = 1,
     num_threads: int = 0,
+    pack: bool = True,
 ) -> grain.DatasetIterator:
     """Infinite, shuffled, mixed, packed batches of this process's share of the global batch."""
     per_source = [
@@ -98,7 +117,7 @@ def train_iterator(
         for i, s in enumerate(sources)
     ]
     mixed = per_source[0] if len(per_source) == 1 else grain.IterDataset.mix(per_source, list(weights))
-    ds = _pack_and_batch(mixed, seq_len, batch_size, drop_remainder=True)
+    ds = _pack_and_batch(mixed, seq_len, batch_size, drop_remainder=True, pack=pack)
     if num_threads > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=num_threads)
     return iter(ds)

@@ -64,7 +64,10 @@ def train(
         save_config(cfg, run_dir / "config.yaml")
     data_dir = prepare.tfds_dir(run_dir)
     fingerprint = tok.fingerprint(prepare.tokenizer_path(run_dir))
-    weights = loader.mixture_weights(data_dir, session.sources, [s.weight for s in cfg.data.sources])
+    weights = loader.mixture_weights(data_dir, session.sources, [s.weight for s in cfg.data.sources],
+                                     temperature=cfg.data.mixture_temperature)
+    log("[data] mixture: " + ", ".join(f"{s} {w:.1%}" for s, w in zip(session.sources, weights))
+        + (f" (temperature {cfg.data.mixture_temperature})" if cfg.data.mixture_temperature else ""))
     local_batch = cfg.train.batch_size // jax.process_count()
     data_iter = loader.train_iterator(
         data_dir,
@@ -76,6 +79,7 @@ def train(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
         num_threads=cfg.data.num_threads,
+        pack=cfg.data.pack,
     )
     checkpointer = session.checkpointer()
     t0 = time.perf_counter()
