@@ -54,8 +54,8 @@ def provenance(cfg: RunConfig, run_dir: pathlib.Path) -> dict:
             "license": KNOWN_LICENSES.get(s.name, "unknown") if s.type == "embedded" else "unknown (user files)",
             "cleaned_sha256": _sha256(sorted(clean_dir.glob(f"{s.name}.*.jsonl"))),
             "documents": {
-                "input": r["input_docs"], "unreadable": r["unreadable_docs"],
-                "removed_by_rule": r["removed"], "duplicates": r["duplicate_docs"],
+                "input": r["input_docs"], "unreadable": sum(r["unreadable"].values()),
+                "removed_by_rule": r["removed"], "duplicates": r["duplicates"], "pii_replaced": r["pii_replaced"],
                 "over_max_bytes": r["capped_docs"], "kept": r["kept_docs"], "held_out": r["eval_docs"],
             },
             "tokens": {split: counts[shards.split_name(split, s.name)]["tokens"] for split in ("train", "validation")},
