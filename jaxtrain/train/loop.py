@@ -66,8 +66,6 @@ def train(
     fingerprint = tok.fingerprint(prepare.tokenizer_path(run_dir))
     weights = loader.mixture_weights(data_dir, session.sources, [s.weight for s in cfg.data.sources],
                                      temperature=cfg.data.mixture_temperature)
-    log("[data] mixture: " + ", ".join(f"{s} {w:.1%}" for s, w in zip(session.sources, weights))
-        + (f" (temperature {cfg.data.mixture_temperature})" if cfg.data.mixture_temperature else ""))
     local_batch = cfg.train.batch_size // jax.process_count()
     data_iter = loader.train_iterator(
         data_dir,
