@@ -57,7 +57,7 @@ def test_prepare_tokenizer_config_and_metrics_on_gs(fake_gcs, tmp_path):
     for i in range(60):
         (docs / f"d{i}.txt").write_text(f"Document number {i} talks about topic {i % 7} at some length. " * 8)
     cfg = tiny_config(
-        "data.sources=[{name: notes, type: files, path: '" + str(docs / "*.txt") + "'}]",
+        "data.sources=[{name: notes, type: files, filters: [], path: '" + str(docs / "*.txt") + "'}]", "data.near_dedup=false",
         "data.eval_fraction=0.2", "tokenizer.vocab_size=300", "model.vocab_size=300",
     )
     run = epath.Path("gs://bucket/runs/r1")

@@ -109,6 +109,13 @@ def _ledger_line(e: dict) -> str:
     return json.dumps({k: v for k, v in e.items() if k not in ("text", "digest")}, ensure_ascii=False)
 
 
+def _write_ledger(item: tuple[str, Iterable[dict]], out_dir: str) -> None:
+    """One ledger file per source, written through epath (local or gs://, without Beam's GCS extra)."""
+    source, entries = item
+    lines = sorted(_ledger_line(e) for e in entries)
+    (epath.Path(out_dir) / f"{LEDGER}-{source}.jsonl").write_text("\n".join(lines) + "\n")
+
+
 def _decontamination_ngrams(patterns: tuple[str, ...], n: int) -> frozenset:
     grams: set[str] = set()
     for pattern in patterns:
@@ -179,5 +186,5 @@ def run(cfg, out_dir: epath.Path, workers: int = 1) -> None:
         caps = {s.name: s.max_bytes for s in d.sources}
         written = (kept | "By source" >> beam.Map(lambda e: (e["source"], e)) | "Group source" >> beam.GroupByKey()
                    | "Write" >> beam.ParDo(_WriteSource(str(out_dir), caps, d.eval_fraction)))
-        _ = ([*done, written] | "Ledger" >> beam.Flatten() | "Lines" >> beam.Map(_ledger_line)
-             | "Write ledger" >> beam.io.WriteToText(str(out_dir / LEDGER), file_name_suffix=".jsonl"))
+        _ = ([*done, written] | "Ledger" >> beam.Flatten() | "Ledger by source" >> beam.Map(lambda e: (e["source"], e))
+             | "Group ledger" >> beam.GroupByKey() | "Write ledger" >> beam.Map(_write_ledger, str(out_dir)))

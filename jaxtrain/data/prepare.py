@@ -59,7 +59,8 @@ def prepare_corpus(cfg: RunConfig, run_dir: pathlib.Path) -> dict:
     log(f"[prepare] curating {len(cfg.data.sources)} sources (Apache Beam, {workers} worker(s))")
     curate.run(cfg, tmp_dir, workers)
     names = [s.name for s in cfg.data.sources]
-    report = curation_report.build(sorted(tmp_dir.glob(f"{curate.LEDGER}*")), names)
+    ledgers = [p for p in (tmp_dir / f"{curate.LEDGER}-{n}.jsonl" for n in names) if p.exists()]
+    report = curation_report.build(ledgers, names)
     curation_report.write(report, tmp_dir)
     for s in cfg.data.sources:
         r = report[s.name]
