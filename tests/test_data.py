@@ -135,3 +135,12 @@ def test_unpacked_rows_hold_one_document_each(prepared_run):
     assert seg.shape == (4, 64) and set(np.unique(seg)) <= {0, 1}
     assert (np.diff(seg, axis=1) <= 0).all()  # ones then padding, never a second document
     np.testing.assert_array_equal(batch["loss_mask"], (seg != 0).astype(np.float32))
+
+
+def test_realized_mixture_follows_the_weights(prepared_run):
+    it = loader.train_iterator(tfds_dir(prepared_run), ["stdlib_code", "stdlib_docs"], [0.25, 0.75], seq_len=128,
+                               batch_size=8, seed=0)
+    tokens = sum(loader.realized_mixture(next(it), 2) for _ in range(200))
+    assert tokens.sum() == 200 * 8 * 128  # packed rows: every target token counts
+    # weights are token shares; documents are drawn with probabilities corrected for their length
+    assert abs(tokens[1] / tokens.sum() - 0.75) < 0.1, tokens[1] / tokens.sum()

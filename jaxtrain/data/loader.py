@@ -5,11 +5,14 @@ Packing is Grain's concat-then-split: documents are concatenated and cut at
 carries segment ids (1, 2, ... per document piece, 0 for padding) and the
 attention mask is built from them. Positions restart at 0 for each piece in
 a row, which is what both RoPE (relative) and learned positions need.
-The returned iterator's state is JSON and goes into every checkpoint.
+Training rows also carry `source_ids` per token, so the loop can log the
+realized mixture. The returned iterator's state is JSON and goes into every
+checkpoint.
 """
 
 from __future__ import annotations
 
+import functools
 import pathlib
 from typing import Iterator, Sequence
 
@@ -37,7 +40,8 @@ def positions_from_segments(segment_ids_BxL: np.ndarray) -> np.ndarray:
 
 def _finalize(packed: dict) -> dict:
     segment_ids = packed["inputs_segment_ids"].astype(np.int32)
-    return {
+    extra = {"source_ids": packed["source_ids"].astype(np.int32)} if "source_ids" in packed else {}
+    return {**extra,
         "inputs": packed["inputs"].astype(np.int32),
         "targets": packed["targets"].astype(np.int32),
         "segment_ids": segment_ids,
@@ -53,16 +57,30 @@ def _pad_one(example: dict, seq_len: int) -> dict:
         x = example[key][:seq_len]
         out[key] = np.pad(x, (0, seq_len - len(x)))
         out[f"{key}_segment_ids"] = np.pad(np.ones(len(x), np.int32), (0, seq_len - len(x)))
+    if "source_ids" in example:
+        out["source_ids"] = np.pad(example["source_ids"][:seq_len], (0, seq_len - len(example["source_ids"][:seq_len])))
     return out
 
 
 def _pack_and_batch(ds: grain.IterDataset, seq_len: int, batch_size: int, drop_remainder: bool,
-                    pack: bool = True) -> grain.IterDataset:
+                    pack: bool = True, with_sources: bool = False) -> grain.IterDataset:
     if pack:
-        ds = ConcatThenSplitIterDataset(ds, length_struct={"inputs": seq_len, "targets": seq_len})
+        lengths = {"inputs": seq_len, "targets": seq_len, **({"source_ids": seq_len} if with_sources else {})}
+        ds = ConcatThenSplitIterDataset(ds, length_struct=lengths)
     else:
         ds = ds.map(lambda ex: _pad_one(ex, seq_len))
     return ds.batch(batch_size, drop_remainder=drop_remainder).map(_finalize)
+
+
+def _tag_source(example: dict, source_index: int) -> dict:
+    """Every token carries its source index, so the realized mixture can be measured per batch."""
+    return {**example, "source_ids": np.full(example["inputs"].shape, source_index, np.int32)}
+
+
+def realized_mixture(batch: dict, num_sources: int) -> np.ndarray:
+    """Target tokens per source in a batch (padding excluded)."""
+    ids = batch["source_ids"][batch["loss_mask"] > 0]
+    return np.bincount(ids.ravel(), minlength=num_sources)
 
 
 def source_dataset(
@@ -96,6 +114,15 @@ def mixture_weights(data_dir: pathlib.Path, sources: Sequence[str], weights: Seq
     return [w / norm for w in out]
 
 
+def document_probabilities(data_dir: pathlib.Path, sources: Sequence[str], token_weights: Sequence[float]) -> list[float]:
+    """Grain mixes by drawing documents; dividing each token share by the source's mean document
+    length makes the token mixture (what the weights mean) come out as configured."""
+    counts = shards.token_counts(data_dir)
+    split = [counts[shards.split_name("train", s)] for s in sources]
+    p = [w / max(c["tokens"] / max(c["docs"], 1), 1.0) for w, c in zip(token_weights, split)]
+    return [x / sum(p) for x in p]
+
+
 def train_iterator(
     data_dir: pathlib.Path,
     sources: Sequence[str],
@@ -113,14 +140,21 @@ def train_iterator(
     per_source = [
         source_dataset(
             data_dir, "train", s, process_index=process_index, process_count=process_count, seed=seed + i
-        ).to_iter_dataset()
+        ).map(functools.partial(_tag_source, source_index=i)).to_iter_dataset()
         for i, s in enumerate(sources)
     ]
-    mixed = per_source[0] if len(per_source) == 1 else grain.IterDataset.mix(per_source, list(weights))
-    ds = _pack_and_batch(mixed, seq_len, batch_size, drop_remainder=True, pack=pack)
+    mixed = per_source[0] if len(per_source) == 1 else grain.IterDataset.mix(
+        per_source, document_probabilities(data_dir, sources, weights))
+    ds = _pack_and_batch(mixed, seq_len, batch_size, drop_remainder=True, pack=pack, with_sources=True)
     if num_threads > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=num_threads)
     return iter(ds)
+
+
+def empty_batch(batch_size: int, seq_len: int) -> dict:
+    """A batch that contributes nothing (loss_mask 0): keeps collective step counts equal."""
+    ints = {k: np.zeros((batch_size, seq_len), np.int32) for k in ("inputs", "targets", "segment_ids", "positions")}
+    return {**ints, "loss_mask": np.zeros((batch_size, seq_len), np.float32)}
 
 
 def eval_batches(

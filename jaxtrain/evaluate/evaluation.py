@@ -44,9 +44,9 @@ def evaluate(
             process_index=jax.process_index(),
             process_count=jax.process_count(),
         ))
-        if jax.process_count() > 1:  # every process must run the same number of (collective) steps
-            empty = {k: np.zeros_like(v) for k, v in batches[0].items()} if batches else None
-            batches += [empty] * (max_batches - len(batches)) if empty is not None else []
+        if jax.process_count() > 1:  # every process must run the same number of (collective) steps,
+            # even one whose slice of a small held-out split is empty
+            batches += [loader.empty_batch(batch_size, seq_len)] * (max_batches - len(batches))
         for batch in batches:
             out = jax.device_get(eval_step(params, to_global(batch)))
             loss_sum += float(out["loss_sum"])

@@ -11,8 +11,6 @@ or from the shell: `lm_eval --model jaxtrain --model_args run_dir=runs/demo --ta
 
 from __future__ import annotations
 
-import pathlib
-
 from etils import epath
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model

@@ -133,8 +133,11 @@ def _loop(session: Session, state, data_iter, checkpointer, fingerprint: str, we
     window_start, window_steps = time.perf_counter(), 0
     run_start = time.perf_counter()
     batches_drawn = 0
+    mix_tokens = np.zeros(len(session.sources), np.int64)  # target tokens per source since this (re)start
     while step < end_step:
         batch = next(data_iter)
+        mix_tokens += loader.realized_mixture(batch, len(session.sources))
+        del batch["source_ids"]
         scale = fault_injector(batches_drawn) if fault_injector else None
         batches_drawn += 1
         batch["loss_scale"] = np.full((batch["inputs"].shape[0],), 1.0 if scale is None else scale, np.float32)
@@ -166,7 +169,8 @@ def _loop(session: Session, state, data_iter, checkpointer, fingerprint: str, we
                 {"step": step, "loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
                  "tokens_per_s": tok_s, "tokens_per_s_per_chip": tok_s / n_chips, "mfu": util,
                  "step_time_s": step_time, "skipped_steps": skipped, "rollbacks": rollbacks,
-                 "loss_zscore": float(metrics["loss_zscore"]), "time": time.time()}
+                 "loss_zscore": float(metrics["loss_zscore"]), "time": time.time(),
+                 **{f"mix/{s}": float(n / max(mix_tokens.sum(), 1)) for s, n in zip(session.sources, mix_tokens)}}
             )
             window_start, window_steps = time.perf_counter(), 0
             if int(metrics["bad_streak"]) >= cfg.train.max_bad_steps:
@@ -181,6 +185,9 @@ def _loop(session: Session, state, data_iter, checkpointer, fingerprint: str, we
         if step % cfg.eval.every_steps == 0 or step == total:
             last_eval = session.evaluate(state.params)
             log(f"[eval] step {step}: {format_eval(last_eval)}")
+            share = mix_tokens / max(mix_tokens.sum(), 1)
+            log("[data] realized mixture (target tokens since start): "
+                + ", ".join(f"{s} {x:.1%} (configured {w:.1%})" for s, x, w in zip(session.sources, share, weights)))
             metrics_log.write({"step": step, **last_eval})
             metrics_log.write_eval({"step": step, **last_eval}, kind="in-loop")
             window_start, window_steps = time.perf_counter(), 0
