@@ -68,8 +68,9 @@ def test_judge_puts_each_document_in_one_bucket():
         "list": "c4:too_few_sentences"}
 
 
-def test_minhash_estimates_jaccard_and_clusters_deterministically():
-    hasher = MinHasher()
+@pytest.mark.parametrize("method", ["oph", "kperm"])
+def test_minhash_estimates_jaccard_and_clusters_deterministically(method):
+    hasher = MinHasher(method=method)
     rng = np.random.default_rng(0)
     words = [f"w{i}" for i in range(3000)]
     base = " ".join(rng.choice(words, 400))
@@ -79,7 +80,9 @@ def test_minhash_estimates_jaccard_and_clusters_deterministically():
         exact = jaccard(hasher.shingles(base), hasher.shingles(other))
         errors.append(abs(estimated_jaccard(hasher.signature(base), hasher.signature(other)) - exact))
     assert max(errors) < 0.12
-    assert np.array_equal(MinHasher().signature(base), hasher.signature(base))  # stable across instances
+    assert np.array_equal(MinHasher(method=method).signature(base), hasher.signature(base))  # stable across instances
+    short = hasher.signatures(["just three words", "just three words", "other three words", ""])
+    assert (short[0] == short[1]).all() and estimated_jaccard(short[0], short[2]) < 0.2  # densified, not empty
     near = " ".join(base.split()[:395] + ["x"] * 5)
     keys = {"b": band_keys(hasher.signature(near)), "a": band_keys(hasher.signature(base)),
             "c": band_keys(hasher.signature(" ".join(rng.choice(words, 400))))}

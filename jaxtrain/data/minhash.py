@@ -3,9 +3,9 @@
 Word 5-gram shingles, 14 bands x 8 rows = 112 hashes (FineWeb's setting): a
 pair with Jaccard similarity s becomes a candidate with probability
 1 - (1 - s^8)^14 (0.57 at 0.7, 0.92 at 0.8). Hashes are stable across
-processes and machines (polynomial byte hashes, fixed-seed permutations),
-so signatures computed on different workers agree. Vectorized with numpy:
-the per-shingle work happens in C, not in a Python loop.
+processes and machines (polynomial byte hashes, fixed seeds), so signatures
+computed on different workers agree. Vectorized with numpy over batches of
+documents: no Python loop per word or shingle.
 """
 
 from __future__ import annotations
@@ -24,9 +24,15 @@ _SPACE[[9, 10, 11, 12, 13, 32]] = True  # ASCII whitespace, as bytes.split() spl
 
 
 class MinHasher:
-    def __init__(self, num_perm: int = 112, ngram: int = 5, seed: int = 1):
+    """Word n-gram MinHash signatures. method="oph" (default): one permutation hashing with
+    densification; "kperm": k independent permutations (the textbook form, 112x the hashing work)."""
+
+    def __init__(self, num_perm: int = 112, ngram: int = 5, seed: int = 1, method: str = "oph"):
+        if method not in ("oph", "kperm"):
+            raise ValueError(f"method {method!r}: choose 'oph' or 'kperm'")
         rng = np.random.default_rng(seed)
-        self.num_perm, self.ngram = num_perm, ngram
+        self.num_perm, self.ngram, self.method = num_perm, ngram, method
+        self._probe = rng.integers(0, num_perm, size=(4096, num_perm))  # densification probe sequences
         self._a = rng.integers(1, 2**32, size=num_perm, dtype=np.uint64).astype(np.uint32) | np.uint32(1)
         self._b = rng.integers(0, 2**32, size=num_perm, dtype=np.uint64).astype(np.uint32)
         self._pows = np.array([pow(0x9E3779B1, k, 2**64) for k in range(ngram)], dtype=np.uint64)
@@ -57,13 +63,13 @@ class MinHasher:
             return (prefix[ends] - prefix[starts]) * inv[starts] + (ends - starts).astype(np.uint64)
 
     def _shingles(self, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """32-bit hashes of every document's word n-grams (a document shorter than n words is one
+        """64-bit hashes of every document's word n-grams (a document shorter than n words is one
         shingle), concatenated; and each document's first shingle index."""
         data = b"\n".join(t.encode("utf-8") for t in texts)
         doc_starts = np.cumsum([0] + [len(t.encode("utf-8")) + 1 for t in texts[:-1]])
         h = self.word_hashes(data)
         if h.size == 0:
-            return np.zeros(len(texts), np.uint32), np.arange(len(texts))
+            return np.zeros(len(texts), np.uint64), np.arange(len(texts))
         b = np.frombuffer(data, dtype=np.uint8)
         edge = np.diff(np.concatenate(([True], _SPACE[b])).astype(np.int8))
         word_byte = np.flatnonzero(edge == -1)
@@ -81,21 +87,51 @@ class MinHasher:
                 out += np.where(k < length, h[np.minimum(start + k, last)] * self._pows[k], np.uint64(0))
             out ^= out >> np.uint64(31)
             out *= _MIX
-        return (out >> np.uint64(32)).astype(np.uint32), offsets
+            out ^= out >> np.uint64(29)
+        return out, offsets
 
     def shingles(self, text: str) -> np.ndarray:
         return self._shingles([text])[0]
 
     def signatures(self, texts: list[str], batch: int = 64) -> np.ndarray:
-        """[len(texts), num_perm] uint32 minima of the shingles under (a*x + b) mod 2^32
-        permutations (a odd). Documents are hashed in batches so numpy's per-call cost is shared."""
+        """[len(texts), num_perm] uint32 signatures, hashed in batches so numpy's per-call cost is shared."""
         out = np.empty((len(texts), self.num_perm), dtype=np.uint32)
         for i in range(0, len(texts), batch):
-            s, offsets = self._shingles(texts[i:i + batch])
-            block_PxS = self._a[:, None] * s[None, :]  # permutations x shingles: rows stay contiguous
-            block_PxS += self._b[:, None]
-            out[i:i + batch] = np.minimum.reduceat(block_PxS, offsets, axis=1).T
+            h, offsets = self._shingles(texts[i:i + batch])
+            sign = self._one_permutation if self.method == "oph" else self._k_permutations
+            out[i:i + batch] = sign(h, offsets)
         return out
+
+    def _k_permutations(self, h: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """Classic MinHash: the minimum of each of k (a*x + b) mod 2^32 permutations (a odd)."""
+        s = (h >> np.uint64(32)).astype(np.uint32)
+        block_PxS = self._a[:, None] * s[None, :]  # permutations x shingles: rows stay contiguous
+        block_PxS += self._b[:, None]
+        return np.minimum.reduceat(block_PxS, offsets, axis=1).T
+
+    def _one_permutation(self, h: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+        """One permutation hashing (Li, Owen, Zhang 2012): one hash per shingle, split into k bins by
+        its middle bits, minimum of the high bits per bin; empty bins take the value of the first
+        non-empty bin on a fixed pseudo-random probe sequence (optimal densification, Shrivastava
+        2017), so collisions stay an unbiased Jaccard estimate. O(shingles) instead of O(k x shingles)."""
+        k, n_docs = self.num_perm, len(offsets)
+        doc_of = np.repeat(np.arange(n_docs), np.diff(np.append(offsets, h.size)))
+        cell = doc_of * k + ((((h >> np.uint64(16)) & np.uint64(0xFFFF)) * np.uint64(k)) >> np.uint64(16)).astype(np.int64)
+        sig = np.full(n_docs * k, np.iinfo(np.uint32).max, dtype=np.uint32)
+        np.minimum.at(sig, cell, (h >> np.uint64(32)).astype(np.uint32))
+        filled = np.zeros(n_docs * k, dtype=bool)
+        filled[cell] = True
+        sig, filled = sig.reshape(n_docs, k), filled.reshape(n_docs, k)
+        rows, cols = np.nonzero(~filled)
+        source = sig.copy()
+        for attempt in range(len(self._probe)):
+            if rows.size == 0:
+                break
+            cand = self._probe[attempt, cols]
+            hit = filled[rows, cand]
+            sig[rows[hit], cols[hit]] = source[rows[hit], cand[hit]]
+            rows, cols = rows[~hit], cols[~hit]
+        return sig
 
     def signature(self, text: str) -> np.ndarray:
         return self.signatures([text])[0]
