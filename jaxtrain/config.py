@@ -78,6 +78,7 @@ class TokenizerConfig:
     byte_fallback: bool = True
     sample_bytes: int = 4_000_000  # bound on the text the tokenizer is trained on
     model_file: str = ""  # use an existing sentencepiece .model instead of training
+    special_tokens: tuple[str, ...] = ()  # user-defined pieces kept whole, e.g. ["<|endoftext|>", "<|code|>"]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from jaxtrain.data import loader, shards
+from jaxtrain.data import loader, prepare, shards
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.data.prepare import clean_dir, tfds_dir, tokenizer_path
 from jaxtrain.models.attention import attention_mask
@@ -20,6 +20,15 @@ def test_tokenizer_round_trips_code_and_has_specials(prepared_run):
     text = "def f(x):\n    return {'a': x ** 2}  # naïve ✓\n"
     assert sp.decode(sp.encode(text)) == text
     assert sp.unk_id() not in sp.encode("\x07 ☃ 漢字")  # byte fallback: nothing is <unk>
+
+
+def test_user_defined_special_tokens_stay_whole(prepared_run, tmp_path):
+    files = sorted(prepare.clean_dir(prepared_run).glob("*.train.jsonl"))
+    model = tok.train_tokenizer(files, tmp_path, 400, sample_bytes=300_000, special_tokens=("<|code|>", "<|endoftext|>"))
+    sp = tok.load(model)
+    ids = sp.encode("<|code|>x = 1<|endoftext|>")
+    assert sp.piece_to_id("<|code|>") in ids and sp.piece_to_id("<|endoftext|>") == ids[-1]
+    assert sp.decode(ids) == "<|code|>x = 1<|endoftext|>"
 
 
 def test_shards_hold_every_clean_document(prepared_run):

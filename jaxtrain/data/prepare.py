@@ -105,6 +105,7 @@ def prepare_tokenizer(cfg: RunConfig, run_dir: pathlib.Path) -> pathlib.Path:
             model_type=cfg.tokenizer.model_type,
             byte_fallback=cfg.tokenizer.byte_fallback,
             sample_bytes=cfg.tokenizer.sample_bytes,
+            special_tokens=cfg.tokenizer.special_tokens,
         )
     sp = tok.load(path)
     if sp.vocab_size() > cfg.model.vocab_size:

@@ -50,19 +50,21 @@ def train_tokenizer(
     byte_fallback: bool = True,
     sample_bytes: int = 4_000_000,
     num_threads: int = 2,
+    special_tokens: tuple[str, ...] = (),
 ) -> pathlib.Path:
     out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:  # sentencepiece writes local files only; out_dir may be gs://
         prefix = pathlib.Path(tmp) / "tokenizer"
-        _train(train_files, prefix, vocab_size, model_type, byte_fallback, sample_bytes, num_threads)
+        _train(train_files, prefix, vocab_size, model_type, byte_fallback, sample_bytes, num_threads, special_tokens)
         for suffix in (".model", ".vocab"):
             (out_dir / f"tokenizer{suffix}").write_bytes(prefix.with_suffix(suffix).read_bytes())
     return out_dir / MODEL_NAME
 
 
-def _train(train_files, prefix, vocab_size, model_type, byte_fallback, sample_bytes, num_threads) -> None:
+def _train(train_files, prefix, vocab_size, model_type, byte_fallback, sample_bytes, num_threads, special_tokens) -> None:
     spm.SentencePieceTrainer.train(
+        user_defined_symbols=list(special_tokens),
         sentence_iterator=_lines(train_files, sample_bytes),
         model_prefix=str(prefix),
         vocab_size=vocab_size,
