@@ -3,7 +3,8 @@
     pip install datasketch==2.0.0    # the reference MinHash (not a project dependency)
     python benchmarks/curation_bench.py [--docs 3000] [--repeats 3] [--out benchmarks/results/curation.json]
 
-1. MinHash signatures: jaxtrain.data.minhash (one permutation hashing; and its k-permutation mode) vs datasketch (MinHash, 112 permutations, the same
+1. MinHash signatures: jaxtrain.data.minhash (one permutation hashing, and its k-permutation
+   mode) vs datasketch (MinHash, 112 permutations, the same
    word 5-gram shingles), docs/s and MB/s on one core; LSH (14 x 8) candidate pairs of both
    checked against exact Jaccard of the shingle sets (precision/recall at 0.7) and against each other.
 2. Curation per stage (read, judge = normalize + rules + PII, MinHash) in MB/s on one core,
@@ -189,7 +190,8 @@ def bench_tokenizer_and_loader(repeats: int) -> dict:
                 for _ in range(n_batches):
                     next(it)
                 return n_batches * cfg.train.batch_size * cfg.data.seq_len / (time.perf_counter() - t)
-            out[f"loader_tokens_per_s_{'packed' if pack else 'padded'}"] = round(statistics.median(drain() for _ in range(repeats)))
+            name = f"loader_tokens_per_s_{'packed' if pack else 'padded'}"
+            out[name] = round(statistics.median(drain() for _ in range(repeats)))
     return out
 
 

@@ -97,7 +97,8 @@ def prepare_tokenizer(cfg: RunConfig, run_dir: pathlib.Path) -> pathlib.Path:
         path = tok.install_tokenizer(cfg.tokenizer.model_file, path.parent)
     else:
         files = [clean_dir(run_dir) / f"{s.name}.train.jsonl" for s in cfg.data.sources]
-        log(f"[tokenizer] training {cfg.tokenizer.model_type} vocab={cfg.tokenizer.vocab_size} on <= {cfg.tokenizer.sample_bytes / 1e6:.1f} MB")
+        log(f"[tokenizer] training {cfg.tokenizer.model_type} vocab={cfg.tokenizer.vocab_size} "
+            f"on <= {cfg.tokenizer.sample_bytes / 1e6:.1f} MB")
         path = tok.train_tokenizer(
             files,
             path.parent,
