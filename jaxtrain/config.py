@@ -45,6 +45,12 @@ class SourceConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MixtureStage:
+    step: int = 0  # from this training step on ...
+    weights: tuple[float, ...] = ()  # ... these token shares, one per source in data.sources order
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     sources: tuple[SourceConfig, ...] = (
         SourceConfig(name="stdlib_code", content="code"),
@@ -64,6 +70,7 @@ class DataConfig:
     curate_workers: int = 1  # Beam DirectRunner worker processes (1 = in-process)
     beam_options: tuple[str, ...] = ()  # extra Beam pipeline flags, e.g. ["--runner=DataflowRunner", ...]
     mixture_temperature: float = 0.0  # > 0: weights ~ n_tokens^(1/T) for sources without a weight
+    mixture_schedule: tuple[MixtureStage, ...] = ()  # later stages of the mixture, e.g. an annealing mix
     pack: bool = True  # concatenate documents into full rows; false: one document per row, padded
     eval_fraction: float = 0.02
     seq_len: int = 256
@@ -366,6 +373,12 @@ def validate(cfg: RunConfig, num_devices: int | None = None) -> None:
     _check(d.minhash_bands * d.minhash_rows <= 1024 and d.minhash_bands > 0 and d.minhash_rows > 0,
            f"data.minhash_bands x data.minhash_rows: {d.minhash_bands} x {d.minhash_rows} must be positive, <= 1024 hashes.")
     _check(d.mixture_temperature >= 0, f"data.mixture_temperature: must be >= 0 (0 = off), got {d.mixture_temperature}.")
+    for k, stage in enumerate(d.mixture_schedule):
+        previous = d.mixture_schedule[k - 1].step if k else 0
+        _check(stage.step > previous, f"data.mixture_schedule[{k}].step: {stage.step} must be > {previous} (steps increase).")
+        _check(len(stage.weights) == len(d.sources) and all(w >= 0 for w in stage.weights) and sum(stage.weights) > 0,
+               f"data.mixture_schedule[{k}].weights: {list(stage.weights)} needs one weight >= 0 per source "
+               f"({[s.name for s in d.sources]}), not all zero.")
     _check(d.curate_workers > 0, f"data.curate_workers: must be positive, got {d.curate_workers}.")
     _check(t.steps > 0, f"train.steps: must be positive, got {t.steps}.")
     _check(t.batch_size > 0, f"train.batch_size: must be positive, got {t.batch_size}.")

@@ -153,3 +153,38 @@ def test_realized_mixture_follows_the_weights(prepared_run):
     assert tokens.sum() == 200 * 8 * 128  # packed rows: every target token counts
     # weights are token shares; documents are drawn with probabilities corrected for their length
     assert abs(tokens[1] / tokens.sum() - 0.75) < 0.1, tokens[1] / tokens.sum()
+
+
+def test_mixture_schedule_switches_and_resumes_exactly(prepared_run):
+    def make():
+        return loader.train_iterator(tfds_dir(prepared_run), ["stdlib_code", "stdlib_docs"], [0.9, 0.1], seq_len=128,
+                                     batch_size=8, seed=0, schedule=[(150, [0.1, 0.9])])
+    it = make()
+    before = sum(loader.realized_mixture(next(it), 2) for _ in range(150))
+    state = it.get_state()
+    after = [next(it) for _ in range(150)]
+    share_after = sum(loader.realized_mixture(b, 2) for b in after[10:])  # the packer drains the last stage's docs
+    code_before, code_after = before[0] / before.sum(), share_after[0] / share_after.sum()
+    assert code_before > 0.6 and code_after < 0.4, (code_before, code_after)
+    resumed = make()
+    resumed.set_state(state)
+    for a, b in zip(after, (next(resumed) for _ in range(150))):
+        np.testing.assert_array_equal(a["inputs"], b["inputs"])
+
+
+def test_schedule_stages_convert_steps_to_draws():
+    from jaxtrain.data.schedule import draw_boundaries
+
+    stages = draw_boundaries([(0, [1.0, 0.0]), (10, [0.0, 1.0])], mean_doc_tokens=[100.0, 400.0], tokens_per_step=1000)
+    assert stages[0] == (0, [1.0, 0.0]) and stages[1] == (100, [0.0, 1.0])  # 10 steps x 1000 tokens / 100 per doc
+
+
+def test_bad_mixture_schedule_is_refused():
+    from jaxtrain.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"data\.mixture_schedule\[0\]\.weights: \[1\.0\] needs one weight"):
+        load_config("tiny", ["data.mixture_schedule=[{step: 10, weights: [1.0]}]"])
+    with pytest.raises(ConfigError, match=r"data\.mixture_schedule\[1\]\.step: 5 must be > 10"):
+        load_config("tiny", ["data.mixture_schedule=[{step: 10, weights: [1, 1]}, {step: 5, weights: [1, 0]}]"])
+    cfg = load_config("tiny", ["data.mixture_schedule=[{step: 10, weights: [0.2, 0.8]}]"])
+    assert cfg.data.mixture_schedule[0].weights == (0.2, 0.8)

@@ -21,6 +21,7 @@ import numpy as np
 from grain.experimental import ConcatThenSplitIterDataset
 
 from jaxtrain.data import shards
+from jaxtrain.data.schedule import ScheduledMixIterDataset, draw_boundaries
 
 
 def _to_example(record: dict) -> dict:
@@ -135,6 +136,7 @@ def train_iterator(
     process_count: int = 1,
     num_threads: int = 0,
     pack: bool = True,
+    schedule: Sequence[tuple[int, Sequence[float]]] = (),
 ) -> grain.DatasetIterator:
     """Infinite, shuffled, mixed, packed batches of this process's share of the global batch."""
     per_source = [
@@ -143,8 +145,16 @@ def train_iterator(
         ).map(functools.partial(_tag_source, source_index=i)).to_iter_dataset()
         for i, s in enumerate(sources)
     ]
-    mixed = per_source[0] if len(per_source) == 1 else grain.IterDataset.mix(
-        per_source, document_probabilities(data_dir, sources, weights))
+    if schedule and len(per_source) > 1:  # (step, token weights) stages after the first
+        counts = shards.token_counts(data_dir)
+        mean_len = [counts[shards.split_name("train", s)]["tokens"] / max(counts[shards.split_name("train", s)]["docs"], 1)
+                    for s in sources]
+        stages = draw_boundaries([(0, weights), *schedule], mean_len, batch_size * seq_len)
+        mixed = ScheduledMixIterDataset(per_source, stages)
+    elif len(per_source) > 1:
+        mixed = grain.IterDataset.mix(per_source, document_probabilities(data_dir, sources, weights))
+    else:
+        mixed = per_source[0]
     ds = _pack_and_batch(mixed, seq_len, batch_size, drop_remainder=True, pack=pack, with_sources=True)
     if num_threads > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=num_threads)

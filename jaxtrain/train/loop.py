@@ -78,6 +78,7 @@ def train(
         process_count=jax.process_count(),
         num_threads=cfg.data.num_threads,
         pack=cfg.data.pack,
+        schedule=[(s.step, s.weights) for s in cfg.data.mixture_schedule],
     )
     checkpointer = session.checkpointer()
     t0 = time.perf_counter()
@@ -133,10 +134,11 @@ def _loop(session: Session, state, data_iter, checkpointer, fingerprint: str, we
     window_start, window_steps = time.perf_counter(), 0
     run_start = time.perf_counter()
     batches_drawn = 0
-    mix_tokens = np.zeros(len(session.sources), np.int64)  # target tokens per source since this (re)start
+    mix_window = np.zeros(len(session.sources), np.int64)  # target tokens per source in this log window
+    mix_tokens = np.zeros(len(session.sources), np.int64)  # ... and since the last eval report
     while step < end_step:
         batch = next(data_iter)
-        mix_tokens += loader.realized_mixture(batch, len(session.sources))
+        mix_window += loader.realized_mixture(batch, len(session.sources))
         del batch["source_ids"]
         scale = fault_injector(batches_drawn) if fault_injector else None
         batches_drawn += 1
@@ -170,8 +172,10 @@ def _loop(session: Session, state, data_iter, checkpointer, fingerprint: str, we
                  "tokens_per_s": tok_s, "tokens_per_s_per_chip": tok_s / n_chips, "mfu": util,
                  "step_time_s": step_time, "skipped_steps": skipped, "rollbacks": rollbacks,
                  "loss_zscore": float(metrics["loss_zscore"]), "time": time.time(),
-                 **{f"mix/{s}": float(n / max(mix_tokens.sum(), 1)) for s, n in zip(session.sources, mix_tokens)}}
+                 **{f"mix/{s}": float(n / max(mix_window.sum(), 1)) for s, n in zip(session.sources, mix_window)}}
             )
+            mix_tokens += mix_window
+            mix_window[:] = 0
             window_start, window_steps = time.perf_counter(), 0
             if int(metrics["bad_streak"]) >= cfg.train.max_bad_steps:
                 state, step, rollbacks = _rollback(session, checkpointer, step, rollbacks, metrics)
@@ -186,8 +190,11 @@ def _loop(session: Session, state, data_iter, checkpointer, fingerprint: str, we
             last_eval = session.evaluate(state.params)
             log(f"[eval] step {step}: {format_eval(last_eval)}")
             share = mix_tokens / max(mix_tokens.sum(), 1)
-            log("[data] realized mixture (target tokens since start): "
-                + ", ".join(f"{s} {x:.1%} (configured {w:.1%})" for s, x, w in zip(session.sources, share, weights)))
+            stage = [s for s in cfg.data.mixture_schedule if s.step <= step]
+            target = [w / sum(stage[-1].weights) for w in stage[-1].weights] if stage else weights
+            log("[data] realized mixture (target tokens since the last report): "
+                + ", ".join(f"{s} {x:.1%} (configured {w:.1%})" for s, x, w in zip(session.sources, share, target)))
+            mix_tokens[:] = 0
             metrics_log.write({"step": step, **last_eval})
             metrics_log.write_eval({"step": step, **last_eval}, kind="in-loop")
             window_start, window_steps = time.perf_counter(), 0
