@@ -98,7 +98,7 @@ def test_dry_run_prints_and_runs_nothing(fake):
         (["create", *VM, "--accelerator", "v4-8", "--slices", "2"], "needs --queued"),
         (["launch", *VM, "--config", "tiny", "--run-dir", "gs://bkt/r", "steps"], "override 'steps'"),
         (["launch", *VM, "--config", "tiny", "--run-dir", "gs://"], "--run-dir 'gs://'"),
-        (["run", *VM, "--accelerator", "v4-8", "--config", "tiny", "--run-dir", "runs/x"], "empty disk"),
+        (["run", *VM, "--accelerator", "v4-8", "--repo", "r", "--config", "tiny", "--run-dir", "runs/x"], "empty disk"),
         (["setup", *VM, "--repo", "r", "--commit", "a;rm -rf /"], "--commit"),
         (["sync", "/tmp/a", "/tmp/b"], "one side must be a gs:// path"),
     ],
@@ -111,14 +111,17 @@ def test_bad_arguments_refused_before_any_call(fake, args, message):
 
 def test_run_relaunches_after_preemption_and_stops_when_budget_spent(fake):
     fake.run("create", *VM, "--accelerator", "v4-8")
-    fake.set_state(ssh_results=[{"rc": 255, "preempt": True}, {"rc": 0}])
-    common = ["run", *VM, "--accelerator", "v4-8", "--config", "tiny", "--run-dir", "gs://bkt/r", "--retry-pause", "0"]
+    ok = {"rc": 0}
+    fake.set_state(ssh_results=[ok, {"rc": 255, "preempt": True}, ok, ok])  # setup, launch, setup, launch
+    common = ["run", *VM, "--accelerator", "v4-8", "--config", "tiny", "--run-dir", "gs://bkt/r", "--retry-pause", "0",
+              "--repo", "https://example.com/j.git"]
     proc = fake.run(*common)
     verbs = [c[3] for c in fake.calls()]
-    assert verbs == ["create", "describe", "ssh", "describe", "describe", "delete", "create", "ssh"]
+    # an existing VM is set up once, then after the preemption it is recreated and set up again
+    assert verbs == ["create", "describe", "ssh", "ssh", "describe", "describe", "delete", "create", "ssh", "ssh"]
     assert "preempted (PREEMPTED); relaunch 1/10" in proc.stdout and "run complete" in proc.stdout
     # a job that keeps failing on a healthy VM is relaunched in place until the budget is spent
-    fake.set_state(ssh_results=[{"rc": 1}] * 3)
+    fake.set_state(ssh_results=[ok] + [{"rc": 1}] * 3)
     proc = fake.run(*common, "--max-retries", "2", check_rc=1)
     assert "failed with exit 1 (VM READY); relaunch 2/2" in proc.stdout and "budget of 2 spent" in proc.stdout
 
@@ -182,3 +185,17 @@ def test_relaunch_loop_end_to_end_real_training(fake, prepared_run, tmp_path):
     assert resumed and int(resumed[-1].split("step")[1].split()[0]) >= 4
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
     assert max(m.get("step", 0) for m in metrics) == 12
+
+
+def test_run_waits_for_a_vm_that_is_still_creating(fake, tmp_path):
+    fake.run("create", *VM, "--accelerator", "v4-8")
+    fake.set_state(vms={"jt-test": {"state": "REPAIRING", "workers": 1}}, ssh_results=[{"rc": 0}, {"rc": 0}])
+    flip = tmp_path / "flip.py"  # the fake's state turns READY while the loop waits
+    flip.write_text(f"import json,time,pathlib\ntime.sleep(1.5)\np=pathlib.Path({str(fake.root / 'state.json')!r})\n"
+                    "s=json.loads(p.read_text());s['vms']['jt-test']['state']='READY';p.write_text(json.dumps(s))\n")
+    helper = subprocess.Popen([sys.executable, str(flip)])
+    proc = fake.run("run", *VM, "--accelerator", "v4-8", "--repo", "r", "--config", "tiny", "--run-dir", "gs://bkt/r",
+                    "--retry-pause", "0")
+    helper.wait()
+    assert "is REPAIRING: waiting" in proc.stdout and "run complete" in proc.stdout
+    assert "delete" not in [c[3] for c in fake.calls()]

@@ -128,6 +128,11 @@ def run_until_done(r: Runner, t: tc.Target, acc: tc.Accelerator, args: argparse.
     needs_setup = True
     while True:
         state = vm_state(r, t)
+        deadline = time.monotonic() + args.wait
+        while state in tc.TRANSIENT_STATES and time.monotonic() < deadline:
+            r.echo(f"[tpu] {t.name} is {state}: waiting")
+            time.sleep(max(args.retry_pause, 1.0))
+            state = vm_state(r, t)
         ready = "ACTIVE" if t.queued else "READY"
         if state != ready:
             if state is not None:
@@ -135,7 +140,7 @@ def run_until_done(r: Runner, t: tc.Target, acc: tc.Accelerator, args: argparse.
                 r.call(t.delete())
             create(r, t, acc, args.version, args.spot, args.create_retries, args.wait, args.create_pause)
             needs_setup = True
-        if needs_setup and args.repo:
+        if needs_setup:
             setup(r, t, args.repo, args.commit, args.install)
         needs_setup = False
         rc = launch(r, t, args)
@@ -208,7 +213,7 @@ def _parser() -> argparse.ArgumentParser:
     add_launch(add("launch", "run `jaxtrain train` on all workers at once (logs stream here)"))
     p = add("run", "create if needed, set up, launch; recreate and relaunch on preemption until done")
     add_create(p)
-    add_setup(p, required=False)
+    add_setup(p, required=True)  # a recreated VM starts empty: the loop must be able to set it up again
     add_launch(p)
     p.add_argument("--max-retries", type=int, default=10, help="relaunches allowed after preemptions/failures")
     p.add_argument("--retry-pause", type=float, default=30, help="seconds between relaunches")
@@ -246,7 +251,7 @@ def _check(args: argparse.Namespace) -> tuple[tc.Target | None, tc.Accelerator |
             raise tc.UsageError(f"--run-dir {args.run_dir!r}: a recreated VM starts with an empty disk; use gs://BUCKET/... "
                                 "(or an absolute path on storage that outlives the VM).")
         tc.train_command(args.config, args.run_dir, args.overrides, args.slices, args.python)
-    if args.command in ("setup",) or (args.command == "run" and args.repo):
+    if args.command in ("setup", "run"):
         tc.setup_command(args.repo, args.commit, args.install)
     return tc.Target(args.name, args.zone, args.project, args.queued, args.slices), acc
 

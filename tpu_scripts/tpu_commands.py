@@ -37,6 +37,9 @@ VALID_SIZES = {
     "v6e": {1, 4, 8, 16, 32, 64, 128, 256},
 }
 PREEMPTED_STATES = {"PREEMPTED", "TERMINATED", "STOPPED", "SUSPENDED", "FAILED"}
+# States that resolve by themselves: wait for them rather than deleting the VM.
+TRANSIENT_STATES = {"CREATING", "STARTING", "RESTARTING", "REPAIRING", "PROVISIONING", "ACCEPTED",
+                    "WAITING_FOR_RESOURCES"}
 REMOTE_DIR = "~/jaxtrain"  # where `setup` puts the project on every worker
 REMOTE_LOG = "~/jaxtrain-logs/train.log"
 # TPU VM images ship Ubuntu 22.04 (Python 3.10); the pinned stack needs 3.11.
