@@ -165,6 +165,10 @@ def test_tfds_source_by_name(tmp_path):
         docs = list(corpus.tfds_source("lm1b", "lm1b", "train", None, "text"))
     assert len(docs) == 40 and all(isinstance(d.text, str) for d in docs)
     assert docs[0].doc_id == "lm1b/train:0"
+    sources = [{"name": "lm1b", "type": "tfds", "dataset": "lm1b", "split": "train", "filters": [], "pii": False}]
+    with tfds.testing.mock_data(num_examples=40, policy=tfds.testing.MockPolicy.USE_CODE):
+        report, ledger, _ = _curate(tmp_path, sources, "data.min_chars=1", "data.near_dedup=false")
+    assert report["lm1b"]["input_docs"] == report["lm1b"]["accounted"] == len(ledger) == 40
 
 
 def test_glob_matching_nothing_and_unknown_rules_are_refused_before_work(tmp_path):

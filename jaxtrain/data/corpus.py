@@ -49,54 +49,68 @@ def _read_text(path: pathlib.Path | str) -> tuple[str | None, str | None]:
     return data.decode("utf-8", errors="replace"), None
 
 
-def stdlib_code() -> Iterator[Document]:
+def embedded_units(name: str) -> list[str]:
+    """Independent pieces of an embedded source (files, topics, distributions), so a Beam
+    pipeline can read them on several workers."""
     root = pathlib.Path(sysconfig.get_paths()["stdlib"])
-    for path in _stdlib_files():
-        text, err = _read_text(path)
-        yield Document("stdlib_code", str(path.relative_to(root)), text, err)
+    if name == "stdlib_code":
+        return [str(p.relative_to(root)) for p in _stdlib_files()]
+    if name == "stdlib_docs":
+        return ["topics"] + [str(p.relative_to(root)) for p in _stdlib_files()]
+    if name == "package_metadata":
+        return sorted({(d.metadata.get("Name") or "").lower() for d in importlib.metadata.distributions()} - {""})
+    raise ValueError(f"unknown embedded source {name!r}; choose one of {list(EMBEDDED_SOURCES)}")
 
 
-def stdlib_docs() -> Iterator[Document]:
-    from pydoc_data.topics import topics
-
-    for name in sorted(topics):
-        yield Document("stdlib_docs", f"topic:{name}", topics[name])
+def read_embedded_unit(unit: str, name: str) -> Iterator[Document]:
     root = pathlib.Path(sysconfig.get_paths()["stdlib"])
-    for path in _stdlib_files():
-        text, err = _read_text(path)
+    if name == "stdlib_code":
+        text, err = _read_text(root / unit)
+        yield Document(name, unit, text, err)
+    elif name == "stdlib_docs" and unit == "topics":
+        from pydoc_data.topics import topics
+
+        for topic in sorted(topics):
+            yield Document(name, f"topic:{topic}", topics[topic])
+    elif name == "stdlib_docs":
+        text, err = _read_text(root / unit)
         if text is None:
-            yield Document("stdlib_docs", f"docstring:{path.relative_to(root)}", None, err)
-            continue
+            yield Document(name, f"docstring:{unit}", None, err)
+            return
         try:
             doc = ast.get_docstring(ast.parse(text))
         except (SyntaxError, ValueError):
             doc = None
         if doc:
-            yield Document("stdlib_docs", f"docstring:{path.relative_to(root)}", doc)
-
-
-def package_metadata() -> Iterator[Document]:
-    dists = {}
-    for dist in importlib.metadata.distributions():
-        name = (dist.metadata.get("Name") or "").lower()
-        if name and name not in dists:
-            dists[name] = dist
-    for name in sorted(dists):
-        dist = dists[name]
+            yield Document(name, f"docstring:{unit}", doc)
+    elif name == "package_metadata":
+        dist = importlib.metadata.distribution(unit)
         description = dist.metadata.get_payload() or dist.metadata.get("Description") or ""
         summary = dist.metadata.get("Summary") or ""
-        yield Document("package_metadata", f"{name}:description", f"{summary}\n\n{description}".strip())
+        yield Document(name, f"{unit}:description", f"{summary}\n\n{description}".strip())
         for file in sorted(dist.files or [], key=str):
             if file.name.upper().startswith(("LICENSE", "LICENCE", "COPYING")):
                 text, err = _read_text(file.locate())
-                yield Document("package_metadata", f"{name}:{file}", text, err)
+                yield Document(name, f"{unit}:{file}", text, err)
+    else:
+        raise ValueError(f"unknown embedded source {name!r}; choose one of {list(EMBEDDED_SOURCES)}")
 
 
 def embedded_source(name: str) -> Iterator[Document]:
-    readers = {"stdlib_code": stdlib_code, "stdlib_docs": stdlib_docs, "package_metadata": package_metadata}
-    if name not in readers:
-        raise ValueError(f"unknown embedded source {name!r}; choose one of {sorted(readers)}")
-    return readers[name]()
+    for unit in embedded_units(name):
+        yield from read_embedded_unit(unit, name)
+
+
+def stdlib_code() -> Iterator[Document]:
+    return embedded_source("stdlib_code")
+
+
+def stdlib_docs() -> Iterator[Document]:
+    return embedded_source("stdlib_docs")
+
+
+def package_metadata() -> Iterator[Document]:
+    return embedded_source("package_metadata")
 
 
 def source_files(pattern: str) -> list[str]:
@@ -139,12 +153,21 @@ def _parquet_docs(name: str, path: str, text_field: str) -> Iterator[Document]:
         yield Document(name, path, None, f"unreadable parquet: {e}")
 
 
-def tfds_source(name: str, dataset: str, split: str, data_dir: str | None, text_field: str) -> Iterator[Document]:
+def tfds_ranges(dataset: str, split: str, data_dir: str | None, chunk: int = 5000) -> list[tuple[int, int]]:
+    """Record ranges of a TFDS split, read in parallel by the curation pipeline."""
+    import tensorflow_datasets as tfds
+
+    n = len(tfds.data_source(dataset, split=split, data_dir=data_dir or None))
+    return [(i, min(i + chunk, n)) for i in range(0, n, chunk)]
+
+
+def tfds_source(name: str, dataset: str, split: str, data_dir: str | None, text_field: str,
+                start: int = 0, stop: int | None = None) -> Iterator[Document]:
     """A TFDS dataset by name (`c4/en`, `lm1b`, `wikipedia/20230601.en`), read via tfds.data_source."""
     import tensorflow_datasets as tfds
 
     ds = tfds.data_source(dataset, split=split, data_dir=data_dir or None)
-    for i in range(len(ds)):
+    for i in range(start, len(ds) if stop is None else min(stop, len(ds))):
         record = ds[i]
         value = record.get(text_field) if isinstance(record, dict) else None
         if isinstance(value, bytes):

@@ -28,13 +28,9 @@ from jaxtrain.data.minhash import MinHasher, band_keys
 LEDGER = "ledger"
 
 
-def _read(spec: dict) -> Iterator[corpus.Document]:
-    if spec["type"] == "embedded":
-        yield from corpus.embedded_source(spec["name"])
-    elif spec["type"] == "tfds":
-        yield from corpus.tfds_source(spec["name"], spec["dataset"], spec["split"], spec["data_dir"], spec["text_field"])
-    else:
-        raise ValueError(f"source {spec['name']!r}: type {spec['type']!r} is read per file")
+def _read_tfds(index_range: tuple[int, int], spec: dict) -> Iterator[corpus.Document]:
+    yield from corpus.tfds_source(spec["name"], spec["dataset"], spec["split"], spec["data_dir"], spec["text_field"],
+                                  *index_range)
 
 
 def _resolve_exact(item: tuple[str, Iterable[dict]]) -> Iterator[dict]:
@@ -157,12 +153,16 @@ def run(cfg, out_dir: epath.Path, workers: int = 1) -> None:
         for s in d.sources:
             r = rules[s.name]
             if s.type == "files":
-                docs = (p | f"List {s.name}" >> beam.Create(corpus.source_files(s.path))
-                        | f"Read {s.name}" >> beam.FlatMap(corpus.read_file, s.name, s.text_field))
+                units, read = corpus.source_files(s.path), beam.FlatMap(corpus.read_file, s.name, s.text_field)
+            elif s.type == "embedded":
+                units, read = corpus.embedded_units(s.name), beam.FlatMap(corpus.read_embedded_unit, s.name)
             else:
-                spec = {"name": s.name, "type": s.type, "dataset": s.dataset, "split": s.split,
-                        "data_dir": s.data_dir, "text_field": s.text_field}
-                docs = p | f"Open {s.name}" >> beam.Create([spec]) | f"Read {s.name}" >> beam.FlatMap(_read)
+                spec = {"name": s.name, "dataset": s.dataset, "split": s.split, "data_dir": s.data_dir,
+                        "text_field": s.text_field}
+                units, read = corpus.tfds_ranges(s.dataset, s.split, s.data_dir), beam.FlatMap(_read_tfds, spec)
+            # Reshuffles spread the units, then the documents, over the workers (a Create is one bundle).
+            docs = (p | f"List {s.name}" >> beam.Create(units) | f"Spread {s.name}" >> beam.Reshuffle()
+                    | f"Read {s.name}" >> read | f"Spread docs {s.name}" >> beam.Reshuffle())
             judged.append(docs | f"Judge {s.name}" >> beam.Map(clean.judge, r))
         entries = judged | "All sources" >> beam.Flatten()
         kept = entries | "Kept" >> beam.Filter(lambda e: e["bucket"] == "kept")

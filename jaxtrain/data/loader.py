@@ -137,12 +137,13 @@ def train_iterator(
     num_threads: int = 0,
     pack: bool = True,
     schedule: Sequence[tuple[int, Sequence[float]]] = (),
+    read_threads: int = 0,
 ) -> grain.DatasetIterator:
     """Infinite, shuffled, mixed, packed batches of this process's share of the global batch."""
     per_source = [
         source_dataset(
             data_dir, "train", s, process_index=process_index, process_count=process_count, seed=seed + i
-        ).map(functools.partial(_tag_source, source_index=i)).to_iter_dataset()
+        ).map(functools.partial(_tag_source, source_index=i)).to_iter_dataset(grain.ReadOptions(num_threads=read_threads))
         for i, s in enumerate(sources)
     ]
     if schedule and len(per_source) > 1:  # (step, token weights) stages after the first
@@ -176,11 +177,12 @@ def eval_batches(
     max_batches: int,
     process_index: int = 0,
     process_count: int = 1,
+    read_threads: int = 0,
 ) -> Iterator[dict]:
     """One ordered pass over a source's held-out split; the last batch is padded (loss_mask 0)."""
     ds = source_dataset(
         data_dir, "validation", source, process_index=process_index, process_count=process_count, seed=None, num_epochs=1
-    ).to_iter_dataset()
+    ).to_iter_dataset(grain.ReadOptions(num_threads=read_threads))
     for i, batch in enumerate(_pack_and_batch(ds, seq_len, batch_size, drop_remainder=False)):
         if i >= max_batches:
             return

@@ -10,6 +10,7 @@ bits-per-byte need them).
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 from typing import Iterator
 
@@ -72,7 +73,7 @@ class TokenShards(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _encode(sp, batch: list[dict], counts: dict) -> Iterator[tuple[str, dict]]:
         if not batch:
             return
-        ids = sp.encode([r["text"] for r in batch], num_threads=2)
+        ids = sp.encode([r["text"] for r in batch], num_threads=os.cpu_count() or 1)  # parallel in C++
         for record, doc_ids in zip(batch, ids):
             tokens = np.asarray([tok.BOS_ID, *doc_ids, tok.EOS_ID], dtype=np.int32)
             counts["docs"] += 1

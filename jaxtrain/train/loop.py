@@ -79,6 +79,7 @@ def train(
         num_threads=cfg.data.num_threads,
         pack=cfg.data.pack,
         schedule=[(s.step, s.weights) for s in cfg.data.mixture_schedule],
+        read_threads=cfg.data.read_threads,
     )
     checkpointer = session.checkpointer()
     t0 = time.perf_counter()
