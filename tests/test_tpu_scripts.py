@@ -76,6 +76,11 @@ def test_failed_create_is_retried_then_gives_up(fake):
     assert "failed 2 times" in proc.stderr and "RESOURCE_EXHAUSTED" in proc.stdout
 
 
+def test_credentials_in_urls_are_never_printed(fake):
+    proc = fake.run("setup", "--dry-run", *VM, "--repo", "https://user:s3cret@example.com/j.git", "--commit", "abc")
+    assert "s3cret" not in proc.stdout + proc.stderr and "https://***@example.com/j.git" in proc.stdout
+
+
 def test_dry_run_prints_and_runs_nothing(fake):
     proc = fake.run("run", "--dry-run", *VM, "--accelerator", "v5p-8", "--repo", "https://example.com/j.git",
                     "--commit", "0123abc", "--config", "llama-1b", "--run-dir", "gs://bucket/runs/a b", "train.steps=5")

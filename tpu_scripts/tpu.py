@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import os
 import pathlib
+import re
 import shlex
 import subprocess
 import sys
@@ -35,6 +36,11 @@ class GcloudError(RuntimeError):
     pass
 
 
+def redact(text: str) -> str:
+    """Hide credentials embedded in URLs (https://TOKEN@github.com/...) before anything is printed."""
+    return re.sub(r"(://)[^/@\s'\"]+@", r"\1***@", text)
+
+
 class Runner:
     """Runs (or, with dry_run, prints) gcloud commands; every command is echoed first."""
 
@@ -43,10 +49,11 @@ class Runner:
         self.log_file = log_file
 
     def echo(self, msg: str) -> None:
+        msg = redact(msg)
         print(msg, flush=True)
 
     def call(self, cmd: list[str], *, capture: bool = False, check: bool = True) -> tuple[int, str]:
-        self.echo("+ " + shlex.join(cmd))
+        self.echo("+ " + redact(shlex.join(cmd)))
         if self.dry_run:
             return 0, ""
         try:
@@ -60,7 +67,7 @@ class Runner:
         except FileNotFoundError:
             raise GcloudError(f"{cmd[0]}: not found on PATH; install the Google Cloud CLI (gcloud).") from None
         if check and rc:
-            raise GcloudError(f"command failed (exit {rc}): {shlex.join(cmd)}")
+            raise GcloudError(f"command failed (exit {rc}): {redact(shlex.join(cmd))}")
         return rc, out
 
     def _stream(self, cmd: list[str]) -> int:
