@@ -68,6 +68,7 @@ class DataConfig:
     decontaminate: tuple[str, ...] = ()  # globs of evaluation sets (text/JSONL): drop docs sharing an n-gram
     decontaminate_ngram: int = 13
     curate_workers: int = 1  # Beam DirectRunner worker processes (1 = in-process)
+    clean_shards: int = 1  # files per source and split written by curation (raise for big corpora)
     beam_options: tuple[str, ...] = ()  # extra Beam pipeline flags, e.g. ["--runner=DataflowRunner", ...]
     mixture_temperature: float = 0.0  # > 0: weights ~ n_tokens^(1/T) for sources without a weight
     mixture_schedule: tuple[MixtureStage, ...] = ()  # later stages of the mixture, e.g. an annealing mix
@@ -382,6 +383,7 @@ def validate(cfg: RunConfig, num_devices: int | None = None) -> None:
                f"data.mixture_schedule[{k}].weights: {list(stage.weights)} needs one weight >= 0 per source "
                f"({[s.name for s in d.sources]}), not all zero.")
     _check(d.curate_workers > 0, f"data.curate_workers: must be positive, got {d.curate_workers}.")
+    _check(0 < d.clean_shards <= 99999, f"data.clean_shards: must be in 1..99999, got {d.clean_shards}.")
     _check(t.steps > 0, f"train.steps: must be positive, got {t.steps}.")
     _check(t.batch_size > 0, f"train.batch_size: must be positive, got {t.batch_size}.")
     _check(t.log_every > 0, f"train.log_every: must be positive, got {t.log_every}.")

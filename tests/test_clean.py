@@ -150,8 +150,14 @@ def test_same_result_with_two_workers(tmp_path):
     sources = [{"name": "s", "type": "files", "path": str(src / "*.txt"), "content": "prose"}]
     _, one, _ = _curate(tmp_path / "one", sources)
     _, two, _ = _curate(tmp_path / "two", sources, "data.curate_workers=2")
+    _, sharded, sharded_dir = _curate(tmp_path / "sharded", sources, "data.clean_shards=3")
     key = lambda e: (e["id"], e["bucket"], e.get("reason"), e.get("split"))  # noqa: E731
-    assert sorted(map(key, one)) == sorted(map(key, two))
+    assert sorted(map(key, one)) == sorted(map(key, two)) == sorted(map(key, sharded))
+    from jaxtrain.data.curate import split_files
+
+    files = split_files(sharded_dir, "s", "train")
+    assert [f.name for f in files] == [f"s.train-0000{i}-of-00003.jsonl" for i in range(3)]
+    assert sum(len(f.read_text().splitlines()) for f in files) == sum(e.get("split") == "train" for e in one)
     bucket = {os.path.basename(e["id"]): e["bucket"] for e in one}
     pairs_kept = sum(bucket[f"{i:02d}.txt"] != "removed" for i in range(10))  # 20..29 repeat 00..09
     assert sum(b == "duplicate" for b in bucket.values()) == pairs_kept >= 5

@@ -35,6 +35,9 @@ class _FakeGCS(LocalFileSystem):
                 return f"{cls.root}/{path[len(prefix):]}".rstrip("/")
         return super()._strip_protocol(path)
 
+    def glob(self, path, **kwargs):  # like gcsfs: "bucket/object" names, without the protocol
+        return [p[len(self.root) + 1:] for p in super().glob(path, **kwargs)]
+
 
 @pytest.fixture
 def fake_gcs(tmp_path, monkeypatch):

@@ -15,6 +15,7 @@ from the ledger.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections.abc import Iterable, Iterator
 
@@ -42,7 +43,7 @@ def _resolve_exact(item: tuple[str, Iterable[dict]]) -> Iterator[dict]:
 
 
 class _Sign(beam.DoFn):
-    """MinHash signatures in batches (numpy work is shared across a batch) -> (key, band keys)."""
+    """MinHash signatures in batches (numpy work is shared across a batch) -> (band key, doc key)."""
 
     def __init__(self, ngram: int, bands: int, rows: int):
         self.ngram, self.bands, self.rows = ngram, bands, rows
@@ -50,7 +51,7 @@ class _Sign(beam.DoFn):
     def setup(self):
         self.hasher = MinHasher(num_perm=self.bands * self.rows, ngram=self.ngram)
 
-    def process(self, batch: list[dict]) -> Iterator[tuple[str, bytes]]:
+    def process(self, batch: list[dict]) -> Iterator[tuple[bytes, str]]:
         sigs = self.hasher.signatures([e["text"] for e in batch])
         for e, sig in zip(batch, sigs):
             for key in band_keys(sig, self.bands, self.rows):
@@ -79,37 +80,62 @@ def _mark_near(item: tuple[str, dict]) -> Iterator[dict]:
         yield {**e, "bucket": "duplicate", "reason": f"near:{min(reps)}"} if reps else e
 
 
-class _WriteSource(beam.DoFn):
-    """All kept documents of one source: cap by bytes (in hash order), split, write JSONL."""
+def shard_of(key: str, num_shards: int) -> int:
+    return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % num_shards
 
-    def __init__(self, out_dir: str, caps: dict, eval_fraction: float):
-        self.out_dir, self.caps, self.eval_fraction = out_dir, caps, eval_fraction
 
-    def process(self, item: tuple[str, Iterable[dict]]) -> Iterator[dict]:
-        source, entries = item
-        cap, used = self.caps.get(source, 0), 0
+def split_file(source: str, split: str, shard: int = 0, num_shards: int = 1) -> str:
+    """`{source}.{split}.jsonl`, or one of num_shards `{source}.{split}-SSSSS-of-NNNNN.jsonl`."""
+    return f"{source}.{split}.jsonl" if num_shards == 1 else f"{source}.{split}-{shard:05d}-of-{num_shards:05d}.jsonl"
+
+
+def split_files(clean_dir: epath.Path, source: str, split: str) -> list[epath.Path]:
+    one = epath.Path(clean_dir) / split_file(source, split)
+    return [one] if one.exists() else sorted(epath.Path(clean_dir).glob(f"{source}.{split}-*-of-*.jsonl"))
+
+
+def _cap(e: dict, caps: dict, totals: dict) -> dict:
+    """max_bytes without a global sort: keep a document when a hash of its text falls under
+    max_bytes / (the source's kept bytes). Deterministic, and it scales with the workers."""
+    cap = caps.get(e["source"], 0)
+    keep = min(1.0, cap / max(totals.get(e["source"], 1), 1)) if cap else 1.0
+    if int(e["digest"][8:16], 16) / 2**32 < keep:  # bits independent of the split's
+        return e
+    return {**e, "bucket": "capped", "reason": f"max_bytes={cap}"}
+
+
+def _split_hash(e: dict) -> int:
+    return int(e["digest"][:8], 16)
+
+
+class _WriteShard(beam.DoFn):
+    """One shard of one source's documents: split (hash-based; the source's lowest hash is always
+    held out, so no split is ever empty) and write JSONL in hash order."""
+
+    def __init__(self, out_dir: str, eval_fraction: float, num_shards: int):
+        self.out_dir, self.eval_fraction, self.num_shards = out_dir, eval_fraction, num_shards
+
+    def process(self, item: tuple[tuple[str, int], Iterable[dict]], lowest: dict) -> Iterator[dict]:
+        (source, shard), entries = item
         out = epath.Path(self.out_dir)
-        with (out / f"{source}.train.jsonl").open("w") as train_f, (out / f"{source}.validation.jsonl").open("w") as eval_f:
+        names = {split: out / split_file(source, split, shard, self.num_shards) for split in ("train", "validation")}
+        with names["train"].open("w") as train_f, names["validation"].open("w") as eval_f:
             for e in sorted(entries, key=lambda e: e["digest"]):
-                if cap and used + e["kept_bytes"] > cap:
-                    yield {**e, "bucket": "capped", "reason": f"max_bytes={cap}"}
-                    continue
-                used += e["kept_bytes"]
-                split = "validation" if clean.is_eval(e["digest"], self.eval_fraction) else "train"
+                held_out = clean.is_eval(e["digest"], self.eval_fraction) or _split_hash(e) == lowest[source]
                 record = {"source": source, "id": e["id"], "text": e["text"]}
-                (eval_f if split == "validation" else train_f).write(json.dumps(record, ensure_ascii=False) + "\n")
-                yield {**e, "split": split}
+                (eval_f if held_out else train_f).write(json.dumps(record, ensure_ascii=False) + "\n")
+                yield {**e, "split": "validation" if held_out else "train"}
 
 
 def _ledger_line(e: dict) -> str:
     return json.dumps({k: v for k, v in e.items() if k not in ("text", "digest")}, ensure_ascii=False)
 
 
-def _write_ledger(item: tuple[str, Iterable[dict]], out_dir: str) -> None:
-    """One ledger file per source, written through epath (local or gs://, without Beam's GCS extra)."""
-    source, entries = item
+def _write_ledger(item: tuple[tuple[str, int], Iterable[dict]], out_dir: str) -> None:
+    """One ledger file per source and shard, through epath (local or gs://, without Beam's GCS extra)."""
+    (source, shard), entries = item
     lines = sorted(_ledger_line(e) for e in entries)
-    (epath.Path(out_dir) / f"{LEDGER}-{source}.jsonl").write_text("\n".join(lines) + "\n")
+    (epath.Path(out_dir) / f"{LEDGER}-{source}-{shard:05d}.jsonl").write_text("\n".join(lines) + "\n")
 
 
 def _decontamination_ngrams(patterns: tuple[str, ...], n: int) -> frozenset:
@@ -184,7 +210,15 @@ def run(cfg, out_dir: epath.Path, workers: int = 1) -> None:
             kept = marked | "Distinct" >> beam.Filter(lambda e: e["bucket"] == "kept")
             done.append(marked | "Near dups" >> beam.Filter(lambda e: e["bucket"] != "kept"))
         caps = {s.name: s.max_bytes for s in d.sources}
-        written = (kept | "By source" >> beam.Map(lambda e: (e["source"], e)) | "Group source" >> beam.GroupByKey()
-                   | "Write" >> beam.ParDo(_WriteSource(str(out_dir), caps, d.eval_fraction)))
-        _ = ([*done, written] | "Ledger" >> beam.Flatten() | "Ledger by source" >> beam.Map(lambda e: (e["source"], e))
+        n = d.clean_shards
+        totals = kept | "Bytes" >> beam.Map(lambda e: (e["source"], e["kept_bytes"])) | "Per source" >> beam.CombinePerKey(sum)
+        capped = kept | "Cap" >> beam.Map(_cap, caps, beam.pvalue.AsDict(totals))
+        kept = capped | "Within cap" >> beam.Filter(lambda e: e["bucket"] == "kept")
+        done.append(capped | "Over cap" >> beam.Filter(lambda e: e["bucket"] != "kept"))
+        lowest = kept | "Split hash" >> beam.Map(lambda e: (e["source"], _split_hash(e))) | "Lowest" >> beam.CombinePerKey(min)
+        written = (kept | "By shard" >> beam.Map(lambda e: ((e["source"], shard_of(e["digest"], n)), e))
+                   | "Group shard" >> beam.GroupByKey()
+                   | "Write" >> beam.ParDo(_WriteShard(str(out_dir), d.eval_fraction, n), beam.pvalue.AsDict(lowest)))
+        _ = ([*done, written] | "Ledger" >> beam.Flatten()
+             | "Ledger by shard" >> beam.Map(lambda e: ((e["source"], shard_of(e["key"], n)), e))
              | "Group ledger" >> beam.GroupByKey() | "Write ledger" >> beam.Map(_write_ledger, str(out_dir)))

@@ -59,8 +59,7 @@ def prepare_corpus(cfg: RunConfig, run_dir: pathlib.Path) -> dict:
     log(f"[prepare] curating {len(cfg.data.sources)} sources (Apache Beam, {workers} worker(s))")
     curate.run(cfg, tmp_dir, workers)
     names = [s.name for s in cfg.data.sources]
-    ledgers = [p for p in (tmp_dir / f"{curate.LEDGER}-{n}.jsonl" for n in names) if p.exists()]
-    report = curation_report.build(ledgers, names)
+    report = curation_report.build(sorted(tmp_dir.glob(f"{curate.LEDGER}-*.jsonl")), names)
     curation_report.write(report, tmp_dir)
     for s in cfg.data.sources:
         r = report[s.name]
@@ -96,7 +95,7 @@ def prepare_tokenizer(cfg: RunConfig, run_dir: pathlib.Path) -> pathlib.Path:
     if cfg.tokenizer.model_file:
         path = tok.install_tokenizer(cfg.tokenizer.model_file, path.parent)
     else:
-        files = [clean_dir(run_dir) / f"{s.name}.train.jsonl" for s in cfg.data.sources]
+        files = [f for s in cfg.data.sources for f in curate.split_files(clean_dir(run_dir), s.name, "train")]
         log(f"[tokenizer] training {cfg.tokenizer.model_type} vocab={cfg.tokenizer.vocab_size} "
             f"on <= {cfg.tokenizer.sample_bytes / 1e6:.1f} MB")
         path = tok.train_tokenizer(

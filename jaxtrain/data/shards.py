@@ -59,15 +59,17 @@ class TokenShards(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, split: str, source: str) -> Iterator[tuple[str, dict]]:
         sp = tok.load(self._tokenizer_path)
         counts = self.counts.setdefault(split_name(split, source), {"docs": 0, "tokens": 0, "bytes": 0})
-        path = self._clean_dir / f"{source}.{split}.jsonl"
-        with path.open(encoding="utf-8") as f:
-            batch: list[dict] = []
-            for line in f:
-                batch.append(json.loads(line))
-                if len(batch) == ENCODE_BATCH:
-                    yield from self._encode(sp, batch, counts)
-                    batch = []
-            yield from self._encode(sp, batch, counts)
+        from jaxtrain.data.curate import split_files
+
+        batch: list[dict] = []
+        for path in split_files(self._clean_dir, source, split):
+            with path.open(encoding="utf-8") as f:
+                for line in f:
+                    batch.append(json.loads(line))
+                    if len(batch) == ENCODE_BATCH:
+                        yield from self._encode(sp, batch, counts)
+                        batch = []
+        yield from self._encode(sp, batch, counts)
 
     @staticmethod
     def _encode(sp, batch: list[dict], counts: dict) -> Iterator[tuple[str, dict]]:

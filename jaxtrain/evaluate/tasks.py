@@ -98,7 +98,7 @@ def read_task(path: pathlib.Path) -> list[dict]:
 
 def _held_out_docs(clean_dir: pathlib.Path) -> list[tuple[str, str]]:
     docs = []
-    for path in sorted(clean_dir.glob("*.validation.jsonl")):
+    for path in sorted(clean_dir.glob("*.validation*.jsonl")):
         for line in path.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
             docs.append((record["source"], record["text"]))
