@@ -109,7 +109,8 @@ def check_project(project: str | None) -> str | None:
 
 def check_gs(path: str, flag: str) -> str:
     if not re.match(r"^gs://[a-z0-9][-_.a-z0-9]{1,220}[a-z0-9](/.*)?$", path):
-        raise UsageError(f"{flag} {path!r}: expected a Cloud Storage path gs://BUCKET/...")
+        raise UsageError(f"{flag} {path!r}: expected a Cloud Storage path gs://BUCKET/... (bucket names are 3-222 "
+                         "lowercase letters, digits, '-', '_' and '.').")
     return path
 
 
