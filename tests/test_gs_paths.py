@@ -78,6 +78,7 @@ def test_prepare_tokenizer_config_and_metrics_on_gs(fake_gcs, tmp_path):
     writer = MetricsWriter(run)
     writer.write({"step": 1, "loss": 2.5})
     writer.write({"step": 2, "loss": 2.0})
+    writer.close()
     rows = [json.loads(x) for x in (fake_gcs / "bucket/runs/r1/metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert not (fake_gcs / "bucket/runs/r1/tensorboard").exists()  # TensorBoard stays local-only

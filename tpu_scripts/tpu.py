@@ -88,10 +88,7 @@ class Runner:
 
 
 def vm_state(r: Runner, t: tc.Target) -> str | None:
-    """READY, CREATING, PREEMPTED, ... or None when the resource does not exist."""
-    if r.dry_run:
-        r.echo("+ " + shlex.join(t.describe_state()))
-        return None
+    """READY, CREATING, PREEMPTED, ... or None when the resource does not exist (or on a dry run)."""
     rc, out = r.call(t.describe_state(), capture=True, check=False)
     return out.strip().upper() or None if rc == 0 else None
 

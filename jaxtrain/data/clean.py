@@ -66,10 +66,7 @@ def judge(doc: Document, r: SourceRules) -> dict:
         return {**entry, "bucket": "removed", "reason": "too_short"}
     if len(text) > r.max_chars:
         return {**entry, "bucket": "removed", "reason": "too_long"}
-    rules = tuple(x for x in r.rules if x != "alpha")
-    if "alpha" in r.rules and (failed := filters.alpha(text, r.min_alpha_fraction)):
-        return {**entry, "bucket": "removed", "reason": f"alpha:{failed}"}
-    failed, text = filters.apply_rules(text, rules)
+    failed, text = filters.apply_rules(text, r.rules, r.min_alpha_fraction)
     if failed:
         return {**entry, "bucket": "removed", "reason": failed}
     if r.decontaminate and not r.decontaminate.isdisjoint(filters.ngrams(text, r.decontaminate_n)):

@@ -75,8 +75,8 @@ def _second_hop(item: tuple[str, dict]) -> Iterator[tuple[str, str]]:
 
 def _mark_near(item: tuple[str, dict]) -> Iterator[dict]:
     _, groups = item
+    reps = list(groups["rep"])
     for e in groups["doc"]:
-        reps = list(groups["rep"])
         yield {**e, "bucket": "duplicate", "reason": f"near:{min(reps)}"} if reps else e
 
 

@@ -92,13 +92,16 @@ def chart(report: dict, file) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    outcomes = sorted({k for r in report.values() for k in [*r["removed"], *(f"duplicate:{d}" for d in r["duplicates"]),
-                                                              *(f"unreadable:{u}" for u in r["unreadable"])]})
+    def outcome_counts(r: dict) -> dict:
+        return {**r["removed"], **{f"duplicate:{k}": n for k, n in r["duplicates"].items()},
+                **{f"unreadable:{k}": n for k, n in r["unreadable"].items()}}
+
+    outcomes = sorted({k for r in report.values() for k in outcome_counts(r)})
     fig, axes = plt.subplots(1, 2, figsize=(12, max(3, 0.35 * len(outcomes) + 1.5)), sharey=True)
     height = 0.8 / max(len(report), 1)
     for i, (name, r) in enumerate(report.items()):
-        docs = [r["removed"].get(o, 0) or r["duplicates"].get(o.split(":", 1)[-1], 0) * o.startswith("duplicate:")
-                or r["unreadable"].get(o.split(":", 1)[-1], 0) * o.startswith("unreadable:") for o in outcomes]
+        counts = outcome_counts(r)
+        docs = [counts.get(o, 0) for o in outcomes]
         mb = [r["removed_bytes"].get(o, 0) / 1e6 for o in outcomes]
         ys = [j + i * height for j in range(len(outcomes))]
         axes[0].barh(ys, docs, height=height, label=name)

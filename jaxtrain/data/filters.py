@@ -172,15 +172,15 @@ def alpha(text: str, min_fraction: float = 0.5) -> str | None:
     return "low_fraction" if sum(c.isalpha() for c in visible) / len(visible) < min_fraction else None
 
 
-# Rules that only judge; c4 is special-cased because it also rewrites.
+# Rules that only judge; c4 (it also rewrites) and alpha (it takes the configured fraction) are
+# dispatched by apply_rules.
 RULES: dict[str, Callable[[str], str | None]] = {
     "gopher_quality": gopher_quality,
     "gopher_repetition": gopher_repetition,
     "fineweb": fineweb,
     "code": code,
-    "alpha": alpha,
 }
-ALL_RULES = (*RULES, "c4")
+ALL_RULES = (*RULES, "alpha", "c4")
 DEFAULT_RULES = {
     "prose": ("c4", "gopher_repetition", "gopher_quality", "fineweb"),  # web text
     "code": ("code",),
@@ -188,11 +188,13 @@ DEFAULT_RULES = {
 }
 
 
-def apply_rules(text: str, rules: tuple[str, ...]) -> tuple[str | None, str]:
-    """(first failing `rule:check` or None, possibly rewritten text)."""
+def apply_rules(text: str, rules: tuple[str, ...], min_alpha_fraction: float = 0.5) -> tuple[str | None, str]:
+    """(first failing `rule:check` or None, possibly rewritten text), rules in the order given."""
     for name in rules:
         if name == "c4":
             failed, text = c4(text)
+        elif name == "alpha":
+            failed = alpha(text, min_alpha_fraction)
         else:
             failed = RULES[name](text)
         if failed:

@@ -21,7 +21,7 @@ import numpy as np
 from grain.experimental import ConcatThenSplitIterDataset
 
 from jaxtrain.data import shards
-from jaxtrain.data.schedule import ScheduledMixIterDataset, draw_boundaries
+from jaxtrain.data.schedule import ScheduledMixIterDataset, document_probabilities, draw_boundaries
 
 
 def _to_example(record: dict) -> dict:
@@ -115,13 +115,10 @@ def mixture_weights(data_dir: pathlib.Path, sources: Sequence[str], weights: Seq
     return [w / norm for w in out]
 
 
-def document_probabilities(data_dir: pathlib.Path, sources: Sequence[str], token_weights: Sequence[float]) -> list[float]:
-    """Grain mixes by drawing documents; dividing each token share by the source's mean document
-    length makes the token mixture (what the weights mean) come out as configured."""
+def mean_doc_tokens(data_dir: pathlib.Path, sources: Sequence[str]) -> list[float]:
     counts = shards.token_counts(data_dir)
-    split = [counts[shards.split_name("train", s)] for s in sources]
-    p = [w / max(c["tokens"] / max(c["docs"], 1), 1.0) for w, c in zip(token_weights, split)]
-    return [x / sum(p) for x in p]
+    return [counts[shards.split_name("train", s)]["tokens"] / max(counts[shards.split_name("train", s)]["docs"], 1)
+            for s in sources]
 
 
 def train_iterator(
@@ -146,16 +143,13 @@ def train_iterator(
         ).map(functools.partial(_tag_source, source_index=i)).to_iter_dataset(grain.ReadOptions(num_threads=read_threads))
         for i, s in enumerate(sources)
     ]
-    if schedule and len(per_source) > 1:  # (step, token weights) stages after the first
-        counts = shards.token_counts(data_dir)
-        mean_len = [counts[shards.split_name("train", s)]["tokens"] / max(counts[shards.split_name("train", s)]["docs"], 1)
-                    for s in sources]
-        stages = draw_boundaries([(0, weights), *schedule], mean_len, batch_size * seq_len)
-        mixed = ScheduledMixIterDataset(per_source, stages)
-    elif len(per_source) > 1:
-        mixed = grain.IterDataset.mix(per_source, document_probabilities(data_dir, sources, weights))
-    else:
+    if len(per_source) == 1:
         mixed = per_source[0]
+    elif schedule:  # (step, token weights) stages after the first
+        stages = draw_boundaries([(0, weights), *schedule], mean_doc_tokens(data_dir, sources), batch_size * seq_len)
+        mixed = ScheduledMixIterDataset(per_source, stages)
+    else:
+        mixed = grain.IterDataset.mix(per_source, document_probabilities(weights, mean_doc_tokens(data_dir, sources)))
     ds = _pack_and_batch(mixed, seq_len, batch_size, drop_remainder=True, pack=pack, with_sources=True)
     if num_threads > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=num_threads)

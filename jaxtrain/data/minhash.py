@@ -36,11 +36,12 @@ class MinHasher:
         self._a = rng.integers(1, 2**32, size=num_perm, dtype=np.uint64).astype(np.uint32) | np.uint32(1)
         self._b = rng.integers(0, 2**32, size=num_perm, dtype=np.uint64).astype(np.uint32)
         self._pows = np.array([pow(0x9E3779B1, k, 2**64) for k in range(ngram)], dtype=np.uint64)
+        self._pw = self._inv = np.zeros(0, dtype=np.uint64)  # powers of P, grown by _powers
 
     def _powers(self, n: int) -> tuple[np.ndarray, np.ndarray]:
         """P^(i+1) and P^-i for i < n (wrapping mod 2^64), cached and grown on demand."""
-        if getattr(self, "_pw", None) is None or self._pw.size < n:
-            size = max(n, 2 * getattr(self, "_pw", np.zeros(0)).size, 1 << 16)
+        if self._pw.size < n:
+            size = max(n, 2 * self._pw.size, 1 << 16)
             with np.errstate(over="ignore"):
                 self._pw = np.cumprod(np.full(size, _P, dtype=np.uint64))
                 inv = np.cumprod(np.full(size, _P_INV, dtype=np.uint64))
@@ -149,8 +150,9 @@ def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> float:
     return float(np.mean(sig_a == sig_b))
 
 
-def jaccard(a: set | np.ndarray, b: set | np.ndarray) -> float:
-    a, b = set(np.asarray(list(a)).tolist()), set(np.asarray(list(b)).tolist())
+def jaccard(a: np.ndarray, b: np.ndarray) -> float:
+    """Exact Jaccard similarity of two shingle-hash arrays."""
+    a, b = set(a.tolist()), set(b.tolist())
     return len(a & b) / max(len(a | b), 1)
 
 

@@ -61,6 +61,13 @@ class _ScheduledMixIterator(grain.DatasetIterator):
         self._draws, self._counts = state["draws"], list(state["counts"])
 
 
+def document_probabilities(token_weights: Sequence[float], mean_doc_tokens: Sequence[float]) -> list[float]:
+    """Grain mixes by drawing documents; dividing each token share by the source's mean document
+    length makes the token mixture (what the weights mean) come out as configured."""
+    p = [w / max(m, 1.0) for w, m in zip(token_weights, mean_doc_tokens)]
+    return [x / sum(p) for x in p]
+
+
 def draw_boundaries(step_weights: Sequence[tuple[int, Sequence[float]]], mean_doc_tokens: Sequence[float],
                     tokens_per_step: int) -> list[tuple[int, list[float]]]:
     """(step, token weights) stages -> (draw, document probabilities) stages.
@@ -69,9 +76,7 @@ def draw_boundaries(step_weights: Sequence[tuple[int, Sequence[float]]], mean_do
     length; the draws a stage spans are its tokens over the expected tokens per draw."""
     stages, draws = [], 0.0
     for k, (step, weights) in enumerate(step_weights):
-        probs = [w / max(m, 1.0) for w, m in zip(weights, mean_doc_tokens)]
-        total = sum(probs)
-        probs = [p / total for p in probs]
+        probs = document_probabilities(weights, mean_doc_tokens)
         stages.append((round(draws), probs))
         if k + 1 < len(step_weights):
             tokens_per_draw = sum(p * m for p, m in zip(probs, mean_doc_tokens))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import time
 
 import numpy as np
 from etils import epath
@@ -18,13 +19,44 @@ def _plain(value):
 
 
 class MetricsWriter:
+    """JSONL metrics (and TensorBoard) in the run directory.
+
+    Object stores (gs://) cannot append, so there the files are kept in memory and the objects
+    rewritten at most every REMOTE_FLUSH_S seconds, at every eval and at `flush()` (the loop
+    flushes at each checkpoint), instead of once per line."""
+
+    REMOTE_FLUSH_S = 60.0
+
     def __init__(self, run_dir: pathlib.Path, enabled: bool = True):
         self.run_dir = epath.Path(run_dir)
         self.enabled = enabled
         self._tb = None
+        self._remote = "://" in str(self.run_dir)
+        self._lines: dict[str, list[str]] = {}  # remote files: full contents
+        self._dirty: set[str] = set()
+        self._last_flush = time.monotonic()
+
+    def _append(self, file: str, line: str) -> None:
+        path = self.run_dir / file
+        if not self._remote:
+            with path.open("a") as f:
+                f.write(line + "\n")
+            return
+        if file not in self._lines:
+            self._lines[file] = path.read_text().splitlines() if path.exists() else []
+        self._lines[file].append(line)
+        self._dirty.add(file)
+        if time.monotonic() - self._last_flush >= self.REMOTE_FLUSH_S:
+            self.flush()
+
+    def flush(self) -> None:
+        for file in sorted(self._dirty):
+            (self.run_dir / file).write_text("\n".join(self._lines[file]) + "\n")
+        self._dirty.clear()
+        self._last_flush = time.monotonic()
 
     def _tensorboard(self):
-        if self._tb is None and "://" in str(self.run_dir):
+        if self._tb is None and self._remote:
             return None  # tensorboardX writes local files; on gs:// the JSONL files are the record
         if self._tb is None:
             from tensorboardX import SummaryWriter
@@ -36,7 +68,7 @@ class MetricsWriter:
         if not self.enabled:
             return
         clean = {k: _plain(v) for k, v in record.items()}
-        append_line(self.run_dir / file, json.dumps(clean))
+        self._append(file, json.dumps(clean))
         step = int(clean.get("step", 0))
         tb = self._tensorboard()
         if tb is None:
@@ -51,21 +83,13 @@ class MetricsWriter:
         if not self.enabled:
             return
         self.write({**record, "kind": kind}, file="evals.jsonl")
+        self.flush()
         plot_evals(self.run_dir / "evals.jsonl", self.run_dir / "eval.png")
 
     def close(self) -> None:
+        self.flush()
         if self._tb is not None:
             self._tb.close()
-
-
-def append_line(path: epath.Path, line: str) -> None:
-    """Append to a local file; object stores (gs://) cannot append, so rewrite the object there."""
-    if "://" not in str(path):
-        with path.open("a") as f:
-            f.write(line + "\n")
-        return
-    existing = path.read_text() if path.exists() else ""
-    path.write_text(existing + line + "\n")
 
 
 def plot_evals(evals_path: pathlib.Path, png_path: pathlib.Path) -> None:

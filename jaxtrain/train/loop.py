@@ -127,6 +127,7 @@ def _loop(session: Session, state, data_iter, checkpointer, fingerprint: str, we
         blocked = time.perf_counter() - t
         log(f"[ckpt] step {at}: saving (training blocked {blocked * 1000:.0f} ms; the write continues in the background)")
         metrics_log.write({"step": at, "checkpoint_blocking_s": blocked})
+        metrics_log.flush()  # metrics as durable as the checkpoint (matters on gs://)
 
     compiled = None
     last_eval: dict[str, float] = {}
