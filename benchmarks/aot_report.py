@@ -22,7 +22,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from jaxtrain.config import load_config
-    from jaxtrain.parallel.aot import _size, compile_for_topology
+    from jaxtrain.train.aot import _size, compile_for_topology
 
     print("| preset | topology | batch x seq | HBM per chip | of | fits | model FLOPs/step | compile s |")
     print("|---|---|---|---|---|---|---|---|")

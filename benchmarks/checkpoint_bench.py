@@ -30,21 +30,22 @@ def main() -> None:
     import jax
 
     from jaxtrain.config import load_config
+    from jaxtrain.rundir import RunDir
     from jaxtrain.train.checkpoint import Checkpointer
-    from jaxtrain.train.session import build_session
+    from jaxtrain.train.trainer import build_trainer
 
     print("| preset | params | state on disk | training blocked (async save) | full save | restore |")
     print("|---|---|---|---|---|---|")
     for preset in args.presets:
         cfg = load_config(preset, ["mesh.dcn=1", "mesh.data=2", "mesh.fsdp=4", "mesh.tensor=1", "train.batch_size=8"])
-        session = build_session(cfg, pathlib.Path("/nonexistent"))
+        session = build_trainer(cfg, "/nonexistent")
         state = session.init_state()
         jax.block_until_ready(state)
         n_params = sum(x.size for x in jax.tree.leaves(state.params))
         blocked, full, restore = [], [], []
         root = pathlib.Path(tempfile.mkdtemp(prefix="ckpt-bench-"))
         for r in range(args.repeats):
-            ckpt = Checkpointer(root / f"r{r}", keep=2)
+            ckpt = Checkpointer(RunDir(root / f"r{r}"), keep=2)
             t = time.perf_counter()
             ckpt.save(1, state, None, {"step": 1})
             blocked.append(time.perf_counter() - t)
@@ -55,7 +56,7 @@ def main() -> None:
             jax.block_until_ready(restored)
             restore.append(time.perf_counter() - t)
             ckpt.close()
-        size = sum(f.stat().st_size for f in (root / "r0").rglob("*") if f.is_file())
+        size = sum(f.stat().st_size for f in (root / "r0" / "checkpoints").rglob("*") if f.is_file())
         shutil.rmtree(root)
         med = statistics.median
         print(f"| {preset} | {n_params / 1e6:.1f}M | {size / 2**20:.0f} MiB | {med(blocked) * 1000:.0f} ms | "

@@ -38,10 +38,10 @@ def run_jax(size: dict, steps: int, warmup: int) -> list[float]:
     import numpy as np
 
     from jaxtrain.models import ModelConfig
+    from jaxtrain.parallel import mesh as mesh_lib
     from jaxtrain.train import state as state_lib
     from jaxtrain.train.optimizer import OptimizerConfig, make_optimizer
     from jaxtrain.train.step import make_forward, make_train_step
-    from jaxtrain.parallel import mesh as mesh_lib
 
     cfg = ModelConfig(
         vocab_size=size["vocab"], num_layers=size["layers"], embed_dim=size["width"], num_heads=size["heads"],

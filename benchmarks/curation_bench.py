@@ -126,9 +126,10 @@ def bench_stages(repeats: int) -> dict:
     from jaxtrain.config import load_config
     from jaxtrain.data import corpus, curate, prepare
     from jaxtrain.data.minhash import MinHasher
+    from jaxtrain.rundir import RunDir
 
     cfg = load_config("demo")
-    rules = curate.source_rules(cfg)
+    rules = curate.source_rules(cfg.data)
     docs = []
     t_read = _median_time(lambda: docs.__setitem__(slice(None), [d for s in cfg.data.sources
                                                                  for d in corpus.embedded_source(s.name)]), repeats)
@@ -147,7 +148,7 @@ def bench_stages(repeats: int) -> dict:
         def whole():
             with tempfile.TemporaryDirectory() as tmp:
                 run_cfg = load_config("demo", [f"data.curate_workers={workers}"])
-                prepare.prepare_corpus(run_cfg, pathlib.Path(tmp))
+                prepare.prepare_corpus(run_cfg.data, RunDir(tmp))
         t = _median_time(whole, repeats)
         out[f"pipeline_{workers}_workers_s"] = round(t, 1)
         out[f"pipeline_{workers}_workers_mb_per_s"] = round(mb / t, 2)
@@ -157,15 +158,16 @@ def bench_stages(repeats: int) -> dict:
 
 def bench_tokenizer_and_loader(repeats: int) -> dict:
     from jaxtrain.config import load_config
-    from jaxtrain.data import loader, prepare
+    from jaxtrain.data import loader, prepare, shards
     from jaxtrain.data import tokenizer as tok
+    from jaxtrain.rundir import RunDir
 
     out: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
         run = pathlib.Path(tmp) / "run"
         cfg = load_config("demo")
-        prepare.prepare_corpus(cfg, run)
-        files = [prepare.clean_dir(run) / f"{s.name}.train.jsonl" for s in cfg.data.sources]
+        prepare.prepare_corpus(cfg.data, RunDir(run))
+        files = [RunDir(run).clean / f"{s.name}.train.jsonl" for s in cfg.data.sources]
         sample_mb = min(cfg.tokenizer.sample_bytes, sum(f.stat().st_size for f in files)) / 1e6
         texts = [json.loads(line)["text"] for f in files for line in f.read_text().splitlines()]
         text_mb = sum(len(t.encode()) for t in texts) / 1e6
@@ -178,13 +180,13 @@ def bench_tokenizer_and_loader(repeats: int) -> dict:
             out[f"tokenizer_{kind}"] = {"vocab": cfg.tokenizer.vocab_size, "train_s": round(t, 1),
                                         "train_sample_mb": round(sample_mb, 1),
                                         "encode_mb_per_s": round(text_mb / t_enc, 1)}
-        prepare.prepare_tokenizer(cfg, run)
-        prepare.prepare_shards(cfg, run)
+        prepare.prepare_tokenizer(cfg.tokenizer, cfg.data, cfg.model.vocab_size, RunDir(run))
+        prepare.prepare_shards(cfg.data, RunDir(run))
         names = [s.name for s in cfg.data.sources]
-        weights = loader.mixture_weights(prepare.tfds_dir(run), names, [0.0] * len(names))
+        weights = loader.mixture_weights(shards.token_counts(run), names, [0.0] * len(names))
         for pack in (True, False):
             def drain(n_batches: int = 300):
-                it = loader.train_iterator(prepare.tfds_dir(run), names, weights, seq_len=cfg.data.seq_len,
+                it = loader.train_iterator(RunDir(run), names, weights, seq_len=cfg.data.seq_len,
                                            batch_size=cfg.train.batch_size, seed=0, pack=pack)
                 next(it)  # open the sources outside the timed part
                 t = time.perf_counter()

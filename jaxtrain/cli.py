@@ -15,12 +15,16 @@ Overrides are trailing `key=value` pairs: `jaxtrain train --config tiny model.nu
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pathlib
 import sys
-import time
 
-from etils import epath
+from jaxtrain.hardware import CHIPS  # standard library only: no JAX import
+
+# Library imports happen inside the command functions, on purpose: the simulated-device
+# flag must be in XLA_FLAGS before JAX is first imported (_simulated_devices_default),
+# and `jaxtrain --help` stays instant.
 
 
 def _simulated_devices_default() -> None:
@@ -35,6 +39,7 @@ def _simulated_devices_default() -> None:
 
 def _resolve(args: argparse.Namespace):
     from jaxtrain.config import load_config, load_run_config
+    from jaxtrain.rundir import RunDir
 
     if args.overrides and "=" not in args.overrides[0]:  # `jaxtrain eval RUN ...`: a run directory first
         if getattr(args, "run_dir", None):
@@ -43,130 +48,67 @@ def _resolve(args: argparse.Namespace):
     run_dir = getattr(args, "run_dir", None)
     if args.config:
         cfg = load_config(args.config, args.overrides)
-    elif run_dir and (epath.Path(run_dir) / "config.yaml").exists():
+    elif run_dir and RunDir(run_dir).config.exists():
         cfg = load_run_config(run_dir, args.overrides)
     else:
         cfg = load_config("demo", args.overrides)
-    run_dir = epath.Path(run_dir or cfg.run_dir)
-    return cfg, run_dir
+    return cfg, RunDir(run_dir or cfg.run_dir)
 
 
 def cmd_prepare(args) -> None:
     from jaxtrain.data import prepare
 
-    cfg, run_dir = _resolve(args)
-    prepare.prepare_corpus(cfg, run_dir)
+    cfg, run = _resolve(args)
+    prepare.prepare_corpus(cfg.data, run)
 
 
 def cmd_tokenizer(args) -> None:
     from jaxtrain.data import prepare
 
-    cfg, run_dir = _resolve(args)
-    prepare.prepare_tokenizer(cfg, run_dir)
+    cfg, run = _resolve(args)
+    prepare.prepare_tokenizer(cfg.tokenizer, cfg.data, cfg.model.vocab_size, run)
 
 
 def cmd_tokenize(args) -> None:
     from jaxtrain.data import prepare
 
-    cfg, run_dir = _resolve(args)
-    prepare.prepare_shards(cfg, run_dir)
-
-
-def _prepare_once(cfg, run_dir) -> None:
-    """Data stages run on process 0 only; the others wait for them at a barrier."""
-    import jax
-
-    from jaxtrain.data import prepare
-
-    if jax.process_index() == 0:
-        prepare.prepare_all(cfg, run_dir)
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices("jaxtrain:data-prepared")
+    cfg, run = _resolve(args)
+    prepare.prepare_shards(cfg.data, run)
 
 
 def cmd_train(args) -> None:
+    from jaxtrain import pipeline
     from jaxtrain.parallel.distributed import initialize_from_env
-    from jaxtrain.train import loop
 
     initialize_from_env(args.coordinator, args.num_processes, args.process_id, args.heartbeat_timeout, args.distributed)
-    cfg, run_dir = _resolve(args)
-    _check_devices(cfg)
-    _prepare_once(cfg, run_dir)
-    loop.train(cfg, run_dir, max_steps_this_run=args.max_steps)
+    cfg, run = _resolve(args)
+    pipeline.train(cfg, run, prepare_data=True, max_steps_this_run=args.max_steps)
 
 
 def cmd_eval(args) -> None:
-    from jaxtrain.evaluate.report import MetricsWriter
-    from jaxtrain.train import loop
+    from jaxtrain import pipeline
 
-    cfg, run_dir = _resolve(args)
-    session, params, step = loop.load_params(cfg, run_dir, args.step)
-    results = session.evaluate(params)
-    print(f"[eval] step {step}: {loop.format_eval(results)}")
-    writer = MetricsWriter(run_dir)
-    writer.write_eval({"step": step, **results}, kind="offline")
-    writer.close()
-    unigram = session.unigram_baseline()
-    print(f"[eval] unigram baseline on the same tokens: {unigram:.4f} nats/token; model: {results['eval/loss']:.4f}")
-
-
-def _print_samples(session, params, step: int, prompts: list[str], *, tokens: int | None = None,
-                   temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
-                   seed: int = 0) -> None:
-    """Sample from params already in memory (shared by `sample` and the end of `run`)."""
-    from jaxtrain.data import prepare
-    from jaxtrain.data import tokenizer as tok
-    from jaxtrain.evaluate.sampling import generate
-
-    cfg = session.cfg
-    sp = tok.load(prepare.tokenizer_path(session.run_dir))
-    outputs = generate(
-        session.spec.graphdef,
-        params,
-        [[tok.BOS_ID, *sp.encode(p)] for p in prompts],
-        max_new_tokens=tokens or cfg.eval.sample_tokens,
-        temperature=cfg.eval.temperature if temperature is None else temperature,
-        top_k=cfg.eval.top_k if top_k is None else top_k,
-        top_p=cfg.eval.top_p if top_p is None else top_p,
-        seed=seed,
-        eos_id=tok.EOS_ID,
-    )
-    for prompt, ids in zip(prompts, outputs):
-        print(f"--- sample (step {step}, prompt {prompt!r}) ---\n{prompt}{sp.decode(ids)}\n---")
+    cfg, run = _resolve(args)
+    pipeline.evaluate_checkpoint(cfg, run, args.step)
 
 
 def cmd_sample(args) -> None:
-    from jaxtrain.train import loop
+    from jaxtrain import pipeline
 
-    cfg, run_dir = _resolve(args)
-    session, params, step = loop.load_params(cfg, run_dir, args.step)
-    _print_samples(session, params, step, args.prompt or [cfg.eval.sample_prompt], tokens=args.tokens,
-                   temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    cfg, run = _resolve(args)
+    pipeline.sample(cfg, run, args.prompt, args.step, tokens=args.tokens, temperature=args.temperature,
+                    top_k=args.top_k, top_p=args.top_p, seed=args.seed)
 
 
 def cmd_run(args) -> None:
-    """The whole pipeline on one config, then the comparison that says it learned something."""
-    from jaxtrain.train import loop
+    from jaxtrain import pipeline
 
-    start = time.perf_counter()
-    cfg, run_dir = _resolve(args)
-    _check_devices(cfg)
-    _prepare_once(cfg, run_dir)
-    result = loop.train(cfg, run_dir, max_steps_this_run=args.max_steps)
-    session = result["session"]
-    final = result["eval"] or session.evaluate(result["state"].params)
-    unigram = session.unigram_baseline()
-    print(f"[result] held-out loss {final['eval/loss']:.4f} nats/token vs unigram baseline {unigram:.4f} "
-          f"({unigram - final['eval/loss']:+.4f} better)")
-    _print_samples(session, result["state"].params, result["step"], [cfg.eval.sample_prompt])
-    print(f"[result] run directory: {run_dir} | total time {time.perf_counter() - start:.0f}s")
+    cfg, run = _resolve(args)
+    pipeline.run(cfg, run, max_steps_this_run=args.max_steps)
 
 
 def cmd_compile(args) -> int:
-    """AOT-compile the train step for a TPU topology and report HBM use and FLOPs."""
-    from jaxtrain.parallel.aot import compile_for_topology
+    from jaxtrain.train.aot import compile_for_topology
 
     cfg, _ = _resolve(args)
     report = compile_for_topology(cfg, args.topology, num_slices=args.num_slices)
@@ -190,7 +132,7 @@ def cmd_export(args) -> None:
     from jaxtrain.export.handoff import export_run
 
     cfg = load_run_config(args.run, args.overrides)
-    out = export_run(cfg, pathlib.Path(args.run), pathlib.Path(args.out), args.step)
+    out = export_run(cfg, args.run, pathlib.Path(args.out), args.step)
     print(f"[export] {args.format} checkpoint written to {out} (model.safetensors, config.json, tokenizer, README.md)")
 
 
@@ -199,61 +141,33 @@ def cmd_import_hf(args) -> None:
     from jaxtrain.export.handoff import import_hf
 
     base = load_config(args.config or "demo", args.overrides)
-    cfg = import_hf(pathlib.Path(args.hf_dir), base, epath.Path(args.run_dir))
+    cfg = import_hf(pathlib.Path(args.hf_dir), base, args.run_dir)
     print(f"[import-hf] {args.hf_dir} -> {args.run_dir} (step-0 checkpoint, {cfg.model.num_layers} layers, "
           f"vocab {cfg.model.vocab_size}); point data.sources at your corpus and run `jaxtrain train --run-dir {args.run_dir}`")
 
 
-CHIP_PEAKS = {"v4": "TPU v4", "v5e": "TPU v5 lite", "v5p": "TPU v5", "v6e": "TPU v6 lite", "h100": "H100", "h200": "H200"}
-
-
 def cmd_scaling(args) -> None:
-    import json
-
-    from jaxtrain.scaling import flops, laws
-    from jaxtrain.scaling import sweep as sweep_lib
+    from jaxtrain import pipeline, sweep
 
     if args.action == "plan":
-        constants = laws.EPOCH_AI
-        if args.constants:
-            constants = laws.LawConstants(**json.loads(pathlib.Path(args.constants).read_text())["constants"])
-        if args.flops:
-            budget = args.flops
-        elif args.chip_hours and args.chip:
-            peak = flops.peak_flops(CHIP_PEAKS[args.chip])
-            budget = laws.flops_from_chip_hours(args.chip_hours, peak, args.mfu)
-        else:
+        if not (args.flops or (args.chip_hours and args.chip)):
             raise SystemExit("jaxtrain scaling plan: give --flops, or --chip-hours with --chip (and --mfu)")
-        plan = laws.compute_optimal(budget, constants)
-        preset, preset_n = sweep_lib.nearest_preset(plan.params)
-        print(f"compute        {budget:.3e} FLOPs")
-        print(f"parameters     {plan.params:.3e}  (compute-optimal N)")
-        print(f"tokens         {plan.tokens:.3e}  ({plan.tokens_per_param:.1f} tokens per parameter)")
-        print(f"predicted loss {plan.predicted_loss:.3f}  (constants: {'fit ' + args.constants if args.constants else 'Epoch AI replication of Chinchilla'})")
-        print(f"nearest preset {preset} ({preset_n:.3e} matmul parameters)")
+        print(sweep.plan(args.flops, args.chip_hours, args.chip, args.mfu, args.constants))
     elif args.action == "sweep":
         from jaxtrain.config import load_config
 
         base = load_config(args.config or "tiny", args.overrides)
-        base_run = epath.Path(args.run_dir or base.run_dir)
-        _prepare_once(base, base_run)
-        ladder = [tuple(int(x) for x in rung.split("x")) for rung in args.ladder] if args.ladder else sweep_lib.DEFAULT_LADDER
-        results = sweep_lib.run_sweep(base, base_run, pathlib.Path(args.out), args.budgets, ladder)
+        base_run = args.run_dir or base.run_dir
+        pipeline.prepare(base, base_run)
+        ladder = [tuple(int(x) for x in rung.split("x")) for rung in args.ladder] if args.ladder else sweep.DEFAULT_LADDER
+        results = sweep.run_sweep(base, pathlib.Path(base_run), pathlib.Path(args.out), args.budgets, ladder)
         print(f"[sweep] {len(results)} runs in {args.out}/sweep.jsonl")
         if len(results) >= 5:
-            print(json.dumps(sweep_lib.fit_sweep(results, pathlib.Path(args.out)), indent=2))
+            print(json.dumps(sweep.fit_sweep(results, pathlib.Path(args.out)), indent=2))
     else:
-        results = sweep_lib.read_results(pathlib.Path(args.input))
-        print(json.dumps(sweep_lib.fit_sweep(results, pathlib.Path(args.out)), indent=2))
+        results = sweep.read_results(pathlib.Path(args.input))
+        print(json.dumps(sweep.fit_sweep(results, pathlib.Path(args.out)), indent=2))
         print(f"[fit] plot: {pathlib.Path(args.out) / 'scaling_fit.png'}")
-
-
-def _check_devices(cfg) -> None:
-    import jax
-
-    from jaxtrain.config import validate
-
-    validate(cfg, num_devices=jax.device_count())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -320,7 +234,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("action", choices=["plan", "sweep", "fit"])
     p.add_argument("--flops", type=float, help="plan: training compute C in FLOPs")
     p.add_argument("--chip-hours", type=float, help="plan: budget in chip-hours (with --chip and --mfu)")
-    p.add_argument("--chip", choices=sorted(CHIP_PEAKS), help="plan: chip whose bf16 peak sets the FLOPs")
+    p.add_argument("--chip", choices=sorted(CHIPS), help="plan: chip whose bf16 peak sets the FLOPs")
     p.add_argument("--mfu", type=float, default=0.4, help="plan: assumed model FLOPs utilization")
     p.add_argument("--constants", help="plan: scaling_fit.json from `scaling fit` (default: Epoch AI constants)")
     p.add_argument("--config", "-c", default=None, help="sweep: base preset (default tiny)")
@@ -347,10 +261,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _simulated_devices_default()
-    from jaxtrain.config import ConfigError
-    from jaxtrain.train.loop import TrainingDiverged
+    from jaxtrain.errors import ConfigError, JaxtrainError
     from jaxtrain.train.preemption import EXIT_PREEMPTED, Preempted
-    from jaxtrain.train.resume import IncompatibleCheckpoint
+    from jaxtrain.train.resume import IncompatibleCheckpoint, TrainingDiverged
 
     try:
         code = args.fn(args)
@@ -366,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"[train] {e}", file=sys.stderr)
         return 4
+    except JaxtrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     except FileNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -24,10 +24,10 @@ def tiny_config(*overrides: str):
 @pytest.fixture(scope="session")
 def prepared_run(tmp_path_factory) -> pathlib.Path:
     """A tiny run directory with cleaned corpus, tokenizer and token shards (no checkpoints)."""
-    from jaxtrain.data import prepare
+    from jaxtrain import pipeline
 
     run_dir = tmp_path_factory.mktemp("prepared") / "run"
-    prepare.prepare_all(tiny_config(), run_dir)
+    pipeline.prepare(tiny_config(), run_dir)
     return run_dir
 
 

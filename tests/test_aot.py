@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 
 from jaxtrain.config import ConfigError, load_config
-from jaxtrain.parallel.aot import compile_for_topology, topology_name
+from jaxtrain.train.aot import compile_for_topology, topology_name
 
 
 @pytest.mark.parametrize(

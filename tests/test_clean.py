@@ -10,6 +10,7 @@ import pytest
 from jaxtrain.config import ConfigError, load_config
 from jaxtrain.data import clean, corpus, filters, prepare
 from jaxtrain.data.minhash import MinHasher, band_keys, cluster, estimated_jaccard, jaccard
+from jaxtrain.rundir import RunDir
 
 PROSE = (
     "The committee met on Tuesday to review the budget for the coming year. Members agreed that the library "
@@ -92,8 +93,8 @@ def test_minhash_estimates_jaccard_and_clusters_deterministically(method):
 
 def _curate(tmp_path, sources, *extra):
     cfg = load_config("tiny", [f"data.sources={json.dumps(sources)}", "data.min_chars=100", "data.eval_fraction=0.3", *extra])
-    report = prepare.prepare_corpus(cfg, tmp_path / "run")
-    clean_dir = prepare.clean_dir(tmp_path / "run")
+    report = prepare.prepare_corpus(cfg.data, RunDir(tmp_path / "run"))
+    clean_dir = RunDir(tmp_path / "run").clean
     ledger = [json.loads(x) for p in sorted(clean_dir.glob("ledger*")) for x in p.read_text().splitlines()]
     return report, ledger, clean_dir
 
@@ -153,7 +154,7 @@ def test_same_result_with_two_workers(tmp_path):
     _, sharded, sharded_dir = _curate(tmp_path / "sharded", sources, "data.clean_shards=3")
     key = lambda e: (e["id"], e["bucket"], e.get("reason"), e.get("split"))  # noqa: E731
     assert sorted(map(key, one)) == sorted(map(key, two)) == sorted(map(key, sharded))
-    from jaxtrain.data.curate import split_files
+    from jaxtrain.data.clean import split_files
 
     files = split_files(sharded_dir, "s", "train")
     assert [f.name for f in files] == [f"s.train-0000{i}-of-00003.jsonl" for i in range(3)]
@@ -180,7 +181,7 @@ def test_tfds_source_by_name(tmp_path):
 def test_glob_matching_nothing_and_unknown_rules_are_refused_before_work(tmp_path):
     cfg = load_config("tiny", [f"data.sources=[{{name: mine, type: files, path: '{tmp_path}/*.txt'}}]"])
     with pytest.raises(ConfigError, match=r"data\.sources\[0\]\.path: glob .* matches no files"):
-        prepare.prepare_corpus(cfg, tmp_path / "run")
+        prepare.prepare_corpus(cfg.data, RunDir(tmp_path / "run"))
     assert not (tmp_path / "run" / "data").exists()
     with pytest.raises(ConfigError, match=r"data\.sources\[0\]\.filters: unknown rule"):
         load_config("tiny", ["data.sources=[{name: stdlib_code, filters: [gopher]}]"])

@@ -1,7 +1,7 @@
 import pytest
 import yaml
 
-from jaxtrain.config import ConfigError, load_config, load_run_config, save_config, validate
+from jaxtrain.config import ConfigError, load_config, load_run_config, save_config
 
 
 def test_presets_load_and_overrides_apply():
@@ -30,15 +30,6 @@ def test_presets_load_and_overrides_apply():
 def test_bad_config_names_the_key_and_fix(override, pattern):
     with pytest.raises(ConfigError, match=pattern):
         load_config("tiny", [override])
-
-
-def test_device_dependent_checks():
-    cfg = load_config("tiny", ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2", "train.batch_size=6"])
-    with pytest.raises(ConfigError, match=r"train\.batch_size: 6 is not divisible by the data-parallel size 4"):
-        validate(cfg, num_devices=8)
-    with pytest.raises(ConfigError, match=r"needs 8 devices but 4 are available"):
-        validate(load_config("tiny", ["mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"]), num_devices=4)
-    validate(load_config("tiny"), num_devices=8)
 
 
 def test_unknown_preset_and_bad_yaml(tmp_path):

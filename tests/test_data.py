@@ -3,9 +3,9 @@ import json
 import numpy as np
 import pytest
 
-from jaxtrain.data import loader, prepare, shards
+from jaxtrain.data import loader, shards
 from jaxtrain.data import tokenizer as tok
-from jaxtrain.data.prepare import clean_dir, tfds_dir, tokenizer_path
+from jaxtrain.rundir import RunDir
 from jaxtrain.models.attention import attention_mask
 
 
@@ -14,7 +14,7 @@ def _take(it, n):
 
 
 def test_tokenizer_round_trips_code_and_has_specials(prepared_run):
-    sp = tok.load(tokenizer_path(prepared_run))
+    sp = tok.load(RunDir(prepared_run).tokenizer)
     assert sp.vocab_size() == 512
     assert (sp.bos_id(), sp.eos_id(), sp.pad_id()) == (tok.BOS_ID, tok.EOS_ID, tok.PAD_ID)
     text = "def f(x):\n    return {'a': x ** 2}  # naïve ✓\n"
@@ -23,7 +23,7 @@ def test_tokenizer_round_trips_code_and_has_specials(prepared_run):
 
 
 def test_user_defined_special_tokens_stay_whole(prepared_run, tmp_path):
-    files = sorted(prepare.clean_dir(prepared_run).glob("*.train.jsonl"))
+    files = sorted(RunDir(prepared_run).clean.glob("*.train.jsonl"))
     model = tok.train_tokenizer(files, tmp_path, 400, sample_bytes=300_000, special_tokens=("<|code|>", "<|endoftext|>"))
     sp = tok.load(model)
     ids = sp.encode("<|code|>x = 1<|endoftext|>")
@@ -32,11 +32,11 @@ def test_user_defined_special_tokens_stay_whole(prepared_run, tmp_path):
 
 
 def test_shards_hold_every_clean_document(prepared_run):
-    counts = shards.token_counts(tfds_dir(prepared_run))
+    counts = shards.token_counts(prepared_run)
     for source in ("stdlib_code", "stdlib_docs"):
         for split in ("train", "validation"):
-            lines = (clean_dir(prepared_run) / f"{source}.{split}.jsonl").read_text().splitlines()
-            src = shards.data_source(tfds_dir(prepared_run), split, source)
+            lines = (RunDir(prepared_run).clean / f"{source}.{split}.jsonl").read_text().splitlines()
+            src = shards.data_source(prepared_run, split, source)
             assert len(src) == len(lines) == counts[shards.split_name(split, source)]["docs"] > 0
             first = np.asarray(src[0]["tokens"])
             assert first[0] == tok.BOS_ID and first[-1] == tok.EOS_ID
@@ -44,7 +44,7 @@ def test_shards_hold_every_clean_document(prepared_run):
 
 def _iterator(run, seed=0, **kw):
     return loader.train_iterator(
-        tfds_dir(run), ["stdlib_code", "stdlib_docs"], [0.7, 0.3], seq_len=64, batch_size=4, seed=seed, **kw
+        run, ["stdlib_code", "stdlib_docs"], [0.7, 0.3], seq_len=64, batch_size=4, seed=seed, **kw
     )
 
 
@@ -69,10 +69,10 @@ def test_iterator_state_resumes_exactly(prepared_run):
 
 def test_process_shards_are_disjoint_and_cover_the_split(prepared_run):
     source = "stdlib_code"
-    n = len(shards.data_source(tfds_dir(prepared_run), "train", source))
+    n = len(shards.data_source(prepared_run, "train", source))
     seen = []
     for pi in range(2):
-        ds = loader.source_dataset(tfds_dir(prepared_run), "train", source, process_index=pi, process_count=2, seed=None, num_epochs=1)
+        ds = loader.source_dataset(prepared_run, "train", source, process_index=pi, process_count=2, seed=None, num_epochs=1)
         seen.append({tuple(ds[i]["inputs"]) for i in range(len(ds))})
     assert not (seen[0] & seen[1])
     assert len(seen[0]) + len(seen[1]) == n
@@ -80,11 +80,11 @@ def test_process_shards_are_disjoint_and_cover_the_split(prepared_run):
 
 def test_every_token_seen_once_per_epoch(prepared_run):
     source = "stdlib_docs"
-    src = shards.data_source(tfds_dir(prepared_run), "train", source)
+    src = shards.data_source(prepared_run, "train", source)
     expected = np.zeros(512, np.int64)
     for i in range(len(src)):
         expected += np.bincount(np.asarray(src[i]["tokens"])[1:], minlength=512)
-    ds = loader.source_dataset(tfds_dir(prepared_run), "train", source, seed=3, num_epochs=1).to_iter_dataset()
+    ds = loader.source_dataset(prepared_run, "train", source, seed=3, num_epochs=1).to_iter_dataset()
     got = np.zeros(512, np.int64)
     for batch in loader._pack_and_batch(ds, 64, 4, drop_remainder=False):
         got += np.bincount(batch["targets"][batch["loss_mask"] > 0], minlength=512)
@@ -92,9 +92,9 @@ def test_every_token_seen_once_per_epoch(prepared_run):
 
 
 def test_packing_never_crosses_document_boundaries(prepared_run):
-    src = shards.data_source(tfds_dir(prepared_run), "train", "stdlib_docs")
+    src = shards.data_source(prepared_run, "train", "stdlib_docs")
     docs = [np.asarray(src[i]["tokens"]).tobytes() for i in range(len(src))]
-    it = loader.train_iterator(tfds_dir(prepared_run), ["stdlib_docs"], [1.0], seq_len=256, batch_size=4, seed=0)
+    it = loader.train_iterator(prepared_run, ["stdlib_docs"], [1.0], seq_len=256, batch_size=4, seed=0)
     pieces = rows_with_several = 0
     for batch in _take(it, 20):
         for row in range(batch["inputs"].shape[0]):
@@ -122,23 +122,23 @@ def test_positions_restart_per_piece():
 
 
 def test_mixture_weights_natural_and_explicit(prepared_run):
-    natural = loader.mixture_weights(tfds_dir(prepared_run), ["stdlib_code", "stdlib_docs"], [0.0, 0.0])
+    natural = loader.mixture_weights(shards.token_counts(prepared_run), ["stdlib_code", "stdlib_docs"], [0.0, 0.0])
     assert sum(natural) == pytest.approx(1.0) and natural[0] > natural[1]
-    assert loader.mixture_weights(tfds_dir(prepared_run), ["stdlib_code", "stdlib_docs"], [1.0, 3.0]) == pytest.approx([0.25, 0.75])
+    assert loader.mixture_weights(shards.token_counts(prepared_run), ["stdlib_code", "stdlib_docs"], [1.0, 3.0]) == pytest.approx([0.25, 0.75])
 
 
 def test_temperature_flattens_the_mixture(prepared_run):
-    counts = shards.token_counts(tfds_dir(prepared_run))
+    counts = shards.token_counts(prepared_run)
     n = [counts[shards.split_name("train", s)]["tokens"] for s in ("stdlib_code", "stdlib_docs")]
-    hot = loader.mixture_weights(tfds_dir(prepared_run), ["stdlib_code", "stdlib_docs"], [0.0, 0.0], temperature=2.0)
+    hot = loader.mixture_weights(shards.token_counts(prepared_run), ["stdlib_code", "stdlib_docs"], [0.0, 0.0], temperature=2.0)
     expected = np.sqrt(n) / np.sqrt(n).sum()
     assert hot == pytest.approx(expected.tolist())
-    natural = loader.mixture_weights(tfds_dir(prepared_run), ["stdlib_code", "stdlib_docs"], [0.0, 0.0])
+    natural = loader.mixture_weights(shards.token_counts(prepared_run), ["stdlib_code", "stdlib_docs"], [0.0, 0.0])
     assert abs(hot[0] - 0.5) < abs(natural[0] - 0.5)
 
 
 def test_unpacked_rows_hold_one_document_each(prepared_run):
-    it = loader.train_iterator(tfds_dir(prepared_run), ["stdlib_docs"], [1.0], seq_len=64, batch_size=4, seed=0, pack=False)
+    it = loader.train_iterator(prepared_run, ["stdlib_docs"], [1.0], seq_len=64, batch_size=4, seed=0, pack=False)
     batch = next(it)
     seg = batch["segment_ids"]
     assert seg.shape == (4, 64) and set(np.unique(seg)) <= {0, 1}
@@ -147,7 +147,7 @@ def test_unpacked_rows_hold_one_document_each(prepared_run):
 
 
 def test_realized_mixture_follows_the_weights(prepared_run):
-    it = loader.train_iterator(tfds_dir(prepared_run), ["stdlib_code", "stdlib_docs"], [0.25, 0.75], seq_len=128,
+    it = loader.train_iterator(prepared_run, ["stdlib_code", "stdlib_docs"], [0.25, 0.75], seq_len=128,
                                batch_size=8, seed=0)
     tokens = sum(loader.realized_mixture(next(it), 2) for _ in range(200))
     assert tokens.sum() == 200 * 8 * 128  # packed rows: every target token counts
@@ -157,7 +157,7 @@ def test_realized_mixture_follows_the_weights(prepared_run):
 
 def test_mixture_schedule_switches_and_resumes_exactly(prepared_run):
     def make():
-        return loader.train_iterator(tfds_dir(prepared_run), ["stdlib_code", "stdlib_docs"], [0.9, 0.1], seq_len=128,
+        return loader.train_iterator(prepared_run, ["stdlib_code", "stdlib_docs"], [0.9, 0.1], seq_len=128,
                                      batch_size=8, seed=0, schedule=[(150, [0.1, 0.9])])
     it = make()
     before = sum(loader.realized_mixture(next(it), 2) for _ in range(150))

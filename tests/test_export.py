@@ -11,7 +11,8 @@ from jaxtrain.config import load_run_config
 from jaxtrain.export import hf
 from jaxtrain.export.handoff import export_run, import_hf, load_hf_dir
 from jaxtrain.models import ModelConfig, Transformer
-from jaxtrain.train import loop
+from jaxtrain import pipeline
+from jaxtrain.train.trainer import build_trainer, load_params
 
 from conftest import tiny_config
 
@@ -28,11 +29,11 @@ def _hf_logits(model, tokens):
 
 def test_llama_run_exports_to_llamaforcausallm_with_matching_logits_and_card(fresh_run, tmp_path):
     cfg = tiny_config("train.steps=2", "checkpoint.every_steps=2", "eval.every_steps=2")
-    loop.train(cfg, fresh_run)
+    pipeline.train(cfg, fresh_run)
     out = export_run(load_run_config(fresh_run), fresh_run, tmp_path / "hf")
     model = transformers.LlamaForCausalLM.from_pretrained(str(out), torch_dtype=torch.float32).eval()
-    _, params, _ = loop.load_params(cfg, fresh_run)
-    jax_model = nnx.merge(loop.build_session(cfg, fresh_run).spec.graphdef, jax.device_get(params))
+    _, params, _ = load_params(cfg, fresh_run)
+    jax_model = nnx.merge(build_trainer(cfg, fresh_run).spec.graphdef, jax.device_get(params))
     np.testing.assert_allclose(_hf_logits(model, TOKENS), np.asarray(jax_model(TOKENS)), atol=1e-4, rtol=1e-4)
 
     card = (out / "README.md").read_text()
@@ -45,7 +46,7 @@ def test_llama_run_exports_to_llamaforcausallm_with_matching_logits_and_card(fre
     # And back: import the export as a new run; parameters are the same numbers.
     run2 = tmp_path / "imported"
     cfg2 = import_hf(out, tiny_config(), run2)
-    _, params2, step = loop.load_params(cfg2, run2)
+    _, params2, step = load_params(cfg2, run2)
     assert step == 0 and cfg2.model.num_layers == cfg.model.num_layers
     for a, b in zip(jax.tree.leaves(jax.device_get(params)), jax.tree.leaves(jax.device_get(params2)), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

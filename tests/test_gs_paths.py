@@ -17,7 +17,7 @@ from fsspec.implementations.local import LocalFileSystem
 from jaxtrain.config import load_run_config, save_config
 from jaxtrain.data import prepare
 from jaxtrain.data import tokenizer as tok
-from jaxtrain.evaluate.report import MetricsWriter
+from jaxtrain.train.metrics import MetricsWriter
 from jaxtrain.train import checkpoint
 
 from conftest import tiny_config
@@ -65,11 +65,11 @@ def test_prepare_tokenizer_config_and_metrics_on_gs(fake_gcs, tmp_path):
     )
     run = epath.Path("gs://bucket/runs/r1")
     assert str(run).startswith("gs://")
-    report = prepare.prepare_corpus(cfg, run)
+    report = prepare.prepare_corpus(cfg.data, run)
     assert report["notes"]["input_docs"] == 60
     assert (fake_gcs / "bucket/runs/r1/data/clean/report.json").exists()
     assert not (fake_gcs / "bucket/runs/r1/data/clean.partial").exists()
-    model = prepare.prepare_tokenizer(cfg, run)
+    model = prepare.prepare_tokenizer(cfg.tokenizer, cfg.data, cfg.model.vocab_size, run)
     assert str(model) == "gs://bucket/runs/r1/tokenizer/tokenizer.model"
     assert (fake_gcs / "bucket/runs/r1/tokenizer/tokenizer.model").exists()
     assert tok.load(model).encode("Document number 3") and len(tok.fingerprint(model)) == 16

@@ -4,7 +4,7 @@ import pathlib
 
 import pytest
 
-from jaxtrain.train import loop
+from jaxtrain import pipeline
 
 from conftest import tiny_config
 
@@ -14,7 +14,7 @@ NOTEBOOK = pathlib.Path(__file__).resolve().parent.parent / "notebooks" / "quick
 
 
 def test_quickstart_notebook_executes(fresh_run, monkeypatch):
-    loop.train(tiny_config("train.steps=4", "checkpoint.every_steps=4", "eval.every_steps=2"), fresh_run)
+    pipeline.train(tiny_config("train.steps=4", "checkpoint.every_steps=4", "eval.every_steps=2"), fresh_run)
     monkeypatch.setenv("JAXTRAIN_RUN_DIR", str(fresh_run))
     monkeypatch.setenv("XLA_FLAGS", "")  # the kernel gets one CPU device, like a laptop notebook
     nb = nbformat.read(NOTEBOOK, as_version=4)

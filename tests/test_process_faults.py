@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 
 from jaxtrain.config import load_run_config
-from jaxtrain.train import loop
+from jaxtrain import pipeline
+from jaxtrain.train.trainer import load_params
 from jaxtrain.train.preemption import EXIT_PREEMPTED
 
 from conftest import tiny_config
@@ -28,7 +29,7 @@ def _start(run_dir: pathlib.Path, *overrides: str) -> subprocess.Popen:
 
 
 def _final_params(run_dir: pathlib.Path):
-    _, params, step = loop.load_params(load_run_config(run_dir), run_dir)
+    _, params, step = load_params(load_run_config(run_dir), run_dir)
     return step, [np.asarray(x) for x in jax.tree.leaves(jax.device_get(params))]
 
 
@@ -37,7 +38,7 @@ def _kill_and_resume_matches_uninterrupted(prepared: pathlib.Path, tmp_path: pat
 
     reference = tmp_path / "reference"
     shutil.copytree(prepared, reference, ignore=shutil.ignore_patterns("checkpoints", "metrics.jsonl"))
-    loop.train(tiny_config(*STEPS), reference)
+    pipeline.train(tiny_config(*STEPS), reference)
     ref_step, ref_params = _final_params(reference)
     rng = random.Random(seed)
     for trial in range(trials):

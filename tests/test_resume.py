@@ -3,7 +3,7 @@ import json
 import jax
 import numpy as np
 
-from jaxtrain.train import loop
+from jaxtrain import pipeline
 
 from conftest import tiny_config
 
@@ -22,13 +22,13 @@ def test_interrupted_run_matches_uninterrupted_bit_for_bit(fresh_run, tmp_path, 
     shutil.copytree(fresh_run, other)
     cfg = tiny_config(*OVERRIDES)
 
-    full = loop.train(cfg, fresh_run)
+    full = pipeline.train(cfg, fresh_run)
     assert full["step"] == 8
 
-    first = loop.train(cfg, other, max_steps_this_run=4)  # "interrupted" after the step-4 save
+    first = pipeline.train(cfg, other, max_steps_this_run=4)  # "interrupted" after the step-4 save
     assert first["step"] == 4
     capsys.readouterr()
-    resumed = loop.train(cfg, other)
+    resumed = pipeline.train(cfg, other)
     assert "resuming from checkpoint step 4" in capsys.readouterr().out
     assert resumed["step"] == 8
 
@@ -43,9 +43,9 @@ def test_interrupted_run_matches_uninterrupted_bit_for_bit(fresh_run, tmp_path, 
 
 def test_finished_run_says_so_and_does_not_retrain(fresh_run, capsys):
     cfg = tiny_config(*OVERRIDES[:1], "checkpoint.every_steps=8", "train.steps=3")
-    loop.train(cfg, fresh_run)
+    pipeline.train(cfg, fresh_run)
     capsys.readouterr()
-    again = loop.train(cfg, fresh_run)
+    again = pipeline.train(cfg, fresh_run)
     out = capsys.readouterr().out
     assert "resuming from checkpoint step 3" in out and "nothing to train" in out
     assert again["step"] == 3

@@ -3,7 +3,7 @@ import pytest
 
 from jaxtrain import cli
 from jaxtrain.scaling import laws
-from jaxtrain.scaling.sweep import fit_sweep, nearest_preset, rung_config
+from jaxtrain.sweep import fit_sweep, nearest_preset, rung_config
 
 from conftest import tiny_config
 

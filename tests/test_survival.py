@@ -8,6 +8,7 @@ import jax
 import numpy as np
 import pytest
 
+from jaxtrain import pipeline
 from jaxtrain.train import loop
 from jaxtrain.train.resume import IncompatibleCheckpoint
 
@@ -23,7 +24,7 @@ def _losses(run: pathlib.Path) -> dict[int, float]:
 
 def test_corrupt_latest_checkpoint_falls_back_to_previous(fresh_run, capsys):
     cfg = tiny_config(*BASE, "train.steps=6")
-    loop.train(cfg, fresh_run)
+    pipeline.train(cfg, fresh_run)
     ckpt = fresh_run / "checkpoints"
     assert sorted(int(p.name) for p in ckpt.iterdir() if p.name.isdigit()) == [2, 4, 6]
     # Truncate every array file of the latest checkpoint's state.
@@ -31,31 +32,31 @@ def test_corrupt_latest_checkpoint_falls_back_to_previous(fresh_run, capsys):
         if f.is_file() and f.stat().st_size > 0 and "metadata" not in f.name:
             f.write_bytes(f.read_bytes()[: f.stat().st_size // 3])
     capsys.readouterr()
-    result = loop.train(tiny_config(*BASE, "train.steps=8"), fresh_run)
+    result = pipeline.train(tiny_config(*BASE, "train.steps=8"), fresh_run)
     out = capsys.readouterr().out
     assert "checkpoint" in out and "corrupt or truncated" in out and "resuming from checkpoint step 4" in out
     assert result["step"] == 8
 
 
 def test_deleted_checkpoint_files_fall_back_too(fresh_run, capsys):
-    loop.train(tiny_config(*BASE, "train.steps=4"), fresh_run)
+    pipeline.train(tiny_config(*BASE, "train.steps=4"), fresh_run)
     shutil.rmtree(fresh_run / "checkpoints" / "4" / "state")
     capsys.readouterr()
-    loop.train(tiny_config(*BASE, "train.steps=6"), fresh_run)
+    pipeline.train(tiny_config(*BASE, "train.steps=6"), fresh_run)
     assert "resuming from checkpoint step 2" in capsys.readouterr().out
 
 
 def test_incompatible_model_or_tokenizer_is_refused(fresh_run):
-    loop.train(tiny_config(*BASE, "train.steps=2"), fresh_run)
+    pipeline.train(tiny_config(*BASE, "train.steps=2"), fresh_run)
     with pytest.raises(IncompatibleCheckpoint, match=r"model\.num_layers: checkpoint 2 vs config 3"):
-        loop.train(tiny_config(*BASE, "train.steps=4", "model.num_layers=3"), fresh_run)
+        pipeline.train(tiny_config(*BASE, "train.steps=4", "model.num_layers=3"), fresh_run)
     # Execution-only changes (remat, scan) and a new mesh are fine.
-    loop.train(tiny_config(*BASE, "train.steps=4", "model.remat=full", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
+    pipeline.train(tiny_config(*BASE, "train.steps=4", "model.remat=full", "mesh.data=2", "mesh.fsdp=2", "mesh.tensor=2"),
                fresh_run)
     tok = fresh_run / "tokenizer" / "tokenizer.model"
     tok.write_bytes(tok.read_bytes() + b"\x00")
     with pytest.raises(IncompatibleCheckpoint, match="tokenizer"):
-        loop.train(tiny_config(*BASE, "train.steps=6"), fresh_run)
+        pipeline.train(tiny_config(*BASE, "train.steps=6"), fresh_run)
 
 
 def test_resume_on_a_different_mesh_keeps_the_loss_curve(fresh_run, tmp_path):
@@ -66,13 +67,13 @@ def test_resume_on_a_different_mesh_keeps_the_loss_curve(fresh_run, tmp_path):
         "four": ["mesh.data=2", "mesh.fsdp=1", "mesh.tensor=2"],
         "flat": ["mesh.data=8", "mesh.fsdp=1", "mesh.tensor=1"],
     }
-    reference = loop.train(tiny_config(*BASE, *steps, *layouts["ref"]), fresh_run)
+    reference = pipeline.train(tiny_config(*BASE, *steps, *layouts["ref"]), fresh_run)
     ref_losses = _losses(fresh_run)
     for name, devices in (("four", jax.devices()[:4]), ("flat", None)):
         run = tmp_path / name
         shutil.copytree(fresh_run, run, ignore=shutil.ignore_patterns("checkpoints", "metrics.jsonl"))
-        loop.train(tiny_config(*BASE, *steps, *layouts["ref"]), run, max_steps_this_run=2)
-        result = loop.train(tiny_config(*BASE, *steps, *layouts[name]), run, devices=devices)
+        pipeline.train(tiny_config(*BASE, *steps, *layouts["ref"]), run, max_steps_this_run=2)
+        result = pipeline.train(tiny_config(*BASE, *steps, *layouts[name]), run, devices=devices)
         assert result["step"] == 6
         got = _losses(run)
         for s in range(3, 7):
@@ -86,7 +87,7 @@ def test_nan_and_spike_are_skipped_and_logged(fresh_run):
     # prose batches) in a window this short from counting as spikes
     cfg = tiny_config(*BASE, "train.steps=14", "train.spike_min_history=4", "train.spike_window=8", "train.spike_zscore=100")
     faults = {9: float("nan"), 11: 100.0}
-    result = loop.train(cfg, fresh_run, fault_injector=faults.get)
+    result = pipeline.train(cfg, fresh_run, fault_injector=faults.get)
     rows = [json.loads(line) for line in (fresh_run / "metrics.jsonl").read_text().splitlines() if '"loss"' in line]
     skipped = {r["step"]: r["skipped_steps"] for r in rows}
     assert skipped[9] == 0 and skipped[10] == 1 and skipped[12] == 2 and skipped[14] == 2
@@ -97,7 +98,7 @@ def test_nan_and_spike_are_skipped_and_logged(fresh_run):
 def test_repeated_bad_steps_roll_back_then_give_up(fresh_run, capsys):
     cfg = tiny_config(*BASE, "train.steps=12", "train.max_bad_steps=2", "train.max_rollbacks=1")
     bad_once = {b: float("nan") for b in (5, 6)}  # batches 5 and 6 (0-based) feed steps 6 and 7
-    result = loop.train(cfg, fresh_run, fault_injector=bad_once.get)
+    result = pipeline.train(cfg, fresh_run, fault_injector=bad_once.get)
     out = capsys.readouterr().out
     assert "rollback 1: 2 bad steps in a row at step 7" in out and "restored checkpoint 4" in out
     assert "skipping the 3 batches since then" in out
@@ -107,4 +108,4 @@ def test_repeated_bad_steps_roll_back_then_give_up(fresh_run, capsys):
     other = fresh_run.parent / "diverging"
     shutil.copytree(fresh_run, other, ignore=shutil.ignore_patterns("checkpoints", "metrics.jsonl"))
     with pytest.raises(loop.TrainingDiverged, match=r"training cannot recover at step 2 .*no earlier checkpoint"):
-        loop.train(cfg, other, fault_injector=always_bad)
+        pipeline.train(cfg, other, fault_injector=always_bad)

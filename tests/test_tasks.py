@@ -5,11 +5,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxtrain.data import prepare
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.evaluate import tasks
 from jaxtrain.models import ModelConfig, Transformer
-from jaxtrain.train import loop
+from jaxtrain import pipeline
+from jaxtrain.rundir import RunDir
 from jaxtrain.train.step import make_forward
 
 from conftest import tiny_config
@@ -30,17 +30,17 @@ def test_scorer_matches_the_full_forward_pass():
 
 
 def test_builtin_tasks_come_from_held_out_text_and_run_in_the_loop(fresh_run):
-    prepare.prepare_tasks(tiny_config(), fresh_run)
-    held_out = "\n".join(json.loads(line)["text"] for p in prepare.clean_dir(fresh_run).glob("*.validation*.jsonl")
+    tasks.prepare_tasks(fresh_run, tiny_config().eval.task_examples, 0)
+    held_out = "\n".join(json.loads(line)["text"] for p in RunDir(fresh_run).clean.glob("*.validation*.jsonl")
                           for line in p.read_text().splitlines())
     for name in tasks.BUILTIN_TASKS:
-        examples = tasks.read_task(prepare.tasks_dir(fresh_run) / f"{name}.jsonl")
+        examples = tasks.read_task(RunDir(fresh_run).tasks / f"{name}.jsonl")
         assert len(examples) >= 10
         for ex in examples[:10]:
             assert len(ex["choices"]) == 4 and 0 <= ex["label"] < 4
             answer = ex["choices"][ex["label"]].strip()
             assert answer in held_out
-    result = loop.train(tiny_config("train.steps=2", "eval.every_steps=2", "checkpoint.every_steps=2"), fresh_run)
+    result = pipeline.train(tiny_config("train.steps=2", "eval.every_steps=2", "checkpoint.every_steps=2"), fresh_run)
     for name in tasks.BUILTIN_TASKS:
         assert 0.0 <= result["eval"][f"tasks/{name}/acc"] <= 1.0
 
@@ -71,7 +71,7 @@ def test_lm_eval_adapter_offline(fresh_run):
 
     from jaxtrain.evaluate.lm_eval_adapter import JaxtrainLM
 
-    loop.train(tiny_config("train.steps=2", "eval.every_steps=100", "checkpoint.every_steps=2"), fresh_run)
+    pipeline.train(tiny_config("train.steps=2", "eval.every_steps=100", "checkpoint.every_steps=2"), fresh_run)
     lm = JaxtrainLM(str(fresh_run), batch_size=4)
     reqs = [Instance("loglikelihood", {}, ("def f(x):\n    return", " x"), 0),
             Instance("loglikelihood", {}, ("def f(x):\n    return", " zzzzqqq"), 1)]
@@ -92,9 +92,9 @@ def test_lm_eval_simple_evaluate_runs_a_local_task(fresh_run, tmp_path, monkeypa
 
     monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    prepare.prepare_tasks(tiny_config(), fresh_run)
-    loop.train(tiny_config("train.steps=2", "eval.every_steps=100", "checkpoint.every_steps=2"), fresh_run)
-    data = prepare.tasks_dir(fresh_run) / "next_line.jsonl"
+    tasks.prepare_tasks(fresh_run, tiny_config().eval.task_examples, 0)
+    pipeline.train(tiny_config("train.steps=2", "eval.every_steps=100", "checkpoint.every_steps=2"), fresh_run)
+    data = RunDir(fresh_run).tasks / "next_line.jsonl"
     task_dir = tmp_path / "lm_eval_tasks"
     task_dir.mkdir()
     (task_dir / "local.yaml").write_text(

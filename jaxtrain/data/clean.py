@@ -1,4 +1,5 @@
-"""Per-document cleaning: normalize, judge by the source's rules, scrub PII, decontaminate.
+"""Per-document cleaning (normalize, judge by the source's rules, scrub PII, decontaminate),
+and the names of the files curation writes.
 
 Pure functions of one document, so the curation pipeline (jaxtrain.data.curate)
 can run them on any number of Beam workers. The global steps (exact and
@@ -12,6 +13,8 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import unicodedata
+
+from etils import epath
 
 from jaxtrain.data import filters
 from jaxtrain.data.corpus import Document
@@ -76,3 +79,27 @@ def judge(doc: Document, r: SourceRules) -> dict:
         text, pii = filters.scrub_pii(text)
     return {**entry, "bucket": "kept", "pii": pii, "text": text, "digest": text_hash(text),
             "kept_bytes": len(text.encode("utf-8"))}
+
+
+def split_file(source: str, split: str, shard: int = 0, num_shards: int = 1) -> str:
+    """`{source}.{split}.jsonl`, or one of num_shards `{source}.{split}-SSSSS-of-NNNNN.jsonl`."""
+    return f"{source}.{split}.jsonl" if num_shards == 1 else f"{source}.{split}-{shard:05d}-of-{num_shards:05d}.jsonl"
+
+
+def split_files(clean_dir: epath.Path, source: str, split: str) -> list[epath.Path]:
+    one = epath.Path(clean_dir) / split_file(source, split)
+    return [one] if one.exists() else sorted(epath.Path(clean_dir).glob(f"{source}.{split}-*-of-*.jsonl"))
+
+
+def all_split_files(clean_dir: epath.Path, split: str) -> list[epath.Path]:
+    """Every source's files of one split."""
+    return sorted(epath.Path(clean_dir).glob(f"*.{split}*.jsonl"))
+
+
+def ledger_file(source: str, shard: int) -> str:
+    """One ledger file per source and output shard: a line for every input document."""
+    return f"ledger-{source}-{shard:05d}.jsonl"
+
+
+def ledger_files(clean_dir: epath.Path) -> list[epath.Path]:
+    return sorted(epath.Path(clean_dir).glob("ledger-*.jsonl"))

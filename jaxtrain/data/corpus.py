@@ -20,7 +20,11 @@ import json
 import os
 import pathlib
 import sysconfig
+from pydoc_data.topics import topics as pydoc_topics
 from typing import Iterator
+
+import pyarrow.parquet as pq
+import tensorflow_datasets as tfds
 
 EMBEDDED_SOURCES = ("stdlib_code", "stdlib_docs", "package_metadata")
 
@@ -68,10 +72,8 @@ def read_embedded_unit(unit: str, name: str) -> Iterator[Document]:
         text, err = _read_text(root / unit)
         yield Document(name, unit, text, err)
     elif name == "stdlib_docs" and unit == "topics":
-        from pydoc_data.topics import topics
-
-        for topic in sorted(topics):
-            yield Document(name, f"topic:{topic}", topics[topic])
+        for topic in sorted(pydoc_topics):
+            yield Document(name, f"topic:{topic}", pydoc_topics[topic])
     elif name == "stdlib_docs":
         text, err = _read_text(root / unit)
         if text is None:
@@ -135,8 +137,6 @@ def read_file(path: str, name: str, text_field: str = "text") -> Iterator[Docume
 
 
 def _parquet_docs(name: str, path: str, text_field: str) -> Iterator[Document]:
-    import pyarrow.parquet as pq
-
     try:
         f = pq.ParquetFile(path)
         if text_field not in f.schema_arrow.names:
@@ -155,8 +155,6 @@ def _parquet_docs(name: str, path: str, text_field: str) -> Iterator[Document]:
 
 def tfds_ranges(dataset: str, split: str, data_dir: str | None, chunk: int = 5000) -> list[tuple[int, int]]:
     """Record ranges of a TFDS split, read in parallel by the curation pipeline."""
-    import tensorflow_datasets as tfds
-
     n = len(tfds.data_source(dataset, split=split, data_dir=data_dir or None))
     return [(i, min(i + chunk, n)) for i in range(0, n, chunk)]
 
@@ -164,8 +162,6 @@ def tfds_ranges(dataset: str, split: str, data_dir: str | None, chunk: int = 500
 def tfds_source(name: str, dataset: str, split: str, data_dir: str | None, text_field: str,
                 start: int = 0, stop: int | None = None) -> Iterator[Document]:
     """A TFDS dataset by name (`c4/en`, `lm1b`, `wikipedia/20230601.en`), read via tfds.data_source."""
-    import tensorflow_datasets as tfds
-
     ds = tfds.data_source(dataset, split=split, data_dir=data_dir or None)
     for i in range(start, len(ds) if stop is None else min(stop, len(ds))):
         record = ds[i]

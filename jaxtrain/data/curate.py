@@ -24,9 +24,8 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from etils import epath
 
 from jaxtrain.data import clean, corpus, filters
+from jaxtrain.data.config import DataConfig
 from jaxtrain.data.minhash import MinHasher, band_keys
-
-LEDGER = "ledger"
 
 
 def _read_tfds(index_range: tuple[int, int], spec: dict) -> Iterator[corpus.Document]:
@@ -84,16 +83,6 @@ def shard_of(key: str, num_shards: int) -> int:
     return int(hashlib.sha1(key.encode()).hexdigest()[:8], 16) % num_shards
 
 
-def split_file(source: str, split: str, shard: int = 0, num_shards: int = 1) -> str:
-    """`{source}.{split}.jsonl`, or one of num_shards `{source}.{split}-SSSSS-of-NNNNN.jsonl`."""
-    return f"{source}.{split}.jsonl" if num_shards == 1 else f"{source}.{split}-{shard:05d}-of-{num_shards:05d}.jsonl"
-
-
-def split_files(clean_dir: epath.Path, source: str, split: str) -> list[epath.Path]:
-    one = epath.Path(clean_dir) / split_file(source, split)
-    return [one] if one.exists() else sorted(epath.Path(clean_dir).glob(f"{source}.{split}-*-of-*.jsonl"))
-
-
 def _cap(e: dict, caps: dict, totals: dict) -> dict:
     """max_bytes without a global sort: keep a document when a hash of its text falls under
     max_bytes / (the source's kept bytes). Deterministic, and it scales with the workers."""
@@ -118,7 +107,7 @@ class _WriteShard(beam.DoFn):
     def process(self, item: tuple[tuple[str, int], Iterable[dict]], lowest: dict) -> Iterator[dict]:
         (source, shard), entries = item
         out = epath.Path(self.out_dir)
-        names = {split: out / split_file(source, split, shard, self.num_shards) for split in ("train", "validation")}
+        names = {split: out / clean.split_file(source, split, shard, self.num_shards) for split in ("train", "validation")}
         with names["train"].open("w") as train_f, names["validation"].open("w") as eval_f:
             for e in sorted(entries, key=lambda e: e["digest"]):
                 held_out = clean.is_eval(e["digest"], self.eval_fraction) or _split_hash(e) == lowest[source]
@@ -135,7 +124,7 @@ def _write_ledger(item: tuple[tuple[str, int], Iterable[dict]], out_dir: str) ->
     """One ledger file per source and shard, through epath (local or gs://, without Beam's GCS extra)."""
     (source, shard), entries = item
     lines = sorted(_ledger_line(e) for e in entries)
-    (epath.Path(out_dir) / f"{LEDGER}-{source}-{shard:05d}.jsonl").write_text("\n".join(lines) + "\n")
+    (epath.Path(out_dir) / clean.ledger_file(source, shard)).write_text("\n".join(lines) + "\n")
 
 
 def _decontamination_ngrams(patterns: tuple[str, ...], n: int) -> frozenset:
@@ -147,8 +136,7 @@ def _decontamination_ngrams(patterns: tuple[str, ...], n: int) -> frozenset:
     return frozenset(grams)
 
 
-def source_rules(cfg) -> dict[str, clean.SourceRules]:
-    d = cfg.data
+def source_rules(d: DataConfig) -> dict[str, clean.SourceRules]:
     decon = _decontamination_ngrams(d.decontaminate, d.decontaminate_ngram) if d.decontaminate else frozenset()
     return {
         s.name: clean.SourceRules(
@@ -168,10 +156,9 @@ def pipeline_options(workers: int, extra: tuple[str, ...] = ()) -> PipelineOptio
     return PipelineOptions(list(extra), direct_num_workers=workers, direct_running_mode=mode)
 
 
-def run(cfg, out_dir: epath.Path, workers: int = 1) -> None:
-    """Curate every source of `cfg.data` into `out_dir`: {source}.{train,validation}.jsonl + ledger."""
-    d = cfg.data
-    rules = source_rules(cfg)
+def run(d: DataConfig, out_dir: epath.Path, workers: int = 1) -> None:
+    """Curate every source of the data section into `out_dir`: {source}.{train,validation}.jsonl + ledger."""
+    rules = source_rules(d)
     out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with beam.Pipeline(options=pipeline_options(workers, d.beam_options)) as p:

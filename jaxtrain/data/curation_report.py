@@ -6,6 +6,7 @@ import collections
 import json
 
 from etils import epath
+from matplotlib.figure import Figure
 
 BUCKETS = ("kept", "removed", "duplicate", "unreadable", "capped")
 
@@ -87,17 +88,13 @@ def markdown(report: dict) -> str:
 
 def chart(report: dict, file) -> None:
     """Documents and bytes removed per rule (duplicates and unreadable included), one bar group per source."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     def outcome_counts(r: dict) -> dict:
         return {**r["removed"], **{f"duplicate:{k}": n for k, n in r["duplicates"].items()},
                 **{f"unreadable:{k}": n for k, n in r["unreadable"].items()}}
 
     outcomes = sorted({k for r in report.values() for k in outcome_counts(r)})
-    fig, axes = plt.subplots(1, 2, figsize=(12, max(3, 0.35 * len(outcomes) + 1.5)), sharey=True)
+    fig = Figure(figsize=(12, max(3, 0.35 * len(outcomes) + 1.5)))  # no pyplot: no global backend state
+    axes = fig.subplots(1, 2, sharey=True)
     height = 0.8 / max(len(report), 1)
     for i, (name, r) in enumerate(report.items()):
         counts = outcome_counts(r)
@@ -113,4 +110,3 @@ def chart(report: dict, file) -> None:
     fig.suptitle("Curation: where the removed documents went")
     fig.tight_layout()
     fig.savefig(file, format="png", dpi=90)
-    plt.close(fig)

@@ -13,7 +13,6 @@ checkpoint.
 from __future__ import annotations
 
 import functools
-import pathlib
 from typing import Iterator, Sequence
 
 import grain
@@ -21,7 +20,22 @@ import numpy as np
 from grain.experimental import ConcatThenSplitIterDataset
 
 from jaxtrain.data import shards
-from jaxtrain.data.schedule import ScheduledMixIterDataset, document_probabilities, draw_boundaries
+from jaxtrain.data.schedule import (
+    ScheduledMixIterDataset,
+    document_probabilities,
+    draw_boundaries,
+)
+from jaxtrain.rundir import RunDir
+
+# The batch every step consumes (each [batch, seq_len]): the one description that the
+# train and eval steps, AOT compilation, empty batches and the task scorers build on.
+BATCH_FIELDS: dict[str, type] = {
+    "inputs": np.int32,
+    "targets": np.int32,
+    "segment_ids": np.int32,  # 1, 2, ... per packed document piece; 0 for padding
+    "positions": np.int32,  # position within the document piece
+    "loss_mask": np.float32,  # 1 where the target is a real token
+}
 
 
 def _to_example(record: dict) -> dict:
@@ -85,7 +99,7 @@ def realized_mixture(batch: dict, num_sources: int) -> np.ndarray:
 
 
 def source_dataset(
-    data_dir: pathlib.Path,
+    run: RunDir,
     split: str,
     source: str,
     *,
@@ -94,18 +108,18 @@ def source_dataset(
     seed: int | None = 0,
     num_epochs: int | None = None,
 ) -> grain.MapDataset:
-    ds = grain.MapDataset.source(shards.data_source(data_dir, split, source))
+    ds = grain.MapDataset.source(shards.data_source(run, split, source))
     ds = ds[process_index::process_count]
     if seed is not None:
         ds = ds.shuffle(seed=seed)
     return ds.repeat(num_epochs).map(_to_example)
 
 
-def mixture_weights(data_dir: pathlib.Path, sources: Sequence[str], weights: Sequence[float],
+def mixture_weights(counts: dict, sources: Sequence[str], weights: Sequence[float],
                     temperature: float = 0.0) -> list[float]:
     """Configured weights; sources with weight 0 take their natural share of train tokens, or with
-    temperature T > 0 a share ~ n_tokens^(1/T) (T > 1 flattens the mixture toward small sources)."""
-    counts = shards.token_counts(data_dir)
+    temperature T > 0 a share ~ n_tokens^(1/T) (T > 1 flattens the mixture toward small sources).
+    counts: `shards.token_counts(run)`."""
     natural = [counts[shards.split_name("train", s)]["tokens"] for s in sources]
     if temperature > 0:
         natural = [n ** (1.0 / temperature) for n in natural]
@@ -115,14 +129,13 @@ def mixture_weights(data_dir: pathlib.Path, sources: Sequence[str], weights: Seq
     return [w / norm for w in out]
 
 
-def mean_doc_tokens(data_dir: pathlib.Path, sources: Sequence[str]) -> list[float]:
-    counts = shards.token_counts(data_dir)
+def mean_doc_tokens(counts: dict, sources: Sequence[str]) -> list[float]:
     return [counts[shards.split_name("train", s)]["tokens"] / max(counts[shards.split_name("train", s)]["docs"], 1)
             for s in sources]
 
 
 def train_iterator(
-    data_dir: pathlib.Path,
+    run: RunDir,
     sources: Sequence[str],
     weights: Sequence[float],
     *,
@@ -137,19 +150,20 @@ def train_iterator(
     read_threads: int = 0,
 ) -> grain.DatasetIterator:
     """Infinite, shuffled, mixed, packed batches of this process's share of the global batch."""
+    doc_tokens = mean_doc_tokens(shards.token_counts(run), sources)
     per_source = [
         source_dataset(
-            data_dir, "train", s, process_index=process_index, process_count=process_count, seed=seed + i
+            run, "train", s, process_index=process_index, process_count=process_count, seed=seed + i
         ).map(functools.partial(_tag_source, source_index=i)).to_iter_dataset(grain.ReadOptions(num_threads=read_threads))
         for i, s in enumerate(sources)
     ]
     if len(per_source) == 1:
         mixed = per_source[0]
     elif schedule:  # (step, token weights) stages after the first
-        stages = draw_boundaries([(0, weights), *schedule], mean_doc_tokens(data_dir, sources), batch_size * seq_len)
+        stages = draw_boundaries([(0, weights), *schedule], doc_tokens, batch_size * seq_len)
         mixed = ScheduledMixIterDataset(per_source, stages)
     else:
-        mixed = grain.IterDataset.mix(per_source, document_probabilities(weights, mean_doc_tokens(data_dir, sources)))
+        mixed = grain.IterDataset.mix(per_source, document_probabilities(weights, doc_tokens))
     ds = _pack_and_batch(mixed, seq_len, batch_size, drop_remainder=True, pack=pack, with_sources=True)
     if num_threads > 0:
         ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=num_threads)
@@ -158,12 +172,23 @@ def train_iterator(
 
 def empty_batch(batch_size: int, seq_len: int) -> dict:
     """A batch that contributes nothing (loss_mask 0): keeps collective step counts equal."""
-    ints = {k: np.zeros((batch_size, seq_len), np.int32) for k in ("inputs", "targets", "segment_ids", "positions")}
-    return {**ints, "loss_mask": np.zeros((batch_size, seq_len), np.float32)}
+    return {k: np.zeros((batch_size, seq_len), dtype) for k, dtype in BATCH_FIELDS.items()}
+
+
+def whole_rows(inputs_BxL: np.ndarray, targets_BxL: np.ndarray, loss_mask_BxL: np.ndarray | None = None) -> dict:
+    """A batch of unpacked rows (one sequence per row, from position 0), e.g. for scoring."""
+    B, L = inputs_BxL.shape
+    return {
+        "inputs": inputs_BxL.astype(np.int32),
+        "targets": targets_BxL.astype(np.int32),
+        "segment_ids": np.ones((B, L), np.int32),
+        "positions": np.broadcast_to(np.arange(L, dtype=np.int32), (B, L)).copy(),
+        "loss_mask": np.ones((B, L), np.float32) if loss_mask_BxL is None else loss_mask_BxL.astype(np.float32),
+    }
 
 
 def eval_batches(
-    data_dir: pathlib.Path,
+    run: RunDir,
     source: str,
     *,
     seq_len: int,
@@ -175,7 +200,7 @@ def eval_batches(
 ) -> Iterator[dict]:
     """One ordered pass over a source's held-out split; the last batch is padded (loss_mask 0)."""
     ds = source_dataset(
-        data_dir, "validation", source, process_index=process_index, process_count=process_count, seed=None, num_epochs=1
+        run, "validation", source, process_index=process_index, process_count=process_count, seed=None, num_epochs=1
     ).to_iter_dataset(grain.ReadOptions(num_threads=read_threads))
     for i, batch in enumerate(_pack_and_batch(ds, seq_len, batch_size, drop_remainder=False)):
         if i >= max_batches:

@@ -1,67 +1,55 @@
 """Data stages as library calls: corpus -> clean -> tokenizer -> token shards.
 
-Each stage writes into the run directory and is skipped when its output is
-already there, so re-running a pipeline resumes instead of redoing work.
+Each stage takes its own config sections and the run directory, writes into
+the run directory and is skipped when its output is already there, so
+re-running a pipeline resumes instead of redoing work.
 """
 
 from __future__ import annotations
 
 import json
-import pathlib
 import time
 
 from etils import epath
 
-from jaxtrain.config import ConfigError, RunConfig
-from jaxtrain.data import corpus, curate, curation_report, shards
+from jaxtrain.data import clean, corpus, curate, curation_report, shards
 from jaxtrain.data import tokenizer as tok
+from jaxtrain.data.config import DataConfig, TokenizerConfig
+from jaxtrain.errors import ConfigError
+from jaxtrain.rundir import RunDir
 from jaxtrain.utils import log
 
 
-def clean_dir(run_dir: pathlib.Path) -> pathlib.Path:
-    return run_dir / "data" / "clean"
-
-
-def tfds_dir(run_dir: pathlib.Path) -> pathlib.Path:
-    return run_dir / "data" / "tfds"
-
-
-def tokenizer_path(run_dir: pathlib.Path) -> pathlib.Path:
-    return run_dir / "tokenizer" / tok.MODEL_NAME
-
-
-def check_sources(cfg: RunConfig) -> None:
+def check_sources(d: DataConfig) -> None:
     """Refuse sources that cannot produce anything, before any work starts."""
-    for i, s in enumerate(cfg.data.sources):
+    for i, s in enumerate(d.sources):
         if s.type == "files" and not corpus.source_files(s.path):
             raise ConfigError(
                 f"data.sources[{i}].path: glob {s.path!r} (source {s.name!r}) matches no files; "
                 "check the path or quote the glob."
             )
-    for pattern in cfg.data.decontaminate:
+    for pattern in d.decontaminate:
         if not corpus.source_files(pattern):
             raise ConfigError(f"data.decontaminate: glob {pattern!r} matches no files; check the path.")
 
 
-def prepare_corpus(cfg: RunConfig, run_dir: pathlib.Path) -> dict:
+def prepare_corpus(d: DataConfig, run: RunDir) -> dict:
     """Curate (Beam pipeline) into data/clean: per-source JSONL splits, ledger and report."""
-    out_dir = epath.Path(clean_dir(run_dir))
-    report_path = out_dir / "report.json"
+    out_dir = RunDir(run).clean
+    report_path = RunDir(run).curation_report
     if report_path.exists():
         log(f"[prepare] reusing cleaned corpus in {out_dir}")
         return json.loads(report_path.read_text())
-    check_sources(cfg)
+    check_sources(d)
     tmp_dir = out_dir.with_name("clean.partial")
     if tmp_dir.exists():
         tmp_dir.rmtree()
     start = time.perf_counter()
-    workers = cfg.data.curate_workers
-    log(f"[prepare] curating {len(cfg.data.sources)} sources (Apache Beam, {workers} worker(s))")
-    curate.run(cfg, tmp_dir, workers)
-    names = [s.name for s in cfg.data.sources]
-    report = curation_report.build(sorted(tmp_dir.glob(f"{curate.LEDGER}-*.jsonl")), names)
+    log(f"[prepare] curating {len(d.sources)} sources (Apache Beam, {d.curate_workers} worker(s))")
+    curate.run(d, tmp_dir, d.curate_workers)
+    report = curation_report.build(clean.ledger_files(tmp_dir), d.source_names)
     curation_report.write(report, tmp_dir)
-    for s in cfg.data.sources:
+    for s in d.sources:
         r = report[s.name]
         if r["accounted"] != r["input_docs"]:
             raise RuntimeError(f"curation lost documents of {s.name!r}: {r['accounted']} accounted of {r['input_docs']}")
@@ -86,74 +74,47 @@ def _top(counter: dict, n: int = 4) -> dict:
     return dict(sorted(counter.items(), key=lambda kv: -kv[1])[:n])
 
 
-def prepare_tokenizer(cfg: RunConfig, run_dir: pathlib.Path) -> pathlib.Path:
-    path = tokenizer_path(run_dir)
+def prepare_tokenizer(t: TokenizerConfig, d: DataConfig, model_vocab_size: int, run: RunDir) -> epath.Path:
+    path = RunDir(run).tokenizer
     if path.exists():
         log(f"[tokenizer] reusing {path} (fingerprint {tok.fingerprint(path)})")
         return path
     start = time.perf_counter()
-    if cfg.tokenizer.model_file:
-        path = tok.install_tokenizer(cfg.tokenizer.model_file, path.parent)
+    if t.model_file:
+        path = tok.install_tokenizer(t.model_file, path.parent)
     else:
-        files = [f for s in cfg.data.sources for f in curate.split_files(clean_dir(run_dir), s.name, "train")]
-        log(f"[tokenizer] training {cfg.tokenizer.model_type} vocab={cfg.tokenizer.vocab_size} "
-            f"on <= {cfg.tokenizer.sample_bytes / 1e6:.1f} MB")
+        files = [f for name in d.source_names for f in clean.split_files(RunDir(run).clean, name, "train")]
+        log(f"[tokenizer] training {t.model_type} vocab={t.vocab_size} on <= {t.sample_bytes / 1e6:.1f} MB")
         path = tok.train_tokenizer(
             files,
             path.parent,
-            vocab_size=cfg.tokenizer.vocab_size,
-            model_type=cfg.tokenizer.model_type,
-            byte_fallback=cfg.tokenizer.byte_fallback,
-            sample_bytes=cfg.tokenizer.sample_bytes,
-            special_tokens=cfg.tokenizer.special_tokens,
+            vocab_size=t.vocab_size,
+            model_type=t.model_type,
+            byte_fallback=t.byte_fallback,
+            sample_bytes=t.sample_bytes,
+            special_tokens=t.special_tokens,
         )
     sp = tok.load(path)
-    if sp.vocab_size() > cfg.model.vocab_size:
+    if sp.vocab_size() > model_vocab_size:
         raise ConfigError(
-            f"tokenizer: {path} has {sp.vocab_size()} pieces but model.vocab_size={cfg.model.vocab_size}; "
+            f"tokenizer: {path} has {sp.vocab_size()} pieces but model.vocab_size={model_vocab_size}; "
             f"set model.vocab_size={sp.vocab_size()}."
         )
     log(f"[tokenizer] {path} in {time.perf_counter() - start:.1f}s (fingerprint {tok.fingerprint(path)})")
     return path
 
 
-def prepare_shards(cfg: RunConfig, run_dir: pathlib.Path) -> dict:
-    data_dir = tfds_dir(run_dir)
-    counts_path = data_dir / "token_counts.json"
-    if counts_path.exists():
-        log(f"[tokenize] reusing token shards in {data_dir}")
-        return json.loads(counts_path.read_text())
+def prepare_shards(d: DataConfig, run: RunDir) -> dict:
+    run = RunDir(run)
+    if run.token_counts.exists():
+        log(f"[tokenize] reusing token shards in {run.tfds}")
+        return json.loads(run.token_counts.read_text())
     start = time.perf_counter()
     log("[tokenize] encoding the cleaned corpus into ArrayRecord shards (TFDS builder)")
-    counts = shards.build_shards(
-        clean_dir(run_dir), tokenizer_path(run_dir), [s.name for s in cfg.data.sources], data_dir
-    )
+    counts = shards.build_shards(run, d.source_names)
     total = sum(c["tokens"] for c in counts.values())
     nbytes = sum(c["bytes"] for c in counts.values())
     log(f"[tokenize] {total:,} tokens from {nbytes / 1e6:.1f} MB in {time.perf_counter() - start:.1f}s")
     for name, c in counts.items():
         log(f"[tokenize]   {name:32s} {c['docs']:6d} docs {c['tokens']:10,d} tokens")
     return counts
-
-
-def tasks_dir(run_dir: pathlib.Path) -> pathlib.Path:
-    return run_dir / "tasks"
-
-
-def prepare_tasks(cfg: RunConfig, run_dir: pathlib.Path) -> None:
-    """Built-in downstream tasks from the held-out documents (see jaxtrain.evaluate.tasks)."""
-    from jaxtrain.evaluate.tasks import BUILTIN_TASKS, build_tasks
-
-    out = tasks_dir(run_dir)
-    if all((out / f"{name}.jsonl").exists() for name in BUILTIN_TASKS):
-        return
-    paths = build_tasks(clean_dir(run_dir), out, cfg.eval.task_examples, cfg.data.shuffle_seed)
-    sizes = {name: len(p.read_text().splitlines()) for name, p in paths.items()}
-    log(f"[tasks] built from held-out text: {sizes} examples in {out}")
-
-
-def prepare_all(cfg: RunConfig, run_dir: pathlib.Path) -> None:
-    prepare_corpus(cfg, run_dir)
-    prepare_tokenizer(cfg, run_dir)
-    prepare_shards(cfg, run_dir)
-    prepare_tasks(cfg, run_dir)

@@ -18,7 +18,9 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
+from jaxtrain.data import clean
 from jaxtrain.data import tokenizer as tok
+from jaxtrain.rundir import RunDir
 
 DATASET_NAME = "jaxtrain_tokens"
 ENCODE_BATCH = 256
@@ -59,10 +61,8 @@ class TokenShards(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, split: str, source: str) -> Iterator[tuple[str, dict]]:
         sp = tok.load(self._tokenizer_path)
         counts = self.counts.setdefault(split_name(split, source), {"docs": 0, "tokens": 0, "bytes": 0})
-        from jaxtrain.data.curate import split_files
-
         batch: list[dict] = []
-        for path in split_files(self._clean_dir, source, split):
+        for path in clean.split_files(self._clean_dir, source, split):
             with path.open(encoding="utf-8") as f:
                 for line in f:
                     batch.append(json.loads(line))
@@ -84,25 +84,27 @@ class TokenShards(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield record["id"], {"tokens": tokens}
 
 
-def build_shards(clean_dir: pathlib.Path, tokenizer_path: pathlib.Path, sources: list[str], data_dir: pathlib.Path) -> dict:
+def build_shards(run: RunDir, sources: list[str]) -> dict:
+    """Encode the run's clean corpus with its tokenizer; write the shards and token_counts.json."""
+    run = RunDir(run)
     tfds.disable_progress_bar()  # our own log lines report progress
     builder = TokenShards(
-        clean_dir=clean_dir,
-        tokenizer_path=tokenizer_path,
+        clean_dir=run.clean,
+        tokenizer_path=run.tokenizer,
         sources=sources,
-        data_dir=str(data_dir),
+        data_dir=str(run.tfds),
         file_format="array_record",
     )
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
-    counts_path = epath.Path(data_dir) / "token_counts.json"
-    counts_path.write_text(json.dumps(builder.counts, indent=2))
+    run.token_counts.write_text(json.dumps(builder.counts, indent=2))
     return builder.counts
 
 
-def data_source(data_dir: pathlib.Path, split: str, source: str):
+def data_source(run: RunDir, split: str, source: str):
     """Random-access ArrayRecord source for one split of one source."""
-    return tfds.data_source(DATASET_NAME, split=split_name(split, source), data_dir=str(data_dir))
+    return tfds.data_source(DATASET_NAME, split=split_name(split, source), data_dir=str(RunDir(run).tfds))
 
 
-def token_counts(data_dir: pathlib.Path) -> dict:
-    return json.loads((epath.Path(data_dir) / "token_counts.json").read_text())
+def token_counts(run: RunDir) -> dict:
+    """Per split: documents, predicted tokens and UTF-8 bytes, recorded when the shards were written."""
+    return json.loads(RunDir(run).token_counts.read_text())

@@ -3,19 +3,19 @@
 from __future__ import annotations
 
 import math
-import pathlib
 from typing import Any, Callable
 
 import jax
 import numpy as np
 
 from jaxtrain.data import loader, shards
+from jaxtrain.rundir import RunDir
 
 
 def evaluate(
     eval_step: Callable[[Any, dict], dict],
     params: Any,
-    data_dir: pathlib.Path,
+    run: RunDir,
     sources: list[str],
     *,
     seq_len: int,
@@ -30,13 +30,13 @@ def evaluate(
     when the whole held-out split is evaluated, otherwise the bytes are
     prorated by the share of tokens evaluated.
     """
-    counts = shards.token_counts(data_dir)
+    counts = shards.token_counts(run)
     results: dict[str, float] = {}
     total_loss = total_tokens = total_bytes = 0.0
     for source in sources:
         loss_sum = tokens = 0.0
         batches = list(loader.eval_batches(
-            data_dir,
+            run,
             source,
             seq_len=seq_len,
             batch_size=batch_size,
@@ -66,19 +66,19 @@ def evaluate(
 
 
 def unigram_baseline(
-    data_dir: pathlib.Path, sources: list[str], vocab_size: int, *, seq_len: int, batch_size: int, max_batches: int
+    run: RunDir, sources: list[str], vocab_size: int, *, seq_len: int, batch_size: int, max_batches: int
 ) -> float:
     """Cross-entropy (nats) of add-one-smoothed train-split unigram frequencies on the same eval tokens."""
     counts = np.ones(vocab_size, dtype=np.float64)
     for source in sources:
-        src = shards.data_source(data_dir, "train", source)
+        src = shards.data_source(run, "train", source)
         for i in range(len(src)):
             counts += np.bincount(np.asarray(src[i]["tokens"][1:]), minlength=vocab_size)[:vocab_size]
     logp = np.log(counts / counts.sum())
     nll = tokens = 0.0
     for source in sources:
         for batch in loader.eval_batches(
-            data_dir, source, seq_len=seq_len, batch_size=batch_size, max_batches=max_batches
+            run, source, seq_len=seq_len, batch_size=batch_size, max_batches=max_batches
         ):
             mask = batch["loss_mask"] > 0
             nll -= float(logp[batch["targets"][mask]].sum())

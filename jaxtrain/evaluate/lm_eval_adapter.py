@@ -11,9 +11,16 @@ or from the shell: `lm_eval --model jaxtrain --model_args run_dir=runs/demo --ta
 
 from __future__ import annotations
 
-from etils import epath
 from lm_eval.api.model import LM
 from lm_eval.api.registry import register_model
+
+from jaxtrain.config import load_run_config
+from jaxtrain.data import tokenizer as tok
+from jaxtrain.evaluate.sampling import generate
+from jaxtrain.evaluate.tasks import make_scorer
+from jaxtrain.rundir import RunDir
+from jaxtrain.train.step import make_forward
+from jaxtrain.train.trainer import load_params
 
 
 @register_model("jaxtrain")
@@ -21,24 +28,16 @@ class JaxtrainLM(LM):
     def __init__(self, run_dir: str, step: int | None = None, batch_size: int | str = 8, max_gen_toks: int = 64,
                  **overrides) -> None:
         super().__init__()
-        from jaxtrain.config import load_run_config
-        from jaxtrain.data import prepare
-        from jaxtrain.data import tokenizer as tok
-        from jaxtrain.evaluate.tasks import make_scorer
-        from jaxtrain.train.loop import load_params
-        from jaxtrain.train.step import make_forward
-
-        run = epath.Path(run_dir)
-        cfg = load_run_config(run, ["mesh.dcn=1", "mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1"])
-        self.session, self.params, self.step = load_params(cfg, run, step)
-        self.sp = tok.load(prepare.tokenizer_path(run))
-        self.tok = tok
-        self.seq_len = cfg.data.seq_len
+        run = RunDir(run_dir)
+        cfg = load_run_config(run.root, ["mesh.dcn=1", "mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1"])
+        self.trainer, self.params, self.step = load_params(cfg, run, step)
+        self.sp = tok.load(run.tokenizer)
+        self.seq_len = self.trainer.seq_len
         self.max_gen_toks = max_gen_toks
-        self._score = make_scorer(make_forward(self.session.spec.graphdef, None, None), self.seq_len, int(batch_size))
+        self._score = make_scorer(make_forward(self.trainer.spec.graphdef, None, None), self.seq_len, int(batch_size))
 
     def _encode_pair(self, context: str, continuation: str) -> tuple[list[int], list[int]]:
-        return [self.tok.BOS_ID, *self.sp.encode(context)], self.sp.encode(continuation)
+        return [tok.BOS_ID, *self.sp.encode(context)], self.sp.encode(continuation)
 
     def loglikelihood(self, requests) -> list[tuple[float, bool]]:
         return self._score(self.params, [self._encode_pair(*r.args) for r in requests])
@@ -51,23 +50,21 @@ class JaxtrainLM(LM):
             pairs, start = [], 0
             while start < len(ids):
                 end = min(start + self.seq_len // 2, len(ids))
-                pairs.append(([self.tok.BOS_ID, *ids[max(0, start - self.seq_len // 2):start]], ids[start:end]))
+                pairs.append(([tok.BOS_ID, *ids[max(0, start - self.seq_len // 2):start]], ids[start:end]))
                 start = end
             out.append(sum(lp for lp, _ in self._score(self.params, pairs)))
         return out
 
     def generate_until(self, requests) -> list[str]:
-        from jaxtrain.evaluate.sampling import generate
-
         outputs = []
         for r in requests:
             context, kwargs = r.args
             until = kwargs.get("until") or []
             until = [until] if isinstance(until, str) else list(until)
-            ids = [self.tok.BOS_ID, *self.sp.encode(context)][-(self.seq_len // 2):]
-            new = generate(self.session.spec.graphdef, self.params, [ids],
+            ids = [tok.BOS_ID, *self.sp.encode(context)][-(self.seq_len // 2):]
+            new = generate(self.trainer.spec.graphdef, self.params, [ids],
                            max_new_tokens=int(kwargs.get("max_gen_toks", self.max_gen_toks)),
-                           temperature=float(kwargs.get("temperature", 0.0)), eos_id=self.tok.EOS_ID)[0]
+                           temperature=float(kwargs.get("temperature", 0.0)), eos_id=tok.EOS_ID)[0]
             text = self.sp.decode(new)
             for stop in until:
                 text = text.split(stop)[0]

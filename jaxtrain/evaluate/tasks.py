@@ -24,7 +24,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jaxtrain.data import clean
 from jaxtrain.data import tokenizer as tok
+from jaxtrain.data.loader import whole_rows
+from jaxtrain.rundir import RunDir
+from jaxtrain.utils import log
 
 BUILTIN_TASKS = ("next_line", "last_word")
 
@@ -33,11 +37,10 @@ def make_scorer(forward: Callable, seq_len: int, batch_size: int) -> Callable:
     """(params, [(context_ids, continuation_ids)]) -> [(logprob, is_greedy)] for each pair."""
 
     @jax.jit
-    def token_scores(params, inputs, targets):
-        batch = {"inputs": inputs, "positions": jnp.broadcast_to(jnp.arange(seq_len), inputs.shape),
-                 "segment_ids": jnp.ones_like(inputs)}
+    def token_scores(params, batch):
         logits = forward(params, batch)
         logp = jax.nn.log_softmax(logits, axis=-1)
+        targets = batch["targets"]
         target_lp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
         return target_lp, jnp.argmax(logits, axis=-1) == targets
 
@@ -54,7 +57,7 @@ def make_scorer(forward: Callable, seq_len: int, batch_size: int) -> Callable:
                 inputs[row, : len(ids) - 1] = ids[:-1]
                 targets[row, : len(ids) - 1] = ids[1:]
                 spans.append((len(ids) - 1 - n_cont, len(ids) - 1))
-            lp, greedy = jax.device_get(token_scores(params, inputs, targets))
+            lp, greedy = jax.device_get(token_scores(params, whole_rows(inputs, targets)))
             for row, (a, b) in enumerate(spans):
                 results.append((float(lp[row, a:b].sum()), bool(greedy[row, a:b].all())))
         return results
@@ -96,9 +99,23 @@ def read_task(path: pathlib.Path) -> list[dict]:
     return examples
 
 
+def builtin_task_paths(run: RunDir) -> list[pathlib.Path]:
+    return [RunDir(run).tasks / f"{name}.jsonl" for name in BUILTIN_TASKS]
+
+
+def prepare_tasks(run: RunDir, examples: int, seed: int) -> None:
+    """The built-in tasks from the run's held-out documents, unless they are already there."""
+    run = RunDir(run)
+    if all(p.exists() for p in builtin_task_paths(run)):
+        return
+    paths = build_tasks(run.clean, run.tasks, examples, seed)
+    sizes = {name: len(p.read_text().splitlines()) for name, p in paths.items()}
+    log(f"[tasks] built from held-out text: {sizes} examples in {run.tasks}")
+
+
 def _held_out_docs(clean_dir: pathlib.Path) -> list[tuple[str, str]]:
     docs = []
-    for path in sorted(clean_dir.glob("*.validation*.jsonl")):
+    for path in clean.all_split_files(clean_dir, "validation"):
         for line in path.read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
             docs.append((record["source"], record["text"]))

@@ -8,6 +8,7 @@ config, steps and tokens seen, and the latest eval results.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import pathlib
@@ -15,13 +16,16 @@ import shutil
 
 import jax
 import numpy as np
-import yaml
-from etils import epath
+from safetensors.numpy import load_file, save_file
 
+from jaxtrain import yamlconf
 from jaxtrain.config import RunConfig, save_config, to_dict
-from jaxtrain.data import prepare, shards
+from jaxtrain.data import clean, shards
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.export import hf
+from jaxtrain.rundir import RunDir
+from jaxtrain.train.checkpoint import checkpoint_meta
+from jaxtrain.train.trainer import build_trainer, load_params
 
 KNOWN_LICENSES = {
     "stdlib_code": "PSF-2.0 (CPython standard library)",
@@ -39,10 +43,11 @@ def _sha256(paths: list[pathlib.Path]) -> str:
     return digest.hexdigest()
 
 
-def provenance(cfg: RunConfig, run_dir: pathlib.Path) -> dict:
-    clean_dir = prepare.clean_dir(run_dir)
-    report = json.loads((clean_dir / "report.json").read_text())
-    counts = shards.token_counts(prepare.tfds_dir(run_dir))
+def provenance(cfg: RunConfig, run_dir: str | RunDir) -> dict:
+    run = RunDir(run_dir)
+    clean_dir = run.clean
+    report = json.loads(run.curation_report.read_text())
+    counts = shards.token_counts(run)
     sources = []
     for s in cfg.data.sources:
         r = report[s.name]
@@ -52,7 +57,8 @@ def provenance(cfg: RunConfig, run_dir: pathlib.Path) -> dict:
             "location": s.path or f"embedded:{s.name}",
             "content": s.content,
             "license": KNOWN_LICENSES.get(s.name, "unknown") if s.type == "embedded" else "unknown (user files)",
-            "cleaned_sha256": _sha256(sorted(clean_dir.glob(f"{s.name}.*.jsonl"))),
+            "cleaned_sha256": _sha256([*clean.split_files(clean_dir, s.name, "train"),
+                                       *clean.split_files(clean_dir, s.name, "validation")]),
             "documents": {
                 "input": r["input_docs"], "unreadable": sum(r["unreadable"].values()),
                 "removed_by_rule": r["removed"], "duplicates": r["duplicates"], "pii_replaced": r["pii_replaced"],
@@ -64,8 +70,8 @@ def provenance(cfg: RunConfig, run_dir: pathlib.Path) -> dict:
     return {"sources": sources}
 
 
-def _latest_eval(run_dir: pathlib.Path) -> dict:
-    path = run_dir / "metrics.jsonl"
+def _latest_eval(run_dir: str | RunDir) -> dict:
+    path = RunDir(run_dir).metrics
     if not path.exists():
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -73,14 +79,18 @@ def _latest_eval(run_dir: pathlib.Path) -> dict:
     return evals[-1] if evals else {}
 
 
-def model_card(cfg: RunConfig, run_dir: pathlib.Path, step: int, fingerprint: str) -> str:
+def tokens_seen(cfg: RunConfig, step: int) -> int:
+    return step * cfg.train.batch_size * cfg.data.seq_len
+
+
+def model_card(cfg: RunConfig, run_dir: str | RunDir, step: int, fingerprint: str) -> str:
     prov = provenance(cfg, run_dir)
     ev = _latest_eval(run_dir)
-    tokens_seen = step * cfg.train.batch_size * cfg.data.seq_len
+    seen = tokens_seen(cfg, step)
     lines = [
         f"# {cfg.name}: jaxtrain base model, step {step}",
         "",
-        f"Trained with jaxtrain for {step} steps ({tokens_seen:,} tokens seen) of {cfg.train.steps} planned.",
+        f"Trained with jaxtrain for {step} steps ({seen:,} tokens seen) of {cfg.train.steps} planned.",
         f"Tokenizer: sentencepiece {cfg.tokenizer.model_type}, {cfg.model.vocab_size} pieces, fingerprint `{fingerprint}`.",
         "",
         "## Training data provenance",
@@ -101,25 +111,22 @@ def model_card(cfg: RunConfig, run_dir: pathlib.Path, step: int, fingerprint: st
         lines += [f"- step {ev['step']}: " + ", ".join(f"{k} = {v:.4f}" for k, v in ev.items() if k.startswith("eval/"))]
     else:
         lines += ["- none recorded"]
-    lines += ["", "## Training config", "", "```yaml", yaml.safe_dump(to_dict(cfg), sort_keys=False).strip(), "```", ""]
+    lines += ["", "## Training config", "", "```yaml", yamlconf.dump(cfg).strip(), "```", ""]
     lines += ["Machine-readable provenance: `provenance.json`."]
     return "\n".join(lines) + "\n"
 
 
-def export_run(cfg: RunConfig, run_dir: pathlib.Path, out_dir: pathlib.Path, step: int | None = None) -> pathlib.Path:
-    from safetensors.numpy import save_file
-
-    from jaxtrain.train.loop import load_params
-
+def export_run(cfg: RunConfig, run_dir: str | RunDir, out_dir: pathlib.Path, step: int | None = None) -> pathlib.Path:
+    run = RunDir(run_dir)
     hf.architecture(cfg.model)  # refuse unsupported architectures before restoring anything
-    _, params, step = load_params(cfg, run_dir, step)
+    _, params, step = load_params(cfg, run, step)
     tensors = hf.to_hf_tensors(cfg.model, jax.device_get(params))
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v for k, v in tensors.items() if not (cfg.model.tie_embeddings and k == "lm_head.weight")}
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt", "jaxtrain_step": str(step)})
     (out_dir / "config.json").write_text(json.dumps(hf.hf_config(cfg.model, tok.BOS_ID, tok.EOS_ID), indent=2))
-    tokenizer_path = prepare.tokenizer_path(run_dir)
+    tokenizer_path = run.tokenizer
     shutil.copyfile(tokenizer_path, out_dir / "tokenizer.model")
     (out_dir / "tokenizer_config.json").write_text(json.dumps({
         "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
@@ -128,16 +135,14 @@ def export_run(cfg: RunConfig, run_dir: pathlib.Path, out_dir: pathlib.Path, ste
     }, indent=2))
     fingerprint = tok.fingerprint(tokenizer_path)
     (out_dir / "provenance.json").write_text(json.dumps(
-        {**provenance(cfg, run_dir), "tokenizer_fingerprint": fingerprint, "step": step,
-         "tokens_seen": step * cfg.train.batch_size * cfg.data.seq_len, "latest_eval": _latest_eval(run_dir)},
+        {**provenance(cfg, run), "tokenizer_fingerprint": fingerprint, "step": step,
+         "tokens_seen": tokens_seen(cfg, step), "latest_eval": _latest_eval(run)},
         indent=2))
-    (out_dir / "README.md").write_text(model_card(cfg, run_dir, step, fingerprint))
+    (out_dir / "README.md").write_text(model_card(cfg, run, step, fingerprint))
     return out_dir
 
 
 def load_hf_dir(hf_dir: pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
-    from safetensors.numpy import load_file
-
     hf_dir = pathlib.Path(hf_dir)
     config = json.loads((hf_dir / "config.json").read_text())
     tensors: dict[str, np.ndarray] = {}
@@ -151,34 +156,30 @@ def load_hf_dir(hf_dir: pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 def import_hf(hf_dir: pathlib.Path, base: RunConfig, run_dir: pathlib.Path) -> RunConfig:
     """A new run directory whose step-0 checkpoint holds the Hugging Face Llama weights."""
-    import dataclasses
-
-    from jaxtrain.train.session import build_session
-
     config, tensors = load_hf_dir(hf_dir)
     model_cfg = hf.model_config_from_hf(config, dtype=base.model.dtype, param_dtype=base.model.param_dtype,
                                         attention=base.model.attention, remat=base.model.remat)
     params_np = hf.from_hf_tensors(model_cfg, tensors)
-    run_dir = epath.Path(run_dir)
+    run = RunDir(run_dir)
     tokenizer_src = pathlib.Path(hf_dir) / "tokenizer.model"
     if not tokenizer_src.exists():
         raise FileNotFoundError(f"{hf_dir}: no tokenizer.model (sentencepiece); jaxtrain needs it to tokenize new data.")
-    tok_path = tok.install_tokenizer(tokenizer_src, prepare.tokenizer_path(run_dir).parent)
+    tok_path = tok.install_tokenizer(tokenizer_src, run.tokenizer.parent)
     cfg = dataclasses.replace(
         base,
         model=model_cfg,
         tokenizer=dataclasses.replace(base.tokenizer, vocab_size=model_cfg.vocab_size, model_file=str(tok_path)),
         data=dataclasses.replace(base.data, seq_len=min(base.data.seq_len, model_cfg.max_seq_len)),
-        run_dir=str(run_dir),
+        run_dir=str(run),
     )
-    session = build_session(cfg, run_dir)
-    fresh = session.init_state()
-    params = jax.tree.map(lambda x, sh: jax.device_put(x, sh), params_np, session.shardings.params)
-    state = fresh.replace(params=params, opt_state=session.tx.init(params))
-    ckpt = session.checkpointer()
-    meta = {"step": 0, "tokenizer_fingerprint": tok.fingerprint(tok_path), "tokens_seen": 0, "config": to_dict(cfg),
-            "imported_from": str(hf_dir)}
+    trainer = build_trainer(cfg, run)
+    fresh = trainer.init_state()
+    params = jax.tree.map(lambda x, sh: jax.device_put(x, sh), params_np, trainer.shardings.params)
+    state = fresh.replace(params=params, opt_state=trainer.tx.init(params))
+    ckpt = trainer.checkpointer()
+    meta = checkpoint_meta(0, to_dict(cfg), tok.fingerprint(tok_path), trainer.tokens_per_step,
+                           imported_from=str(hf_dir))
     ckpt.save(0, state, None, meta, force=True)
     ckpt.close()
-    save_config(cfg, run_dir / "config.yaml")
+    save_config(cfg, run.config)
     return cfg

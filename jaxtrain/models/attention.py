@@ -12,6 +12,12 @@ import functools
 
 import jax
 import jax.numpy as jnp
+from jax.experimental.pallas.ops.tpu.splash_attention import (
+    splash_attention_kernel as splash,
+)
+from jax.experimental.pallas.ops.tpu.splash_attention import (
+    splash_attention_mask as masks,
+)
 from jax.sharding import PartitionSpec
 
 from jaxtrain.parallel.constraints import active_mesh_and_rules, logical_to_spec
@@ -78,9 +84,6 @@ def jax_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL) -> jax.Array
 
 def _splash_local(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL, *, interpret: bool) -> jax.Array:
     """Splash on one device's shard: vmapped over batch, GQA by repeating K/V heads."""
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_kernel as splash
-    from jax.experimental.pallas.ops.tpu.splash_attention import splash_attention_mask as masks
-
     B, L, H, K = q_BxLxHxK.shape
     G = k_BxLxGxK.shape[2]
     q = jnp.transpose(q_BxLxHxK * (K**-0.5), (0, 2, 1, 3))  # splash does not scale

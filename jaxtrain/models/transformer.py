@@ -22,6 +22,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxtrain.errors import check
 from jaxtrain.models.attention import cached_attention, dot_product_attention
 from jaxtrain.models.remat import remat_policy
 from jaxtrain.parallel.constraints import constrain
@@ -57,9 +58,28 @@ class ModelConfig:
     scan_layers: bool = True  # one compiled layer body under lax.scan: flat compile time in depth
     remat: Literal["none", "full", "save_dots", "offload_dots"] = "none"
 
+    def __post_init__(self) -> None:
+        for key in ("vocab_size", "num_layers", "embed_dim", "num_heads", "num_kv_heads", "mlp_dim", "max_seq_len"):
+            check(getattr(self, key) > 0, f"model.{key}: must be positive, got {getattr(self, key)}.")
+        check(self.num_heads % self.num_kv_heads == 0,
+              f"model.num_kv_heads: {self.num_kv_heads} must divide model.num_heads={self.num_heads}.")
+        check(self.head_dim > 0 or self.embed_dim % self.num_heads == 0,
+              f"model.embed_dim: {self.embed_dim} is not divisible by model.num_heads={self.num_heads}; set model.head_dim.")
+        check(self.pos_embedding != "rope" or self.resolved_head_dim % 2 == 0, "model.head_dim: RoPE needs an even head dim.")
+
     @property
     def resolved_head_dim(self) -> int:
         return self.head_dim or self.embed_dim // self.num_heads
+
+    def axis_sizes(self) -> dict[str, tuple[int, str]]:
+        """Size of each logical parameter axis that the mesh may shard, with the config key that sets it."""
+        return {
+            "heads": (self.num_heads, "model.num_heads"),
+            "kv_heads": (self.num_kv_heads, "model.num_kv_heads"),
+            "mlp": (self.mlp_dim, "model.mlp_dim"),
+            "vocab": (self.vocab_size, "model.vocab_size"),
+            "embed": (self.embed_dim, "model.embed_dim"),
+        }
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], std: float, dtype) -> nnx.Param:

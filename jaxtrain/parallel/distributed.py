@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import os
 
+import jax
+
 
 def initialize_from_env(
     coordinator: str | None = None,
@@ -21,8 +23,6 @@ def initialize_from_env(
     auto: bool = False,
 ) -> bool:
     """Start jax.distributed if asked to; True when running multi-process."""
-    import jax
-
     coordinator = coordinator or os.environ.get("JAXTRAIN_COORDINATOR")
     if num_processes is None and "JAXTRAIN_NUM_PROCESSES" in os.environ:
         num_processes = int(os.environ["JAXTRAIN_NUM_PROCESSES"])

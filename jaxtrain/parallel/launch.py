@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -20,8 +21,6 @@ from jaxtrain.utils import log
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as s:
         s.bind(("localhost", 0))
         return s.getsockname()[1]

@@ -9,6 +9,7 @@ slower data-center network, once per step.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any, Sequence
 
@@ -18,6 +19,7 @@ from flax import nnx
 from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxtrain.errors import ConfigError, check
 from jaxtrain.parallel.constraints import logical_to_spec
 
 MESH_AXES = ("dcn", "data", "fsdp", "tensor")
@@ -36,8 +38,65 @@ RULES: dict[str, str | tuple[str, ...] | None] = {
 }
 
 
-class MeshError(ValueError):
-    pass
+# What to suggest when a sharded dimension does not divide its mesh axis.
+_DIVISIBILITY_FIX = {
+    "heads": "pick a tensor size that divides the heads",
+    "kv_heads": "use a tensor size that divides the key/value heads (or more model.num_kv_heads)",
+    "vocab": "pad the vocabulary (e.g. model.vocab_size={padded}) or use mesh.tensor=1",
+    "embed": "use an fsdp size that divides the width",
+    "mlp": "use a tensor size that divides the MLP width",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Mesh axis sizes; one may be -1 to take the remaining devices."""
+
+    dcn: int = 1  # data parallel across slices (multislice)
+    data: int = -1
+    fsdp: int = 1
+    tensor: int = 1
+
+    def __post_init__(self) -> None:
+        for axis, size in self.shape().items():
+            check(size == -1 or size > 0, f"mesh.{axis}: must be positive or -1 (fill), got {size}.")
+        fill = [axis for axis, size in self.shape().items() if size == -1]
+        check(len(fill) <= 1, f"mesh: only one axis may be -1, got {fill}; set the others explicitly.")
+
+    def shape(self) -> dict[str, int]:
+        return {"dcn": self.dcn, "data": self.data, "fsdp": self.fsdp, "tensor": self.tensor}
+
+
+def check_divisible(shape: dict[str, int], axis_sizes: dict[str, tuple[int, str]], rules: dict | None = None) -> None:
+    """Every parameter dimension sharded over a mesh axis must divide evenly (axes still -1 are skipped).
+
+    axis_sizes: logical axis -> (size, config key), e.g. ModelConfig.axis_sizes()."""
+    rules = RULES if rules is None else rules
+    for logical, (size, key) in axis_sizes.items():
+        target = rules.get(logical)
+        for axis in (target,) if isinstance(target, str) else tuple(target or ()):
+            n = shape.get(axis, 1)
+            fix = _DIVISIBILITY_FIX.get(logical, "change the mesh").format(padded=-(-size // 128) * 128)
+            check(n <= 0 or size % n == 0, f"mesh.{axis}: {n} must divide {key}={size}; {fix}.")
+
+
+def check_batch(shape: dict[str, int], batch_size: int, microbatches: int) -> None:
+    """The global batch splits evenly over the data-parallel axes, and each replica's share over microbatches."""
+    dp = shape["dcn"] * shape["data"] * shape["fsdp"]
+    check(
+        batch_size % dp == 0,
+        f"train.batch_size: {batch_size} is not divisible by the data-parallel size "
+        f"{dp} (mesh.dcn={shape['dcn']} x mesh.data={shape['data']} x mesh.fsdp={shape['fsdp']}); "
+        f"use a multiple of {dp}.",
+    )
+    check(
+        (batch_size // dp) % microbatches == 0,
+        f"train.microbatches: {microbatches} must divide the per-replica batch {batch_size // dp}.",
+    )
+
+
+class MeshError(ConfigError):
+    """The mesh does not fit the devices."""
 
 
 def resolve_mesh_shape(shape: dict[str, int], num_devices: int) -> dict[str, int]:
@@ -59,6 +118,26 @@ def resolve_mesh_shape(shape: dict[str, int], num_devices: int) -> dict[str, int
             f"set one axis to -1 (e.g. mesh.data=-1) or make the product {num_devices}."
         )
     return shape
+
+
+def build_mesh(
+    cfg: MeshConfig,
+    devices: Sequence[jax.Device] | None = None,
+    *,
+    axis_sizes: dict[str, tuple[int, str]] | None = None,
+    batch_size: int | None = None,
+    microbatches: int = 1,
+) -> Mesh:
+    """The device mesh, after the checks that need the device count: the shape fills the devices,
+    sharded parameter dimensions divide their axes, and the batch divides the data-parallel size.
+    Run once per process, before any work (the pipeline builds the mesh first)."""
+    devices = list(devices if devices is not None else jax.devices())
+    shape = resolve_mesh_shape(cfg.shape(), len(devices))
+    if axis_sizes is not None:
+        check_divisible(shape, axis_sizes)
+    if batch_size is not None:
+        check_batch(shape, batch_size, microbatches)
+    return make_mesh(shape, devices)
 
 
 def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:

@@ -1,4 +1,4 @@
-"""FLOPs per token, chip peaks and MFU (see shared REFERENCE: PaLM appendix B).
+"""FLOPs per token and MFU (chip peaks: jaxtrain.hardware) (see shared REFERENCE: PaLM appendix B).
 
 flops_per_token = 6 * N + 12 * L * H * Q * T, with N the parameters in matmuls
 (no embedding lookup, no norms or biases; the output head counted once, also
@@ -11,22 +11,8 @@ Rematerialization is not counted: this is MFU, not HFU.
 
 from __future__ import annotations
 
+from jaxtrain import hardware
 from jaxtrain.models.transformer import ModelConfig
-
-# Dense bf16 peak FLOP/s per chip, keyed by jax Device.device_kind.
-PEAK_FLOPS = {
-    "TPU v4": 275e12,
-    "TPU v5 lite": 197e12,
-    "TPU v5e": 197e12,
-    "TPU v5": 459e12,
-    "TPU v5p": 459e12,
-    "TPU v6 lite": 918e12,
-    "TPU v6e": 918e12,
-}
-GPU_PEAK_FLOPS = {"H100": 989e12, "H200": 989e12}  # matched inside names like "NVIDIA H100 80GB HBM3"
-
-# HBM per chip in bytes, for fit checks.
-HBM_BYTES = {"v4": 32 * 2**30, "v5e": 16 * 2**30, "v5p": 95 * 2**30, "v6e": 32 * 2**30}
 
 
 def matmul_params(cfg: ModelConfig) -> int:
@@ -45,12 +31,7 @@ def flops_per_token(cfg: ModelConfig, seq_len: int, causal: bool = True) -> floa
 
 def peak_flops(device_kind: str) -> float | None:
     """Dense bf16 peak of one chip, or None for an unknown device (CPU): MFU is then n/a."""
-    if device_kind in PEAK_FLOPS:
-        return PEAK_FLOPS[device_kind]
-    for marker, peak in GPU_PEAK_FLOPS.items():
-        if marker in device_kind:
-            return peak
-    return None
+    return hardware.peak_flops(device_kind)
 
 
 def mfu(flops_per_tok: float, tokens_per_s: float, n_chips: int, peak: float | None) -> float | None:

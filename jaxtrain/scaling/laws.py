@@ -15,6 +15,9 @@ import math
 from typing import Sequence
 
 import numpy as np
+from matplotlib.figure import Figure
+from scipy.optimize import minimize
+from scipy.special import logsumexp
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,9 +69,6 @@ def _huber(r: np.ndarray, delta: float) -> np.ndarray:
 
 def fit_law(n_params: Sequence[float], n_tokens: Sequence[float], losses: Sequence[float], delta: float = 1e-3) -> LawConstants:
     """Approach 3: fit (log A, log B, log E, alpha, beta) by L-BFGS on Huber(log L_pred - log L)."""
-    from scipy.optimize import minimize
-    from scipy.special import logsumexp
-
     log_n, log_d, log_l = (np.log(np.asarray(x, dtype=np.float64)) for x in (n_params, n_tokens, losses))
 
     def objective(theta):
@@ -109,13 +109,9 @@ def power_law(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
 
 
 def plot_fit(path, n_params, n_tokens, losses, c: LawConstants, flops=None) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     n_params, n_tokens, losses = (np.asarray(x, dtype=np.float64) for x in (n_params, n_tokens, losses))
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig = Figure(figsize=(11, 4.2))  # no pyplot: no global backend state
+    axes = fig.subplots(1, 2)
     pred = c.loss(n_params, n_tokens)
     axes[0].scatter(pred, losses, s=18)
     lo, hi = float(min(pred.min(), losses.min())), float(max(pred.max(), losses.max()))
@@ -133,4 +129,3 @@ def plot_fit(path, n_params, n_tokens, losses, c: LawConstants, flops=None) -> N
     axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

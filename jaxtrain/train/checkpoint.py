@@ -22,6 +22,8 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
+from jaxtrain.rundir import RunDir
+
 
 class _FrozenIteratorState:
     """Iterator state captured at save time.
@@ -45,8 +47,14 @@ def checkpoint_dir(directory: str | pathlib.Path) -> epath.Path:
     return path if "://" in str(directory) else path.absolute()
 
 
+def checkpoint_meta(step: int, config: dict, fingerprint: str, tokens_per_step: int, **extra) -> dict:
+    """The `meta` item of every checkpoint (trained or imported): what resume checks against."""
+    return {"step": step, "tokenizer_fingerprint": fingerprint, "tokens_seen": step * tokens_per_step,
+            "config": config, **extra}
+
+
 class Checkpointer:
-    def __init__(self, directory: pathlib.Path, keep: int, async_save: bool = True, permanent_every: int = 0):
+    def __init__(self, run: RunDir, keep: int, async_save: bool = True, permanent_every: int = 0):
         policies: list = [preservation.LatestN(n=keep)]
         if permanent_every > 0:
             policies.append(preservation.EveryNSteps(interval_steps=permanent_every))
@@ -56,7 +64,8 @@ class Checkpointer:
             preservation_policy=preservation.AnyPreservationPolicy(policies),
             cleanup_tmp_directories=True,  # leftovers of a save killed mid-write
         )
-        self.directory = checkpoint_dir(directory)
+        self.run = RunDir(run)
+        self.directory = checkpoint_dir(self.run.checkpoints)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
 
     def latest_step(self) -> int | None:
@@ -68,7 +77,7 @@ class Checkpointer:
 
     def quarantine(self, step: int, reason: str = "corrupt") -> pathlib.Path:
         """Move a checkpoint out of the run's way (kept for inspection, never deleted)."""
-        target = self.directory.with_name(f"{self.directory.name}.{reason}") / str(step)
+        target = checkpoint_dir(self.run.set_aside(reason)) / str(step)
         if jax.process_index() == 0:
             target.parent.mkdir(parents=True, exist_ok=True)
             if target.exists():

@@ -1,47 +1,42 @@
-"""The training loop: resume, step, log, evaluate, checkpoint, recover.
+"""The training loop: resume, then step, and after each step ask: log? stop? eval? save?
 
 Everything stateful lives in the run directory; calling `train` again on the
 same directory continues from the latest valid checkpoint with the same data
 order. SIGTERM/SIGINT save the current step and raise `Preempted`; repeated
 bad steps roll back to the last checkpoint and skip the offending data.
+Evaluation is a hook of (params, step): `jaxtrain.pipeline` passes an
+`Evaluator`, and this package never imports `jaxtrain.evaluate`.
 """
 
 from __future__ import annotations
 
-import pathlib
 import time
 from typing import Any, Callable
 
 import jax
 import numpy as np
-from etils import epath
 
 from jaxtrain.config import RunConfig, save_config, to_dict
-from jaxtrain.data import loader, prepare
+from jaxtrain.data import loader, shards
 from jaxtrain.data import tokenizer as tok
-from jaxtrain.evaluate.report import MetricsWriter
+from jaxtrain.rundir import RunDir
 from jaxtrain.scaling import flops
 from jaxtrain.train import resume
+from jaxtrain.train.checkpoint import Checkpointer, checkpoint_meta
+from jaxtrain.train.meters import MixtureMeter, Throughput
+from jaxtrain.train.metrics import MetricsWriter
 from jaxtrain.train.preemption import Preempted, PreemptionWatcher
-from jaxtrain.train.session import Session, build_session
+from jaxtrain.train.resume import TrainingDiverged
+from jaxtrain.train.trainer import Trainer, build_trainer
 from jaxtrain.utils import format_duration, log
+
+__all__ = ["EvalHook", "FaultInjector", "TrainingDiverged", "run", "train"]
 
 # A test hook: index of the batch drawn from the data iterator (0, 1, ...; it never rewinds) -> loss
 # scale for that batch (None: untouched). Models bad data: used to inject spikes and NaNs.
 FaultInjector = Callable[[int], float | None]
-
-
-class TrainingDiverged(RuntimeError):
-    pass
-
-
-def format_eval(results: dict[str, float]) -> str:
-    per_source = " ".join(
-        f"{k.split('/')[1]}={v:.3f}" for k, v in results.items() if k.count("/") == 2 and k.endswith("/loss")
-    )
-    tasks = " ".join(f"{k.split('/')[1]}={v:.2f}" for k, v in results.items() if k.startswith("tasks/") and k.endswith("/acc"))
-    return (f"eval loss {results['eval/loss']:.4f} (ppl {results['eval/perplexity']:.1f}, "
-            f"{results['eval/bpb']:.3f} bits/byte) [{per_source}]" + (f" tasks acc [{tasks}]" if tasks else ""))
+# (params, step) -> eval results; the hook logs and records them itself (jaxtrain.evaluate.Evaluator).
+EvalHook = Callable[[Any, int], dict[str, float]]
 
 
 def _bar(fraction: float, width: int = 20) -> str:
@@ -49,205 +44,182 @@ def _bar(fraction: float, width: int = 20) -> str:
     return "[" + "#" * filled + "." * (width - filled) + "]"
 
 
-def train(
-    cfg: RunConfig,
-    run_dir: str | pathlib.Path,
-    *,
-    max_steps_this_run: int | None = None,
-    devices: list | None = None,
-    fault_injector: FaultInjector | None = None,
-) -> dict:
+def train(cfg: RunConfig, run_dir: str | RunDir, *, evaluate: EvalHook | None = None,
+          metrics: MetricsWriter | None = None, max_steps_this_run: int | None = None, devices: list | None = None,
+          fault_injector: FaultInjector | None = None) -> dict:
     """Train to cfg.train.steps (or stop after max_steps_this_run, as an interruption would)."""
-    run_dir = epath.Path(run_dir)
-    session = build_session(cfg, run_dir, devices)
-    if jax.process_index() == 0:
-        save_config(cfg, run_dir / "config.yaml")
-    data_dir = prepare.tfds_dir(run_dir)
-    fingerprint = tok.fingerprint(prepare.tokenizer_path(run_dir))
-    weights = loader.mixture_weights(data_dir, session.sources, [s.weight for s in cfg.data.sources],
-                                     temperature=cfg.data.mixture_temperature)
-    local_batch = cfg.train.batch_size // jax.process_count()
-    data_iter = loader.train_iterator(
-        data_dir,
-        session.sources,
-        weights,
-        seq_len=cfg.data.seq_len,
-        batch_size=local_batch,
-        seed=cfg.data.shuffle_seed,
-        process_index=jax.process_index(),
-        process_count=jax.process_count(),
-        num_threads=cfg.data.num_threads,
-        pack=cfg.data.pack,
-        schedule=[(s.step, s.weights) for s in cfg.data.mixture_schedule],
-        read_threads=cfg.data.read_threads,
+    return run(build_trainer(cfg, run_dir, devices=devices), evaluate=evaluate, metrics=metrics,
+               max_steps_this_run=max_steps_this_run, fault_injector=fault_injector)
+
+
+def data_iterator(trainer: Trainer) -> tuple[Any, list[float]]:
+    """This process's share of the training batches, and the resolved mixture weights."""
+    d = trainer.cfg.data
+    weights = loader.mixture_weights(shards.token_counts(trainer.run), trainer.sources, [s.weight for s in d.sources],
+                                     temperature=d.mixture_temperature)
+    iterator = loader.train_iterator(
+        trainer.run, trainer.sources, weights,
+        seq_len=trainer.seq_len, batch_size=trainer.local_batch_size, seed=d.shuffle_seed,
+        process_index=jax.process_index(), process_count=jax.process_count(),
+        num_threads=d.num_threads, pack=d.pack, schedule=[(s.step, s.weights) for s in d.mixture_schedule],
+        read_threads=d.read_threads,
     )
-    checkpointer = session.checkpointer()
+    return iterator, weights
+
+
+def run(trainer: Trainer, *, evaluate: EvalHook | None = None, metrics: MetricsWriter | None = None,
+        max_steps_this_run: int | None = None, fault_injector: FaultInjector | None = None) -> dict:
+    """Resume (or start) the run of `trainer` and train; returns step, state, last eval, trainer, rollbacks."""
+    cfg, run_dir = trainer.cfg, trainer.run
+    if jax.process_index() == 0:
+        save_config(cfg, run_dir.config)
+    fingerprint = tok.fingerprint(run_dir.tokenizer)
+    data_iter, weights = data_iterator(trainer)
+    checkpointer = trainer.checkpointer()
     t0 = time.perf_counter()
-    restored = resume.restore_latest_valid(checkpointer, session.abstract_state(), data_iter, cfg, fingerprint)
+    restored = resume.restore_latest_valid(checkpointer, trainer.abstract_state(), data_iter, cfg, fingerprint)
     if restored is not None:
         state, _, step = restored
         log(f"[train] resuming from checkpoint step {step} in {checkpointer.directory} ({time.perf_counter() - t0:.1f}s)")
     else:
-        state = session.init_state()
+        state = trainer.init_state()
         log("[train] no checkpoint found: starting from step 0")
+    metrics = metrics or MetricsWriter(run_dir, enabled=jax.process_index() == 0)
     try:
         with PreemptionWatcher() as watcher:
-            return _loop(session, state, data_iter, checkpointer, fingerprint, weights, watcher,
-                         max_steps_this_run, fault_injector, restart_time=time.perf_counter() - t0)
+            loop = _Loop(trainer, state, data_iter, checkpointer, metrics, fingerprint, weights, evaluate, watcher,
+                         fault_injector)
+            return loop.run(max_steps_this_run, restart_time=time.perf_counter() - t0)
     finally:
         checkpointer.close()
 
 
-def _loop(session: Session, state, data_iter, checkpointer, fingerprint: str, weights, watcher,
-          max_steps_this_run: int | None, fault_injector: FaultInjector | None, restart_time: float) -> dict:
-    cfg, run_dir = session.cfg, session.run_dir
-    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
-    n_chips = len(session.mesh.devices.flat)
-    flops_per_tok = flops.flops_per_token(cfg.model, cfg.data.seq_len, causal=True)
-    peak = flops.peak_flops(session.mesh.devices.flat[0].device_kind)
-    step = int(jax.device_get(state.step))
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(state.params))
-    log(
-        f"[train] model {n_params / 1e6:.2f}M params | mesh {dict(session.mesh.shape)} on {n_chips} "
-        f"{session.mesh.devices.flat[0].platform} devices | batch {cfg.train.batch_size}x{cfg.data.seq_len} | "
-        f"mixture {dict(zip(session.sources, (round(w, 3) for w in weights)))}"
-    )
-    peak_text = f"{peak / 1e12:.0f} TFLOP/s/chip" if peak else f"unknown for {session.mesh.devices.flat[0].device_kind!r}, MFU n/a"
-    log(f"[train] {flops_per_tok / 1e6:.1f} MFLOPs/token (6N + causal attention); peak {peak_text}")
-    metrics_log = MetricsWriter(run_dir, enabled=jax.process_index() == 0)
-    total = cfg.train.steps
-    end_step = total if max_steps_this_run is None else min(total, step + max_steps_this_run)
-    if step >= total:
-        log(f"[train] already at step {step} of {total}: nothing to train.")
+class _Loop:
+    """One invocation of training: the state it carries between steps and the questions it asks after each."""
 
-    def save(at: int) -> None:
-        meta = {"step": at, "tokenizer_fingerprint": fingerprint, "tokens_seen": at * tokens_per_step, "config": to_dict(cfg)}
-        t = time.perf_counter()
-        checkpointer.save(at, state, data_iter, meta, force=True)
-        blocked = time.perf_counter() - t
-        log(f"[ckpt] step {at}: saving (training blocked {blocked * 1000:.0f} ms; the write continues in the background)")
-        metrics_log.write({"step": at, "checkpoint_blocking_s": blocked})
-        metrics_log.flush()  # metrics as durable as the checkpoint (matters on gs://)
+    def __init__(self, trainer: Trainer, state, data_iter, checkpointer: Checkpointer, metrics: MetricsWriter,
+                 fingerprint: str, weights: list[float], evaluate: EvalHook | None, watcher: PreemptionWatcher,
+                 fault_injector: FaultInjector | None):
+        self.trainer, self.cfg = trainer, trainer.cfg
+        self.state, self.data_iter, self.checkpointer, self.metrics = state, data_iter, checkpointer, metrics
+        self.fingerprint, self.weights, self.evaluate, self.watcher = fingerprint, weights, evaluate, watcher
+        self.fault_injector = fault_injector
+        self.step = int(jax.device_get(state.step))
+        self.batches_drawn = 0
+        self.rollbacks = 0
+        self.compiled = None
+        self.last_eval: dict[str, float] = {}
+        self.last_save_time = time.perf_counter()
+        devices = trainer.mesh.devices.flat
+        self.n_chips = len(devices)
+        self.flops_per_token = flops.flops_per_token(self.cfg.model, trainer.seq_len, causal=True)
+        self.peak = flops.peak_flops(devices[0].device_kind)
+        self.throughput = Throughput(trainer.tokens_per_step, self.n_chips, self.flops_per_token, self.peak)
+        self.mixture = MixtureMeter(trainer.sources)
 
-    compiled = None
-    last_eval: dict[str, float] = {}
-    rollbacks = 0
-    last_save_time = time.perf_counter()
-    window_start, window_steps = time.perf_counter(), 0
-    run_start = time.perf_counter()
-    batches_drawn = 0
-    mix_window = np.zeros(len(session.sources), np.int64)  # target tokens per source in this log window
-    mix_tokens = np.zeros(len(session.sources), np.int64)  # ... and since the last eval report
-    while step < end_step:
-        batch = next(data_iter)
-        mix_window += loader.realized_mixture(batch, len(session.sources))
+    def run(self, max_steps_this_run: int | None, restart_time: float) -> dict:
+        cfg, total = self.cfg, self.cfg.train.steps
+        self._log_header()
+        end_step = total if max_steps_this_run is None else min(total, self.step + max_steps_this_run)
+        if self.step >= total:
+            log(f"[train] already at step {self.step} of {total}: nothing to train.")
+        run_start = time.perf_counter()
+        while self.step < end_step:
+            metrics = self._train_step(restart_time - run_start)
+            if self.step % cfg.train.log_every == 0 or self.step == end_step:
+                metrics = self._log(metrics)
+                if int(metrics["bad_streak"]) >= cfg.train.max_bad_steps:
+                    self._rollback(metrics)
+                    end_step = total if max_steps_this_run is None else end_step
+                    continue
+            if self.watcher.should_stop(self.step, self.checkpointer.manager):
+                self._save()
+                self.checkpointer.wait()
+                log(f"[train] {self.watcher.signal_name or 'preemption notice'}: checkpoint of step {self.step} "
+                    "committed; exiting")
+                raise Preempted(self.step)
+            if self.step % cfg.eval.every_steps == 0 or self.step == total:
+                self._evaluate()
+            if self._save_due(end_step):
+                self._save()
+                self.last_save_time = time.perf_counter()
+        self.checkpointer.wait()
+        self.metrics.close()
+        log(f"[train] stopped at step {self.step} after {format_duration(time.perf_counter() - run_start)}; "
+            f"checkpoints in {self.checkpointer.directory}")
+        return {"step": self.step, "state": self.state, "eval": self.last_eval, "trainer": self.trainer,
+                "rollbacks": self.rollbacks}
+
+    def _log_header(self) -> None:
+        t, device = self.trainer, self.trainer.mesh.devices.flat[0]
+        n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(self.state.params))
+        log(f"[train] model {n_params / 1e6:.2f}M params | mesh {dict(t.mesh.shape)} on {self.n_chips} "
+            f"{device.platform} devices | batch {t.batch_size}x{t.seq_len} | "
+            f"mixture {dict(zip(t.sources, (round(w, 3) for w in self.weights)))}")
+        peak = f"{self.peak / 1e12:.0f} TFLOP/s/chip" if self.peak else f"unknown for {device.device_kind!r}, MFU n/a"
+        log(f"[train] {self.flops_per_token / 1e6:.1f} MFLOPs/token (6N + causal attention); peak {peak}")
+
+    def _train_step(self, restart_offset: float) -> dict:
+        batch = next(self.data_iter)
+        self.mixture.add(batch)
         del batch["source_ids"]
-        scale = fault_injector(batches_drawn) if fault_injector else None
-        batches_drawn += 1
+        scale = self.fault_injector(self.batches_drawn) if self.fault_injector else None
+        self.batches_drawn += 1
         batch["loss_scale"] = np.full((batch["inputs"].shape[0],), 1.0 if scale is None else scale, np.float32)
-        batch = session.to_global(batch)
-        if compiled is None:
+        batch = self.trainer.to_global(batch)
+        if self.compiled is None:
             t = time.perf_counter()
-            compiled = session.train_step.lower(state, batch).compile()
+            self.compiled = self.trainer.train_step.lower(self.state, batch).compile()
             log(f"[train] compiled train step in {time.perf_counter() - t:.1f}s "
-                f"(restart to first step: {restart_time + time.perf_counter() - run_start:.1f}s)")
-            window_start = time.perf_counter()
-        state, metrics = compiled(state, batch)
-        step += 1
-        window_steps += 1
-        if step % cfg.train.log_every == 0 or step == end_step:
-            metrics = jax.device_get(metrics)  # blocks: the window's time is real compute time
-            elapsed = time.perf_counter() - window_start
-            step_time = elapsed / window_steps
-            tok_s = tokens_per_step / step_time
-            util = flops.mfu(flops_per_tok, tok_s, n_chips, peak)
-            skipped = int(metrics["skipped_total"])
-            log(
-                f"step {step:>6}/{total} {_bar(step / total)} loss {float(metrics['loss']):.4f} "
-                f"| gnorm {float(metrics['grad_norm']):.3f} | {tok_s:,.0f} tok/s | {tok_s / n_chips:,.0f} tok/s/chip "
-                f"| MFU {'n/a' if util is None else f'{util:.1%}'} | {step_time * 1000:.0f} ms/step "
-                f"| eta {format_duration((total - step) * step_time)}"
-                + (f" | skipped {skipped} rollbacks {rollbacks}" if skipped or rollbacks else "")
-            )
-            metrics_log.write(
-                {"step": step, "loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
-                 "tokens_per_s": tok_s, "tokens_per_s_per_chip": tok_s / n_chips, "mfu": util,
-                 "step_time_s": step_time, "skipped_steps": skipped, "rollbacks": rollbacks,
-                 "loss_zscore": float(metrics["loss_zscore"]), "time": time.time(),
-                 **{f"mix/{s}": float(n / max(mix_window.sum(), 1)) for s, n in zip(session.sources, mix_window)}}
-            )
-            mix_tokens += mix_window
-            mix_window[:] = 0
-            window_start, window_steps = time.perf_counter(), 0
-            if int(metrics["bad_streak"]) >= cfg.train.max_bad_steps:
-                state, step, rollbacks = _rollback(session, checkpointer, step, rollbacks, metrics)
-                end_step = total if max_steps_this_run is None else end_step
-                continue
-        if watcher.should_stop(step, checkpointer.manager):
-            save(step)
-            checkpointer.wait()
-            log(f"[train] {watcher.signal_name or 'preemption notice'}: checkpoint of step {step} committed; exiting")
-            raise Preempted(step)
-        if step % cfg.eval.every_steps == 0 or step == total:
-            last_eval = session.evaluate(state.params)
-            log(f"[eval] step {step}: {format_eval(last_eval)}")
-            share = mix_tokens / max(mix_tokens.sum(), 1)
-            stage = [s for s in cfg.data.mixture_schedule if s.step <= step]
-            target = [w / sum(stage[-1].weights) for w in stage[-1].weights] if stage else weights
-            log("[data] realized mixture (target tokens since the last report): "
-                + ", ".join(f"{s} {x:.1%} (configured {w:.1%})" for s, x, w in zip(session.sources, share, target)))
-            mix_tokens[:] = 0
-            metrics_log.write({"step": step, **last_eval})
-            metrics_log.write_eval({"step": step, **last_eval}, kind="in-loop")
-            window_start, window_steps = time.perf_counter(), 0
-        minutes = cfg.checkpoint.every_minutes
-        timed_out = minutes > 0 and time.perf_counter() - last_save_time >= 60 * minutes
-        if step % cfg.checkpoint.every_steps == 0 or step == end_step or timed_out:
-            save(step)
-            last_save_time = time.perf_counter()
-    checkpointer.wait()
-    metrics_log.close()
-    log(f"[train] stopped at step {step} after {format_duration(time.perf_counter() - run_start)}; "
-        f"checkpoints in {checkpointer.directory}")
-    return {"step": step, "state": state, "eval": last_eval, "session": session, "rollbacks": rollbacks}
+                f"(restart to first step: {restart_offset + time.perf_counter():.1f}s)")
+            self.throughput.restart()
+        self.state, metrics = self.compiled(self.state, batch)
+        self.step += 1
+        self.throughput.step()
+        return metrics
 
+    def _log(self, metrics: dict) -> dict:
+        metrics = jax.device_get(metrics)  # blocks: the window's time is real compute time
+        total = self.cfg.train.steps
+        speed = self.throughput.measure()
+        util, skipped = speed["mfu"], int(metrics["skipped_total"])
+        log(f"step {self.step:>6}/{total} {_bar(self.step / total)} loss {float(metrics['loss']):.4f} "
+            f"| gnorm {float(metrics['grad_norm']):.3f} | {speed['tokens_per_s']:,.0f} tok/s "
+            f"| {speed['tokens_per_s_per_chip']:,.0f} tok/s/chip | MFU {'n/a' if util is None else f'{util:.1%}'} "
+            f"| {speed['step_time_s'] * 1000:.0f} ms/step | eta {format_duration((total - self.step) * speed['step_time_s'])}"
+            + (f" | skipped {skipped} rollbacks {self.rollbacks}" if skipped or self.rollbacks else ""))
+        self.metrics.write({"step": self.step, "loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
+                            **speed, "skipped_steps": skipped, "rollbacks": self.rollbacks,
+                            "loss_zscore": float(metrics["loss_zscore"]), "time": time.time(),
+                            **self.mixture.window_shares()})
+        return metrics
 
-def _rollback(session: Session, checkpointer, step: int, rollbacks: int, metrics: dict):
-    """Back to the last checkpoint's weights; the data iterator keeps its place, so the bad window is skipped."""
-    cfg = session.cfg
-    checkpointer.wait()
-    streak = int(metrics["bad_streak"])
-    good = [s for s in checkpointer.all_steps() if s <= step - streak]  # saved before the streak began
-    where = f"step {step} (loss {float(metrics['loss']):.4g}, grad norm {float(metrics['grad_norm']):.4g})"
-    if rollbacks >= cfg.train.max_rollbacks or not good:
-        reason = "no earlier checkpoint to roll back to" if not good else f"{rollbacks} rollbacks already"
-        raise TrainingDiverged(
-            f"training cannot recover at {where}: {streak} bad steps in a row and {reason}. "
-            "Lower optimizer.learning_rate, raise train.max_rollbacks, or inspect the data around this step."
-        )
-    target = good[-1]
-    state = resume.restore_state_only(checkpointer, session.abstract_state(), target)
-    for newer in (s for s in checkpointer.all_steps() if s > target):  # the abandoned branch
-        checkpointer.quarantine(newer, reason="abandoned")
-    # Counters carry on across the rollback: the streak is over, the skipped total is not forgotten.
-    guard = state.guard
-    state = state.replace(guard={**guard, "bad_streak": guard["bad_streak"] * 0,
-                                 "skipped": guard["skipped"] * 0 + int(metrics["skipped_total"])})
-    log(f"[train] rollback {rollbacks + 1}: {streak} bad steps in a row at {where}; "
-        f"restored checkpoint {target}, skipping the {step - target} batches since then")
-    return state, target, rollbacks + 1
+    def _rollback(self, metrics: dict) -> None:
+        self.state, self.step = resume.rollback(self.checkpointer, self.trainer.abstract_state(), self.step,
+                                                self.rollbacks, self.cfg.train.max_rollbacks, metrics)
+        self.rollbacks += 1
 
+    def _evaluate(self) -> None:
+        if self.evaluate is None:
+            return
+        self.last_eval = self.evaluate(self.state.params, self.step)
+        stages = [s for s in self.cfg.data.mixture_schedule if s.step <= self.step]
+        target = [w / sum(stages[-1].weights) for w in stages[-1].weights] if stages else self.weights
+        log("[data] realized mixture (target tokens since the last report): " + self.mixture.report(target))
+        self.metrics.write({"step": self.step, **self.last_eval})
+        self.throughput.restart()
 
-def load_params(cfg: RunConfig, run_dir: pathlib.Path, step: int | None = None) -> tuple[Session, Any, int]:
-    """Restore a checkpoint's parameters (latest by default) onto a fresh mesh."""
-    session = build_session(cfg, run_dir)
-    checkpointer = session.checkpointer()
-    steps = checkpointer.all_steps()
-    step = steps[-1] if (step is None and steps) else step
-    if step is None:
-        raise FileNotFoundError(f"{checkpointer.directory}: no checkpoints; run `jaxtrain train` first.")
-    if step not in steps:
-        raise FileNotFoundError(f"{checkpointer.directory}: no checkpoint for step {step}; have {steps}.")
-    state, _ = checkpointer.restore(step, session.abstract_state())
-    checkpointer.close()
-    return session, state.params, step
+    def _save_due(self, end_step: int) -> bool:
+        minutes = self.cfg.checkpoint.every_minutes
+        timed_out = minutes > 0 and time.perf_counter() - self.last_save_time >= 60 * minutes
+        return self.step % self.cfg.checkpoint.every_steps == 0 or self.step == end_step or timed_out
+
+    def _save(self) -> None:
+        meta = checkpoint_meta(self.step, to_dict(self.cfg), self.fingerprint, self.trainer.tokens_per_step)
+        t = time.perf_counter()
+        self.checkpointer.save(self.step, self.state, self.data_iter, meta, force=True)
+        blocked = time.perf_counter() - t
+        log(f"[ckpt] step {self.step}: saving (training blocked {blocked * 1000:.0f} ms; the write continues "
+            "in the background)")
+        self.metrics.write({"step": self.step, "checkpoint_blocking_s": blocked})
+        self.metrics.flush()  # metrics as durable as the checkpoint (matters on gs://)

@@ -1,4 +1,4 @@
-"""Finding the checkpoint to resume from, and refusing the wrong one.
+"""Finding the checkpoint to resume from, refusing the wrong one, and rolling back after a bad streak.
 
 A checkpoint is used only if its metadata matches the run (same tokenizer,
 same architecture; a different mesh, device count or execution choice such as
@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from jaxtrain.config import RunConfig, to_dict
+from jaxtrain.errors import JaxtrainError
 from jaxtrain.train.checkpoint import Checkpointer
 from jaxtrain.utils import log
 
@@ -19,8 +20,12 @@ from jaxtrain.utils import log
 EXECUTION_ONLY = {"dtype", "attention", "attention_interpret", "scan_layers", "remat"}
 
 
-class IncompatibleCheckpoint(RuntimeError):
-    pass
+class IncompatibleCheckpoint(JaxtrainError, RuntimeError):
+    """A checkpoint that reads back but belongs to another model or tokenizer."""
+
+
+class TrainingDiverged(JaxtrainError, RuntimeError):
+    """Bad steps kept coming after every rollback allowed."""
 
 
 def check_compatible(meta: dict, cfg: RunConfig, fingerprint: str, where: str) -> None:
@@ -75,6 +80,30 @@ def restore_latest_valid(
     return None
 
 
-def restore_state_only(checkpointer: Checkpointer, abstract_state: Any, step: int) -> Any:
-    state, _ = checkpointer.restore(step, abstract_state)
-    return state
+def rollback(checkpointer: Checkpointer, abstract_state: Any, step: int, rollbacks: int, max_rollbacks: int,
+             metrics: dict) -> tuple[Any, int]:
+    """Back to the last checkpoint saved before the bad streak began: (state, its step).
+
+    The data iterator keeps its place, so the batches since then are skipped
+    (PaLM's remedy). Newer checkpoints, on the abandoned branch, are set aside."""
+    checkpointer.wait()
+    streak = int(metrics["bad_streak"])
+    good = [s for s in checkpointer.all_steps() if s <= step - streak]  # saved before the streak began
+    where = f"step {step} (loss {float(metrics['loss']):.4g}, grad norm {float(metrics['grad_norm']):.4g})"
+    if rollbacks >= max_rollbacks or not good:
+        reason = "no earlier checkpoint to roll back to" if not good else f"{rollbacks} rollbacks already"
+        raise TrainingDiverged(
+            f"training cannot recover at {where}: {streak} bad steps in a row and {reason}. "
+            "Lower optimizer.learning_rate, raise train.max_rollbacks, or inspect the data around this step."
+        )
+    target = good[-1]
+    state, _ = checkpointer.restore(target, abstract_state)
+    for newer in (s for s in checkpointer.all_steps() if s > target):  # the abandoned branch
+        checkpointer.quarantine(newer, reason="abandoned")
+    # Counters carry on across the rollback: the streak is over, the skipped total is not forgotten.
+    guard = state.guard
+    state = state.replace(guard={**guard, "bad_streak": guard["bad_streak"] * 0,
+                                 "skipped": guard["skipped"] * 0 + int(metrics["skipped_total"])})
+    log(f"[train] rollback {rollbacks + 1}: {streak} bad steps in a row at {where}; "
+        f"restored checkpoint {target}, skipping the {step - target} batches since then")
+    return state, target

@@ -1,10 +1,11 @@
-"""IsoFLOP sweeps: a ladder of model sizes trained to fixed compute budgets, then a fit.
+"""Driving scaling studies: IsoFLOP sweeps of real runs, fits, and compute-optimal plans.
 
-Each (budget, size) pair is a real training run (`jaxtrain.train.loop.train`)
-in its own run directory that shares the base run's prepared data and
-tokenizer; steps = budget / (FLOPs per token x tokens per step). Results go
-to `sweep.jsonl`, one line per run, which `fit_sweep` turns into law
-constants, IsoFLOP optima and a plot.
+The laws and FLOP counts live in `jaxtrain.scaling`; this module drives them.
+Each (budget, size) pair of a sweep is a real training run
+(`jaxtrain.pipeline.train`) in its own run directory that shares the base
+run's prepared data and tokenizer; steps = budget / (FLOPs per token x tokens
+per step). Results go to `sweep.jsonl`, one line per run, which `fit_sweep`
+turns into law constants, IsoFLOP optima and a plot.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ import pathlib
 import shutil
 from typing import Sequence
 
-from jaxtrain.config import RunConfig, validate
+from jaxtrain import hardware, pipeline
+from jaxtrain.config import CONFIG_DIR, RunConfig, load_config
+from jaxtrain.rundir import RunDir
 from jaxtrain.scaling import laws
 from jaxtrain.scaling.flops import flops_per_token, matmul_params
 from jaxtrain.utils import log
@@ -50,8 +53,6 @@ def run_sweep(
     base: RunConfig, base_run: pathlib.Path, out_dir: pathlib.Path, budgets: Sequence[float],
     ladder: Sequence[tuple[int, int]] = DEFAULT_LADDER,
 ) -> list[dict]:
-    from jaxtrain.train.loop import train
-
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "sweep.jsonl"
     done = {(r["flops"], r["layers"], r["width"]) for r in read_results(results_path)}
@@ -61,12 +62,13 @@ def run_sweep(
                 continue
             run_dir = out_dir / f"C{budget:.0e}-L{layers}-D{width}"
             cfg = rung_config(base, layers, width, budget, run_dir)
-            validate(cfg)
-            for part in ("data", "tokenizer"):
-                if not (run_dir / part).exists():
-                    shutil.copytree(base_run / part, run_dir / part)
+            source, target = RunDir(base_run), RunDir(run_dir)
+            # the base run's prepared data and tokenizer, shared by every rung
+            for src, dst in ((source.data, target.data), (source.tokenizer.parent, target.tokenizer.parent)):
+                if not dst.exists():
+                    shutil.copytree(src, dst)
             log(f"[sweep] budget {budget:.2e} FLOPs: {layers} layers x {width} wide, {cfg.train.steps} steps")
-            result = train(cfg, run_dir)
+            result = pipeline.train(cfg, run_dir)
             tokens = cfg.train.steps * cfg.train.batch_size * cfg.data.seq_len
             record = {
                 "flops": budget, "layers": layers, "width": width, "params": matmul_params(cfg.model),
@@ -104,8 +106,6 @@ def fit_sweep(results: list[dict], out_dir: pathlib.Path) -> dict:
 
 def nearest_preset(n_params: float) -> tuple[str, float]:
     """The preset in configs/ whose matmul-parameter count is closest in log space."""
-    from jaxtrain.config import CONFIG_DIR, load_config
-
     best = None
     for path in sorted(CONFIG_DIR.glob("*.yaml")):
         n = matmul_params(load_config(path.stem).model)
@@ -113,3 +113,27 @@ def nearest_preset(n_params: float) -> tuple[str, float]:
         if best is None or score < best[2]:
             best = (path.stem, n, score)
     return best[0], best[1]
+
+
+def plan(flops: float | None = None, chip_hours: float | None = None, chip: str | None = None, mfu: float = 0.4,
+         constants_file: str | None = None) -> str:
+    """`jaxtrain scaling plan`: the compute-optimal N and D for a budget, in FLOPs or chip-hours."""
+    constants = laws.EPOCH_AI
+    if constants_file:
+        constants = laws.LawConstants(**json.loads(pathlib.Path(constants_file).read_text())["constants"])
+    if flops:
+        budget = flops
+    elif chip_hours and chip:
+        budget = laws.flops_from_chip_hours(chip_hours, hardware.CHIPS[chip].peak_flops, mfu)
+    else:
+        raise ValueError("give flops, or chip_hours with chip (and mfu)")
+    result = laws.compute_optimal(budget, constants)
+    preset, preset_n = nearest_preset(result.params)
+    source = f"fit {constants_file}" if constants_file else "Epoch AI replication of Chinchilla"
+    return "\n".join([
+        f"compute        {budget:.3e} FLOPs",
+        f"parameters     {result.params:.3e}  (compute-optimal N)",
+        f"tokens         {result.tokens:.3e}  ({result.tokens_per_param:.1f} tokens per parameter)",
+        f"predicted loss {result.predicted_loss:.3f}  (constants: {source})",
+        f"nearest preset {preset} ({preset_n:.3e} matmul parameters)",
+    ])

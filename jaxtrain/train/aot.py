@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import pathlib
 import re
+import time
 
 import jax
 import jax.numpy as jnp
+from jax.experimental import topologies
 
-from jaxtrain.config import ConfigError, RunConfig
+from jaxtrain import hardware
+from jaxtrain.config import RunConfig
+from jaxtrain.errors import ConfigError
 from jaxtrain.scaling import flops
+from jaxtrain.train.trainer import build_trainer
 
-GENERATIONS = {"v4": "v4", "v5p": "v5p", "v5e": "v5e", "v5litepod": "v5e", "v6e": "v6e"}
-_CORES_PER_CHIP = {"v4": 2, "v5p": 2, "v5e": 1, "v6e": 1}  # in accelerator-type names (v5p-128 = 64 chips)
+AOT_GENERATIONS = ("v4", "v5e", "v5p", "v6e")  # the TPU generations libtpu describes for AOT compilation
 
 
 def topology_name(accelerator: str) -> tuple[str, str]:
@@ -29,14 +32,13 @@ def topology_name(accelerator: str) -> tuple[str, str]:
     explicit = re.fullmatch(r"(v4|v5p|v5e|v6e):(\d+(?:x\d+){1,2})", accelerator)
     if explicit:
         return explicit.group(1), accelerator
-    match = re.fullmatch(r"(v4|v5p|v5e|v5litepod|v6e)-(\d+)", accelerator)
-    if not match:
+    parsed = hardware.parse_accelerator_type(accelerator)
+    if parsed is None or parsed[0].name not in AOT_GENERATIONS:
         raise ConfigError(
             f"--topology {accelerator!r}: expected an accelerator type like v5e-8, v5p-128, v4-32, v6e-16 "
             "or an explicit topology like v5e:2x4."
         )
-    gen = GENERATIONS[match.group(1)]
-    chips = int(match.group(2)) // _CORES_PER_CHIP[gen]
+    gen, chips = parsed[0].name, parsed[1]
     if chips < 1 or chips & (chips - 1):
         raise ConfigError(f"--topology {accelerator!r}: {chips} chips is not a power of two.")
     if gen in ("v4", "v5p"):  # 3D torus from 2x2x1: double the smallest axis, the last one on ties
@@ -86,12 +88,6 @@ def _size(n: float) -> str:
 
 
 def compile_for_topology(cfg: RunConfig, accelerator: str, num_slices: int = 1) -> CompileReport:
-    import time
-
-    from jax.experimental import topologies
-
-    from jaxtrain.train.session import build_session
-
     gen, name = topology_name(accelerator)
     kwargs = {"chip_config_name": "megacore"} if gen in ("v4", "v5p") else {}
     if num_slices > 1:
@@ -100,21 +96,14 @@ def compile_for_topology(cfg: RunConfig, accelerator: str, num_slices: int = 1) 
         devices = topologies.get_topology_desc(platform="tpu", topology_name=name, **kwargs).devices
     except Exception as e:  # libtpu missing or topology unknown to it
         raise RuntimeError(f"cannot describe TPU topology {name}: {e}. Install the extra: pip install -e '.[tpu]'") from e
-    session = build_session(cfg, pathlib.Path("/nonexistent-aot-run"), devices=list(devices))
-    L, B = cfg.data.seq_len, cfg.train.batch_size
-    batch = {
-        name_: jax.ShapeDtypeStruct((B, L), dtype, sharding=session.batch_sharding)
-        for name_, dtype in (
-            ("inputs", jnp.int32), ("targets", jnp.int32), ("segment_ids", jnp.int32),
-            ("positions", jnp.int32), ("loss_mask", jnp.float32),
-        )
-    }
-    abstract_state = session.abstract_state()
+    trainer = build_trainer(cfg, "/nonexistent-aot-run", devices=list(devices))  # nothing is read or written
+    batch = trainer.abstract_batch()
+    abstract_state = trainer.abstract_state()
     arguments = _per_device_bytes(abstract_state) + _per_device_bytes(batch)
     start = time.perf_counter()
     error = None
     try:
-        compiled = session.train_step.lower(abstract_state, batch).compile()
+        compiled = trainer.train_step.lower(abstract_state, batch).compile()
     except Exception as e:  # XLA reports an over-HBM program as RESOURCE_EXHAUSTED
         if "RESOURCE_EXHAUSTED" not in str(e):
             raise
@@ -136,12 +125,12 @@ def compile_for_topology(cfg: RunConfig, accelerator: str, num_slices: int = 1) 
         topology=name if num_slices == 1 else f"{num_slices} x {name}",
         device_kind=devices[0].device_kind,
         num_chips=len(devices),
-        hbm_per_chip=flops.HBM_BYTES[gen],
+        hbm_per_chip=hardware.TPUS[gen].hbm_bytes,
         bytes_per_chip=int(used),
         arguments_bytes=int(arguments),
         temp_bytes=int(temp),
         compiler_flops_per_chip=compiler_flops,
-        model_flops_per_step=flops.flops_per_token(cfg.model, L) * B * L,
+        model_flops_per_step=flops.flops_per_token(cfg.model, trainer.seq_len) * trainer.tokens_per_step,
         compile_seconds=seconds,
         compiler_error=error,
     )

@@ -1,0 +1,119 @@
+"""The data and tokenizer sections of the run config; each checks its own fields when built."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+from jaxtrain.data.corpus import EMBEDDED_SOURCES
+from jaxtrain.data.filters import ALL_RULES
+from jaxtrain.errors import check
+
+
+@dataclasses.dataclass(frozen=True)
+class SourceConfig:
+    name: str = "stdlib_code"
+    type: Literal["embedded", "files", "tfds"] = "embedded"
+    path: str = ""  # glob for type=files (.txt, .md, .jsonl, .jsonl.gz, .parquet; anything else is text)
+    text_field: str = "text"  # JSONL field / Parquet column / TFDS feature holding the document
+    dataset: str = ""  # type=tfds: name[/config][:version], e.g. c4/en, lm1b
+    split: str = "train"  # type=tfds: split to read
+    data_dir: str = ""  # type=tfds: TFDS data_dir (default: TFDS's)
+    content: Literal["prose", "code", "docs"] = "prose"  # picks the default quality rules
+    filters: tuple[str, ...] | None = None  # quality rules to run (None: the content's defaults; []: none)
+    pii: bool = True  # replace e-mail and IP addresses
+    weight: float = 0.0  # mixture weight; 0 = proportional to the source's tokens (or temperature)
+    max_bytes: int = 0  # cap on kept text per source (0 = no cap)
+
+    def check(self, key: str) -> None:
+        """Called by DataConfig with this source's key, e.g. data.sources[2]."""
+        check(self.name.isidentifier(), f"{key}.name: {self.name!r} must be a valid identifier.")
+        check(self.weight >= 0, f"{key}.weight: must be >= 0, got {self.weight}.")
+        if self.filters is not None:
+            bad = [f for f in self.filters if f not in ALL_RULES]
+            check(not bad, f"{key}.filters: unknown rule(s) {bad}; choose from {list(ALL_RULES)} or [] for none.")
+        if self.type == "files":
+            check(bool(self.path), f"{key}.path: a glob is required for type=files.")
+        elif self.type == "tfds":
+            check(bool(self.dataset), f"{key}.dataset: a TFDS name (e.g. c4/en, lm1b) is required for type=tfds.")
+        else:
+            check(self.name in EMBEDDED_SOURCES, f"{key}.name: {self.name!r} is not an embedded source; use one of "
+                  f"{list(EMBEDDED_SOURCES)} or set type=files with a path.")
+
+
+@dataclasses.dataclass(frozen=True)
+class MixtureStage:
+    step: int = 0  # from this training step on ...
+    weights: tuple[float, ...] = ()  # ... these token shares, one per source in data.sources order
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    sources: tuple[SourceConfig, ...] = (
+        SourceConfig(name="stdlib_code", content="code"),
+        SourceConfig(name="stdlib_docs", content="docs"),
+        SourceConfig(name="package_metadata", content="docs"),
+    )
+    min_chars: int = 200
+    max_chars: int = 200_000
+    min_alpha_fraction: float = 0.5  # the `alpha` rule: letters / non-space chars
+    exact_dedup: bool = True  # drop documents whose normalized text repeats, across all sources
+    near_dedup: bool = True  # MinHash LSH near-duplicates, across all sources
+    minhash_ngram: int = 5  # word n-gram shingles (FineWeb)
+    minhash_bands: int = 14  # 14 x 8 = 112 hashes: candidate probability 0.57 at Jaccard 0.7, 0.92 at 0.8
+    minhash_rows: int = 8
+    decontaminate: tuple[str, ...] = ()  # globs of evaluation sets (text/JSONL): drop docs sharing an n-gram
+    decontaminate_ngram: int = 13  # GPT-3's decontamination n-gram
+    curate_workers: int = 1  # Beam DirectRunner worker processes (1 = in-process)
+    clean_shards: int = 1  # files per source and split written by curation (raise for big corpora)
+    beam_options: tuple[str, ...] = ()  # extra Beam pipeline flags, e.g. ["--runner=DataflowRunner", ...]
+    mixture_temperature: float = 0.0  # > 0: weights ~ n_tokens^(1/T) for sources without a weight
+    mixture_schedule: tuple[MixtureStage, ...] = ()  # later stages of the mixture, e.g. an annealing mix
+    pack: bool = True  # concatenate documents into full rows; false: one document per row, padded
+    eval_fraction: float = 0.02
+    seq_len: int = 256
+    shuffle_seed: int = 0
+    num_threads: int = 0  # batches prefetched by a background thread (0 = none)
+    read_threads: int = 0  # ArrayRecord read threads per source: 0 = synchronous (fastest from local disk,
+    # measured), 8-16 when the token shards live on gs://
+
+    def __post_init__(self) -> None:
+        check(0.0 < self.eval_fraction < 0.5, f"data.eval_fraction: {self.eval_fraction} must be in (0, 0.5).")
+        check(len(self.sources) > 0, "data.sources: at least one source is required.")
+        names = [s.name for s in self.sources]
+        check(len(set(names)) == len(names), f"data.sources: names must be unique, got {names}.")
+        for i, source in enumerate(self.sources):
+            source.check(f"data.sources[{i}]")
+        check(self.minhash_bands * self.minhash_rows <= 1024 and self.minhash_bands > 0 and self.minhash_rows > 0,
+              f"data.minhash_bands x data.minhash_rows: {self.minhash_bands} x {self.minhash_rows} must be positive, "
+              "<= 1024 hashes.")
+        check(self.mixture_temperature >= 0,
+              f"data.mixture_temperature: must be >= 0 (0 = off), got {self.mixture_temperature}.")
+        for k, stage in enumerate(self.mixture_schedule):
+            previous = self.mixture_schedule[k - 1].step if k else 0
+            check(stage.step > previous,
+                  f"data.mixture_schedule[{k}].step: {stage.step} must be > {previous} (steps increase).")
+            check(len(stage.weights) == len(self.sources) and all(w >= 0 for w in stage.weights)
+                  and sum(stage.weights) > 0,
+                  f"data.mixture_schedule[{k}].weights: {list(stage.weights)} needs one weight >= 0 per source "
+                  f"({names}), not all zero.")
+        check(self.curate_workers > 0, f"data.curate_workers: must be positive, got {self.curate_workers}.")
+        check(0 < self.clean_shards <= 99999, f"data.clean_shards: must be in 1..99999, got {self.clean_shards}.")
+        check(self.seq_len > 0, f"data.seq_len: must be positive, got {self.seq_len}.")
+
+    @property
+    def source_names(self) -> list[str]:
+        return [s.name for s in self.sources]
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+    vocab_size: int = 2048
+    model_type: Literal["bpe", "unigram"] = "bpe"
+    byte_fallback: bool = True  # unknown characters become bytes, never <unk>
+    sample_bytes: int = 4_000_000  # bound on the text the tokenizer is trained on
+    model_file: str = ""  # use an existing sentencepiece .model instead of training
+    special_tokens: tuple[str, ...] = ()  # user-defined pieces kept whole, e.g. ["<|endoftext|>", "<|code|>"]
+
+    def __post_init__(self) -> None:
+        check(self.vocab_size > 0, f"tokenizer.vocab_size: must be positive, got {self.vocab_size}.")

@@ -1,0 +1,92 @@
+"""The Evaluator: held-out loss per source, downstream tasks, and where their results go.
+
+It owns what evaluation needs (the task scorer, the tokenizer, the metrics
+writer) and borrows the Trainer's compiled eval step and mesh, so in-loop and
+offline evaluation compute exactly the same numbers. The training loop calls
+it as a plain function of (params, step); `jaxtrain.train` never imports this
+module.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any
+
+import jax
+from etils import epath
+
+from jaxtrain.data import tokenizer as tok
+from jaxtrain.evaluate import evaluation, tasks
+from jaxtrain.evaluate.report import write_eval
+from jaxtrain.train.metrics import MetricsWriter
+from jaxtrain.train.step import make_forward
+from jaxtrain.train.trainer import Trainer
+from jaxtrain.utils import log
+
+
+def format_eval(results: dict[str, float]) -> str:
+    per_source = " ".join(
+        f"{k.split('/')[1]}={v:.3f}" for k, v in results.items() if k.count("/") == 2 and k.endswith("/loss")
+    )
+    task_acc = " ".join(f"{k.split('/')[1]}={v:.2f}" for k, v in results.items()
+                        if k.startswith("tasks/") and k.endswith("/acc"))
+    return (f"eval loss {results['eval/loss']:.4f} (ppl {results['eval/perplexity']:.1f}, "
+            f"{results['eval/bpb']:.3f} bits/byte) [{per_source}]" + (f" tasks acc [{task_acc}]" if task_acc else ""))
+
+
+class Evaluator:
+    def __init__(self, trainer: Trainer, writer: MetricsWriter | None = None):
+        self.trainer = trainer
+        self.cfg = trainer.cfg
+        self.run = trainer.run
+        self.writer = writer or MetricsWriter(trainer.run, enabled=jax.process_index() == 0)
+
+    @functools.cached_property
+    def sp(self):
+        """The run's tokenizer, read when the first task is scored (held-out loss needs none)."""
+        return tok.load(self.run.tokenizer)
+
+    @functools.cached_property
+    def scorer(self):
+        """Task scoring runs unsharded on this process (one device), like the sampler."""
+        return tasks.make_scorer(make_forward(self.trainer.spec.graphdef, None, None), self.trainer.seq_len,
+                                 self.trainer.batch_size)
+
+    def __call__(self, params: Any, step: int, kind: str = "in-loop") -> dict[str, float]:
+        """Evaluate, log one line, append to evals.jsonl and redraw eval.png."""
+        results = self.evaluate(params)
+        log(f"[eval] step {step}: {format_eval(results)}")
+        write_eval(self.writer, {"step": step, **results}, kind=kind)
+        return results
+
+    def evaluate(self, params: Any) -> dict[str, float]:
+        """Held-out loss / perplexity / bits per byte per source, plus the downstream tasks."""
+        results = self.held_out(params)
+        if self.cfg.eval.tasks and jax.process_count() == 1:
+            results.update(self.downstream(params))
+        return results
+
+    def held_out(self, params: Any) -> dict[str, float]:
+        t = self.trainer
+        return evaluation.evaluate(
+            t.eval_step, params, self.run, t.sources,
+            seq_len=t.seq_len, batch_size=t.local_batch_size, max_batches=self.cfg.eval.max_batches,
+            to_global=t.to_global,
+        )
+
+    def downstream(self, params: Any) -> dict[str, float]:
+        paths = tasks.builtin_task_paths(self.run) + [epath.Path(p) for p in self.cfg.eval.task_files]
+        results = {}
+        for path in paths:
+            if not path.exists():
+                continue
+            scores = tasks.evaluate_task(self.scorer, params, self.sp, tasks.read_task(path))
+            results[f"tasks/{path.stem}/acc"] = scores["acc"]
+            results[f"tasks/{path.stem}/acc_norm"] = scores["acc_norm"]
+        return results
+
+    def unigram_baseline(self) -> float:
+        """Cross-entropy of train-split unigram frequencies on the eval tokens: the bar to clear."""
+        t = self.trainer
+        return evaluation.unigram_baseline(self.run, t.sources, self.cfg.model.vocab_size, seq_len=t.seq_len,
+                                           batch_size=t.batch_size, max_batches=self.cfg.eval.max_batches)

@@ -1,0 +1,78 @@
+"""The accelerator table, named once: peak FLOP/s, HBM, and how Cloud TPU types count chips and hosts.
+
+`scaling.flops` (MFU), `train.compile` (will it fit?) and the command line read
+this table. `tpu_scripts/tpu_commands.py` is standard-library only and keeps
+its own copy of the naming facts; `tests/test_hardware.py` checks that the two agree.
+
+Peaks are dense bf16 per chip (see shared REFERENCE; the H100/H200 datasheet's
+1979 TFLOP/s assumes sparsity). HBM per chip from the Cloud TPU and NVIDIA
+system pages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+
+GiB = 2**30
+
+
+@dataclasses.dataclass(frozen=True)
+class Chip:
+    name: str  # generation as jaxtrain spells it: v4, v5e, v5p, v6e, h100
+    device_kinds: tuple[str, ...]  # jax Device.device_kind strings (exact for TPUs, substrings for GPUs)
+    peak_flops: float  # dense bf16 FLOP/s per chip
+    hbm_bytes: int
+    type_prefix: str = ""  # Cloud accelerator-type prefix (v5e is sold as v5litepod-N)
+    cores_per_chip: int = 1  # accelerator-type sizes count TensorCores for v2-v4 and v5p (v5p-128 = 64 chips)
+    chips_per_host: int = 4
+    single_host_chips: int = 4  # slices up to this many chips are one host (v5e-8 and v6e-8 are one VM)
+
+    def chips(self, type_size: int) -> int:
+        return type_size // self.cores_per_chip
+
+    def hosts(self, n_chips: int) -> int:
+        return 1 if n_chips <= self.single_host_chips else n_chips // self.chips_per_host
+
+
+TPUS: dict[str, Chip] = {
+    "v2": Chip("v2", ("TPU v2",), 45e12, 16 * GiB, "v2", cores_per_chip=2),
+    "v3": Chip("v3", ("TPU v3",), 123e12, 32 * GiB, "v3", cores_per_chip=2),
+    "v4": Chip("v4", ("TPU v4",), 275e12, 32 * GiB, "v4", cores_per_chip=2),
+    "v5e": Chip("v5e", ("TPU v5 lite", "TPU v5e"), 197e12, 16 * GiB, "v5litepod", single_host_chips=8),
+    "v5p": Chip("v5p", ("TPU v5", "TPU v5p"), 459e12, 95 * GiB, "v5p", cores_per_chip=2),
+    "v6e": Chip("v6e", ("TPU v6 lite", "TPU v6e"), 918e12, 32 * GiB, "v6e", single_host_chips=8),
+}
+GPUS: dict[str, Chip] = {
+    "h100": Chip("h100", ("H100",), 989e12, 80 * GiB),
+    "h200": Chip("h200", ("H200",), 989e12, 141 * 10**9),
+}
+CHIPS: dict[str, Chip] = {**TPUS, **GPUS}
+# Accelerator-type prefixes that are not generation names: v5litepod-16 is v5e.
+TYPE_ALIASES = {c.type_prefix: c.name for c in TPUS.values() if c.type_prefix != c.name}
+
+
+def chip_for_device_kind(device_kind: str) -> Chip | None:
+    """The chip behind a jax device, or None (a CPU, or a device this table does not know)."""
+    for chip in TPUS.values():
+        if device_kind in chip.device_kinds:
+            return chip
+    for chip in GPUS.values():
+        if any(marker in device_kind for marker in chip.device_kinds):
+            return chip
+    return None
+
+
+def peak_flops(device_kind: str) -> float | None:
+    chip = chip_for_device_kind(device_kind)
+    return chip.peak_flops if chip else None
+
+
+def parse_accelerator_type(accelerator: str) -> tuple[Chip, int] | None:
+    """'v5p-128' -> (v5p, 64 chips); 'v5litepod-16' -> (v5e, 16); None if not of that form."""
+    match = re.fullmatch(r"([a-z0-9]+)-(\d+)", accelerator)
+    if not match:
+        return None
+    name = TYPE_ALIASES.get(match.group(1), match.group(1))
+    chip = TPUS.get(name)
+    return (chip, chip.chips(int(match.group(2)))) if chip else None

@@ -1,0 +1,108 @@
+"""The stages wired together: what each `jaxtrain` command runs, as library calls.
+
+    prepare(cfg, run)        curation, tokenizer, token shards, built-in tasks (process 0; others wait)
+    train(cfg, run)          the training loop with an Evaluator as its eval hook
+    run(cfg, run)            all of the above, then the unigram comparison and a sample
+    evaluate_checkpoint(...) `jaxtrain eval`;  sample(...) `jaxtrain sample`
+
+The mesh is built first, so a config that cannot run on these devices is
+refused before any data work starts.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+from jax.experimental import multihost_utils
+
+from jaxtrain.config import RunConfig
+from jaxtrain.data import prepare as data_prepare
+from jaxtrain.data import tokenizer as tok
+from jaxtrain.evaluate.evaluator import Evaluator
+from jaxtrain.evaluate.sampling import generate
+from jaxtrain.evaluate.tasks import prepare_tasks
+from jaxtrain.rundir import RunDir
+from jaxtrain.train import loop
+from jaxtrain.train.metrics import MetricsWriter
+from jaxtrain.train.trainer import Trainer, build_mesh, build_trainer, load_params
+from jaxtrain.utils import log
+
+
+def prepare(cfg: RunConfig, run_dir: str | RunDir) -> None:
+    """Every data stage, skipping those already done; on several processes only process 0 works."""
+    run = RunDir(run_dir)
+    if jax.process_index() == 0:
+        data_prepare.prepare_corpus(cfg.data, run)
+        data_prepare.prepare_tokenizer(cfg.tokenizer, cfg.data, cfg.model.vocab_size, run)
+        data_prepare.prepare_shards(cfg.data, run)
+        prepare_tasks(run, cfg.eval.task_examples, cfg.data.shuffle_seed)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("jaxtrain:data-prepared")
+
+
+def train(cfg: RunConfig, run_dir: str | RunDir, *, devices: list | None = None, prepare_data: bool = False,
+          max_steps_this_run: int | None = None, fault_injector: loop.FaultInjector | None = None) -> dict:
+    """Train with in-loop evaluation. With prepare_data the data stages run first (after the mesh checks)."""
+    mesh = build_mesh(cfg, devices)
+    if prepare_data:
+        prepare(cfg, run_dir)
+    trainer = build_trainer(cfg, run_dir, mesh=mesh)
+    writer = MetricsWriter(trainer.run, enabled=jax.process_index() == 0)
+    evaluator = Evaluator(trainer, writer)
+    result = loop.run(trainer, evaluate=evaluator, metrics=writer, max_steps_this_run=max_steps_this_run,
+                      fault_injector=fault_injector)
+    return {**result, "evaluator": evaluator}
+
+
+def run(cfg: RunConfig, run_dir: str | RunDir, *, max_steps_this_run: int | None = None) -> dict:
+    """The whole pipeline on one config, then the comparison that says it learned something."""
+    start = time.perf_counter()
+    result = train(cfg, run_dir, prepare_data=True, max_steps_this_run=max_steps_this_run)
+    evaluator: Evaluator = result["evaluator"]
+    final = result["eval"] or evaluator.evaluate(result["state"].params)
+    unigram = evaluator.unigram_baseline()
+    log(f"[result] held-out loss {final['eval/loss']:.4f} nats/token vs unigram baseline {unigram:.4f} "
+        f"({unigram - final['eval/loss']:+.4f} better)")
+    print_samples(result["trainer"], result["state"].params, result["step"], [cfg.eval.sample_prompt])
+    log(f"[result] run directory: {RunDir(run_dir)} | total time {time.perf_counter() - start:.0f}s")
+    return result
+
+
+def evaluate_checkpoint(cfg: RunConfig, run_dir: str | RunDir, step: int | None = None) -> dict:
+    """`jaxtrain eval`: a checkpoint's held-out loss and tasks, recorded as an offline eval."""
+    trainer, params, step = load_params(cfg, run_dir, step)
+    writer = MetricsWriter(trainer.run, enabled=jax.process_index() == 0)
+    evaluator = Evaluator(trainer, writer)
+    results = evaluator(params, step, kind="offline")
+    writer.close()
+    unigram = evaluator.unigram_baseline()
+    log(f"[eval] unigram baseline on the same tokens: {unigram:.4f} nats/token; model: {results['eval/loss']:.4f}")
+    return results
+
+
+def print_samples(trainer: Trainer, params: Any, step: int, prompts: list[str], *, tokens: int | None = None,
+                  temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
+                  seed: int = 0) -> None:
+    """Sample from params already in memory (shared by `sample` and the end of `run`)."""
+    e = trainer.cfg.eval
+    sp = tok.load(trainer.run.tokenizer)
+    outputs = generate(
+        trainer.spec.graphdef, params, [[tok.BOS_ID, *sp.encode(p)] for p in prompts],
+        max_new_tokens=tokens or e.sample_tokens,
+        temperature=e.temperature if temperature is None else temperature,
+        top_k=e.top_k if top_k is None else top_k,
+        top_p=e.top_p if top_p is None else top_p,
+        seed=seed, eos_id=tok.EOS_ID,
+    )
+    for prompt, ids in zip(prompts, outputs):
+        log(f"--- sample (step {step}, prompt {prompt!r}) ---\n{prompt}{sp.decode(ids)}\n---")
+
+
+def sample(cfg: RunConfig, run_dir: str | RunDir, prompts: list[str], step: int | None = None, **options) -> None:
+    trainer, params, step = load_params(cfg, run_dir, step)
+    print_samples(trainer, params, step, prompts or [cfg.eval.sample_prompt], **options)
+
+
+__all__ = ["evaluate_checkpoint", "prepare", "print_samples", "run", "sample", "train"]

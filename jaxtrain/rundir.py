@@ -1,0 +1,91 @@
+"""The run directory layout, named once (README: "Run directory layout").
+
+Every stage finds its inputs and outputs through these attributes, so the
+layout lives in one place. The root may be local or `gs://...` (etils.epath).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from etils import epath
+
+
+@dataclasses.dataclass(frozen=True)
+class RunDir:
+    root: epath.Path
+
+    def __init__(self, root: "str | os.PathLike | RunDir"):
+        object.__setattr__(self, "root", root.root if isinstance(root, RunDir) else epath.Path(root))
+
+    def __str__(self) -> str:
+        return str(self.root)
+
+    def __fspath__(self) -> str:
+        return os.fspath(self.root)
+
+    @property
+    def config(self) -> epath.Path:
+        """The resolved config of the run (written when training starts)."""
+        return self.root / "config.yaml"
+
+    @property
+    def data(self) -> epath.Path:
+        """Everything derived from the sources: clean/ and tfds/."""
+        return self.root / "data"
+
+    @property
+    def clean(self) -> epath.Path:
+        """Curated documents per source and split (JSONL), ledger, report.{json,md,png}."""
+        return self.data / "clean"
+
+    @property
+    def curation_report(self) -> epath.Path:
+        return self.clean / "report.json"
+
+    @property
+    def tfds(self) -> epath.Path:
+        """TFDS data_dir of the ArrayRecord token shards."""
+        return self.data / "tfds"
+
+    @property
+    def token_counts(self) -> epath.Path:
+        return self.tfds / "token_counts.json"
+
+    @property
+    def tokenizer(self) -> epath.Path:
+        return self.root / "tokenizer" / "tokenizer.model"
+
+    @property
+    def checkpoints(self) -> epath.Path:
+        return self.root / "checkpoints"
+
+    def set_aside(self, reason: str) -> epath.Path:
+        """Where checkpoints moved out of the run's way go: checkpoints.corrupt/, checkpoints.abandoned/."""
+        return self.root / f"checkpoints.{reason}"
+
+    @property
+    def tasks(self) -> epath.Path:
+        """Downstream tasks built from held-out text (JSONL)."""
+        return self.root / "tasks"
+
+    @property
+    def metrics(self) -> epath.Path:
+        return self.root / "metrics.jsonl"
+
+    @property
+    def evals(self) -> epath.Path:
+        return self.root / "evals.jsonl"
+
+    @property
+    def eval_plot(self) -> epath.Path:
+        return self.root / "eval.png"
+
+    @property
+    def tensorboard(self) -> epath.Path:
+        return self.root / "tensorboard"
+
+    @property
+    def is_remote(self) -> bool:
+        return "://" in str(self.root)
