@@ -53,6 +53,10 @@ class RunDir:
     def token_counts(self) -> epath.Path:
         return self.tfds / "token_counts.json"
 
+    def doc_lengths(self, split: str) -> epath.Path:
+        """Tokens per document of one token-shard split, in stored order (for random-access packing)."""
+        return self.tfds / "doc_lengths" / f"{split}.npy"
+
     @property
     def tokenizer(self) -> epath.Path:
         return self.root / "tokenizer" / "tokenizer.model"

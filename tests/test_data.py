@@ -67,15 +67,15 @@ def test_iterator_state_resumes_exactly(prepared_run):
         np.testing.assert_array_equal(x["inputs"], y["inputs"])
 
 
-def test_process_shards_are_disjoint_and_cover_the_split(prepared_run):
-    source = "stdlib_code"
-    n = len(shards.data_source(prepared_run, "train", source))
-    seen = []
-    for pi in range(2):
-        ds = loader.source_dataset(prepared_run, "train", source, process_index=pi, process_count=2, seed=None, num_epochs=1)
-        seen.append({tuple(ds[i]["inputs"]) for i in range(len(ds))})
-    assert not (seen[0] & seen[1])
-    assert len(seen[0]) + len(seen[1]) == n
+def test_process_rows_are_disjoint_and_cover_the_global_batch(prepared_run):
+    """Each process builds only its rows of the global batch (the rows its devices hold); together they
+    are exactly the batch a single process builds."""
+    whole = _take(_iterator(prepared_run), 3)
+    parts = [_take(_iterator(prepared_run, rows=rows), 3) for rows in ([0, 2], [1, 3])]
+    for t in range(3):
+        for key in whole[t]:
+            np.testing.assert_array_equal(parts[0][t][key], whole[t][key][[0, 2]])
+            np.testing.assert_array_equal(parts[1][t][key], whole[t][key][[1, 3]])
 
 
 def test_every_token_seen_once_per_epoch(prepared_run):
@@ -84,11 +84,27 @@ def test_every_token_seen_once_per_epoch(prepared_run):
     expected = np.zeros(512, np.int64)
     for i in range(len(src)):
         expected += np.bincount(np.asarray(src[i]["tokens"])[1:], minlength=512)
-    ds = loader.source_dataset(prepared_run, "train", source, seed=3, num_epochs=1).to_iter_dataset()
+    ordered = loader.source_rows(prepared_run, "train", source, seq_len=64, seed=None)  # one pass, last row padded
     got = np.zeros(512, np.int64)
-    for batch in loader._pack_and_batch(ds, 64, 4, drop_remainder=False):
+    for start in range(0, len(ordered), 4):
+        batch = loader.collate([ordered[i] for i in range(start, min(start + 4, len(ordered)))])
         got += np.bincount(batch["targets"][batch["loss_mask"] > 0], minlength=512)
     np.testing.assert_array_equal(got, expected)
+
+
+def test_shuffled_epochs_tile_the_stream(prepared_run):
+    """Training rows of one epoch are a permutation of the rows that tile the stream; the next epoch uses
+    another order and shifted row boundaries."""
+    from jaxtrain.data.rows import RowReader
+
+    reader = RowReader(prepared_run, "train", "stdlib_docs", 64)
+    n0, n1 = reader.epoch_start(1), reader.epoch_start(2) - reader.epoch_start(1)
+    epoch0 = [reader.shuffled(k, seed=7)["targets"] for k in range(n0)]
+    in_order = [reader.row(c, wrap=True)["targets"] for c in range(n0)]
+    assert sorted(map(bytes, epoch0)) == sorted(map(bytes, in_order)) and list(map(bytes, epoch0)) != list(map(bytes, in_order))
+    epoch1 = [reader.shuffled(n0 + k, seed=7)["targets"] for k in range(n1)]
+    assert sorted(map(bytes, epoch1)) == sorted(bytes(reader.row(c, wrap=True)["targets"]) for c in range(n0, n0 + n1))
+    assert reader.total_pairs % 64 == 0 or not set(map(bytes, epoch1)) & set(map(bytes, epoch0))
 
 
 def test_packing_never_crosses_document_boundaries(prepared_run):
@@ -172,11 +188,15 @@ def test_mixture_schedule_switches_and_resumes_exactly(prepared_run):
         np.testing.assert_array_equal(a["inputs"], b["inputs"])
 
 
-def test_schedule_stages_convert_steps_to_draws():
-    from jaxtrain.data.schedule import draw_boundaries
+def test_schedule_maps_global_rows_to_source_rows():
+    from jaxtrain.data.schedule import MixtureSchedule, row_stages
 
-    stages = draw_boundaries([(0, [1.0, 0.0]), (10, [0.0, 1.0])], mean_doc_tokens=[100.0, 400.0], tokens_per_step=1000)
-    assert stages[0] == (0, [1.0, 0.0]) and stages[1] == (100, [0.0, 1.0])  # 10 steps x 1000 tokens / 100 per doc
+    schedule = MixtureSchedule(row_stages([(0, [0.75, 0.25]), (10, [0.0, 1.0])], batch_size=8))
+    assert schedule.rows_per_source(0, 80) == [60, 20]  # exact shares within a stage
+    assert schedule.rows_per_source(80, 160) == [0, 80]  # the switch lands on step 10 exactly
+    picked = [schedule[g] for g in range(200)]
+    for source in (0, 1):  # every source's rows are used in order, none twice, none skipped, across stages
+        assert [i for s, i in picked if s == source] == list(range(sum(s == source for s, _ in picked)))
 
 
 def test_bad_mixture_schedule_is_refused():

@@ -1,30 +1,35 @@
-"""The Grain input pipeline: per-process shard, shuffle, mix sources, pack, batch.
+"""The Grain input pipeline: packed rows by random access, mixed by a step schedule, batched per process.
 
-Packing is Grain's concat-then-split: documents are concatenated and cut at
-`seq_len`, so no token is dropped or padded away in training; every row
-carries segment ids (1, 2, ... per document piece, 0 for padding) and the
-attention mask is built from them. Positions restart at 0 for each piece in
-a row, which is what both RoPE (relative) and learned positions need.
-Training rows also carry `source_ids` per token, so the loop can log the
-realized mixture. The returned iterator's state is JSON and goes into every
-checkpoint.
+Every source's split is a Grain `MapDataset` of packed rows (`data/rows.py`),
+shuffled at the row level with a new order each epoch; `MixtureSchedule`
+(`data/schedule.py`) interleaves the sources into one global row stream in
+the configured token shares. Step t consumes global rows t*B ... t*B + B - 1,
+and each process builds only the rows its devices hold (`rows` below: from the
+mesh, see `parallel.mesh.local_rows`). The data order therefore does not
+depend on the mesh or the number of processes: hosts that share a shard load
+the same rows, a single-process run sees the same global batches as a pod,
+and the iterator's state is the next step, the same on every process, so a
+run resumes on any number of processes. Rows of one batch come from
+independent places in the corpus (no run of consecutive rows from one long
+document).
+
+Every row carries segment ids (1, 2, ... per document piece, 0 for padding)
+and positions that restart at 0 for each piece, which is what both RoPE
+(relative) and learned positions need; training rows also carry `source_ids`
+per token, so the loop can log the realized mixture.
 """
 
 from __future__ import annotations
 
-import functools
+import sys
 from typing import Iterator, Sequence
 
 import grain
 import numpy as np
-from grain.experimental import ConcatThenSplitIterDataset
 
 from jaxtrain.data import shards
-from jaxtrain.data.schedule import (
-    ScheduledMixIterDataset,
-    document_probabilities,
-    draw_boundaries,
-)
+from jaxtrain.data.rows import RowReader
+from jaxtrain.data.schedule import MixtureSchedule, document_probabilities, row_stages
 from jaxtrain.rundir import RunDir
 
 # The batch every step consumes (each [batch, seq_len]): the one description that the
@@ -38,11 +43,6 @@ BATCH_FIELDS: dict[str, type] = {
 }
 
 
-def _to_example(record: dict) -> dict:
-    tokens = np.asarray(record["tokens"], dtype=np.int32)
-    return {"inputs": tokens[:-1], "targets": tokens[1:]}
-
-
 def positions_from_segments(segment_ids_BxL: np.ndarray) -> np.ndarray:
     """Position within each document piece of a row (0 at every piece start)."""
     B, L = segment_ids_BxL.shape
@@ -53,66 +53,18 @@ def positions_from_segments(segment_ids_BxL: np.ndarray) -> np.ndarray:
     return (idx - start_idx).astype(np.int32)
 
 
-def _finalize(packed: dict) -> dict:
-    segment_ids = packed["inputs_segment_ids"].astype(np.int32)
-    extra = {"source_ids": packed["source_ids"].astype(np.int32)} if "source_ids" in packed else {}
-    return {**extra,
-        "inputs": packed["inputs"].astype(np.int32),
-        "targets": packed["targets"].astype(np.int32),
-        "segment_ids": segment_ids,
-        "positions": positions_from_segments(segment_ids),
-        "loss_mask": (packed["targets_segment_ids"] != 0).astype(np.float32),
-    }
-
-
-def _pad_one(example: dict, seq_len: int) -> dict:
-    """One document per row: truncated to seq_len, padded with segment id 0."""
-    out = {}
-    for key in ("inputs", "targets"):
-        x = example[key][:seq_len]
-        out[key] = np.pad(x, (0, seq_len - len(x)))
-        out[f"{key}_segment_ids"] = np.pad(np.ones(len(x), np.int32), (0, seq_len - len(x)))
-    if "source_ids" in example:
-        out["source_ids"] = np.pad(example["source_ids"][:seq_len], (0, seq_len - len(example["source_ids"][:seq_len])))
-    return out
-
-
-def _pack_and_batch(ds: grain.IterDataset, seq_len: int, batch_size: int, drop_remainder: bool,
-                    pack: bool = True, with_sources: bool = False) -> grain.IterDataset:
-    if pack:
-        lengths = {"inputs": seq_len, "targets": seq_len, **({"source_ids": seq_len} if with_sources else {})}
-        ds = ConcatThenSplitIterDataset(ds, length_struct=lengths)
-    else:
-        ds = ds.map(lambda ex: _pad_one(ex, seq_len))
-    return ds.batch(batch_size, drop_remainder=drop_remainder).map(_finalize)
-
-
-def _tag_source(example: dict, source_index: int) -> dict:
-    """Every token carries its source index, so the realized mixture can be measured per batch."""
-    return {**example, "source_ids": np.full(example["inputs"].shape, source_index, np.int32)}
+def collate(rows: Sequence[dict]) -> dict:
+    """Rows from RowReader -> one batch with every BATCH_FIELDS entry (and source_ids)."""
+    stacked = {k: np.stack([r[k] for r in rows]) for k in rows[0]}
+    segment_ids = stacked["segment_ids"]
+    return {**stacked, "positions": positions_from_segments(segment_ids),
+            "loss_mask": (segment_ids != 0).astype(np.float32)}
 
 
 def realized_mixture(batch: dict, num_sources: int) -> np.ndarray:
     """Target tokens per source in a batch (padding excluded)."""
     ids = batch["source_ids"][batch["loss_mask"] > 0]
     return np.bincount(ids.ravel(), minlength=num_sources)
-
-
-def source_dataset(
-    run: RunDir,
-    split: str,
-    source: str,
-    *,
-    process_index: int = 0,
-    process_count: int = 1,
-    seed: int | None = 0,
-    num_epochs: int | None = None,
-) -> grain.MapDataset:
-    ds = grain.MapDataset.source(shards.data_source(run, split, source))
-    ds = ds[process_index::process_count]
-    if seed is not None:
-        ds = ds.shuffle(seed=seed)
-    return ds.repeat(num_epochs).map(_to_example)
 
 
 def mixture_weights(counts: dict, sources: Sequence[str], weights: Sequence[float],
@@ -134,6 +86,50 @@ def mean_doc_tokens(counts: dict, sources: Sequence[str]) -> list[float]:
             for s in sources]
 
 
+def source_rows(run: RunDir, split: str, source: str, *, seq_len: int, source_index: int = 0, pack: bool = True,
+                seed: int | None = 0) -> grain.MapDataset:
+    """A source's rows as a random-access dataset: with a seed, the endless shuffled training rows (every
+    token once per epoch); without, one ordered pass whose last row is padded."""
+    reader = RowReader(run, split, source, seq_len, source_index=source_index, pack=pack)
+    if reader.num_docs == 0:
+        raise ValueError(f"{source} ({split}): no documents; every source needs training text.")
+    if seed is None:
+        return grain.MapDataset.range(reader.num_rows()).map(reader.row)
+    return grain.MapDataset.range(sys.maxsize).map(lambda k: reader.shuffled(k, seed))
+
+
+class TrainBatches:
+    """This process's rows of every global batch, in step order.
+
+    The state is the next step (and the global batch size it counts in): the
+    same on every process, so it restores on any number of processes."""
+
+    def __init__(self, rows: grain.MapDataset, global_batch: int, local_rows: Sequence[int], *,
+                 read_threads: int = 0, prefetch: int = 0):
+        self.global_batch, self.local_rows = global_batch, list(local_rows)
+        steps = grain.MapDataset.range(sys.maxsize // global_batch)
+        batches = steps.map(lambda t: collate([rows[t * global_batch + r] for r in self.local_rows]))
+        ds = batches.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=max(read_threads, 1)))
+        if prefetch > 0:
+            ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=prefetch)
+        self._iterator = iter(ds)
+
+    def __iter__(self) -> "TrainBatches":
+        return self
+
+    def __next__(self) -> dict:
+        return next(self._iterator)
+
+    def get_state(self) -> dict:
+        return {"next_step": self._iterator.get_state()["next_index"], "global_batch": self.global_batch}
+
+    def set_state(self, state: dict) -> None:
+        if state.get("global_batch") != self.global_batch:
+            raise ValueError(f"the data position was saved for a global batch of {state.get('global_batch')} rows, "
+                             f"this run has {self.global_batch}")
+        self._iterator.set_state({"next_index": int(state["next_step"])})
+
+
 def train_iterator(
     run: RunDir,
     sources: Sequence[str],
@@ -142,36 +138,27 @@ def train_iterator(
     seq_len: int,
     batch_size: int,
     seed: int,
-    process_index: int = 0,
-    process_count: int = 1,
+    rows: Sequence[int] | None = None,
     num_threads: int = 0,
     pack: bool = True,
     schedule: Sequence[tuple[int, Sequence[float]]] = (),
     read_threads: int = 0,
-) -> grain.DatasetIterator:
-    """Infinite, shuffled, mixed, packed batches of this process's share of the global batch."""
-    doc_tokens = mean_doc_tokens(shards.token_counts(run), sources)
-    per_source = [
-        source_dataset(
-            run, "train", s, process_index=process_index, process_count=process_count, seed=seed + i
-        ).map(functools.partial(_tag_source, source_index=i)).to_iter_dataset(grain.ReadOptions(num_threads=read_threads))
-        for i, s in enumerate(sources)
-    ]
-    if len(per_source) == 1:
-        mixed = per_source[0]
-    elif schedule:  # (step, token weights) stages after the first
-        stages = draw_boundaries([(0, weights), *schedule], doc_tokens, batch_size * seq_len)
-        mixed = ScheduledMixIterDataset(per_source, stages)
-    else:
-        mixed = grain.IterDataset.mix(per_source, document_probabilities(weights, doc_tokens))
-    ds = _pack_and_batch(mixed, seq_len, batch_size, drop_remainder=True, pack=pack, with_sources=True)
-    if num_threads > 0:
-        ds = grain.experimental.ThreadPrefetchIterDataset(ds, prefetch_buffer_size=num_threads)
-    return iter(ds)
+) -> TrainBatches:
+    """Endless, shuffled, mixed, packed batches: this process's `rows` (default: all) of each global batch."""
+    counts = shards.token_counts(run)
+    per_source = [source_rows(run, "train", s, seq_len=seq_len, source_index=i, pack=pack, seed=seed + i)
+                  for i, s in enumerate(sources)]
+    step_weights = [(0, list(weights)), *[(step, list(w)) for step, w in schedule]]
+    if not pack:  # a row is one document: token shares -> document shares
+        doc_tokens = mean_doc_tokens(counts, sources)
+        step_weights = [(step, document_probabilities(w, doc_tokens)) for step, w in step_weights]
+    mixed = grain.MapDataset.select_from_datasets(per_source, MixtureSchedule(row_stages(step_weights, batch_size)))
+    return TrainBatches(mixed, batch_size, range(batch_size) if rows is None else rows,
+                        read_threads=read_threads, prefetch=num_threads)
 
 
 def empty_batch(batch_size: int, seq_len: int) -> dict:
-    """A batch that contributes nothing (loss_mask 0): keeps collective step counts equal."""
+    """A batch that contributes nothing (loss_mask 0)."""
     return {k: np.zeros((batch_size, seq_len), dtype) for k, dtype in BATCH_FIELDS.items()}
 
 
@@ -194,18 +181,16 @@ def eval_batches(
     seq_len: int,
     batch_size: int,
     max_batches: int,
-    process_index: int = 0,
-    process_count: int = 1,
-    read_threads: int = 0,
+    rows: Sequence[int] | None = None,
 ) -> Iterator[dict]:
-    """One ordered pass over a source's held-out split; the last batch is padded (loss_mask 0)."""
-    ds = source_dataset(
-        run, "validation", source, process_index=process_index, process_count=process_count, seed=None, num_epochs=1
-    ).to_iter_dataset(grain.ReadOptions(num_threads=read_threads))
-    for i, batch in enumerate(_pack_and_batch(ds, seq_len, batch_size, drop_remainder=False)):
-        if i >= max_batches:
-            return
-        n = batch["inputs"].shape[0]
-        if n < batch_size:
-            batch = {k: np.concatenate([v, np.zeros((batch_size - n, *v.shape[1:]), v.dtype)]) for k, v in batch.items()}
+    """One ordered pass over a source's held-out split in global batches of `batch_size` rows, of which this
+    process builds `rows` (default: all); rows past the end are padding (loss_mask 0). Every process makes
+    the same number of batches, whatever rows it holds."""
+    reader = RowReader(run, "validation", source, seq_len)
+    total = reader.num_rows()
+    rows = range(batch_size) if rows is None else rows
+    empty = {k: np.zeros(seq_len, np.int32) for k in ("inputs", "targets", "segment_ids", "source_ids")}
+    for t in range(min(max_batches, -(-total // batch_size))):
+        batch = collate([reader.row(t * batch_size + r) if t * batch_size + r < total else empty for r in rows])
+        del batch["source_ids"]
         yield batch

@@ -96,6 +96,9 @@ def build_shards(run: RunDir, sources: list[str]) -> dict:
         file_format="array_record",
     )
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
+    for split in ("train", "validation"):  # TFDS decides the stored order, so the lengths are read back once
+        for source in sources:
+            save_doc_lengths(run, split, source)
     run.token_counts.write_text(json.dumps(builder.counts, indent=2))
     return builder.counts
 
@@ -103,6 +106,27 @@ def build_shards(run: RunDir, sources: list[str]) -> dict:
 def data_source(run: RunDir, split: str, source: str):
     """Random-access ArrayRecord source for one split of one source."""
     return tfds.data_source(DATASET_NAME, split=split_name(split, source), data_dir=str(RunDir(run).tfds))
+
+
+def _scan_doc_lengths(run: RunDir, split: str, source: str) -> np.ndarray:
+    src = data_source(run, split, source)
+    return np.asarray([len(src[i]["tokens"]) for i in range(len(src))], dtype=np.int32)
+
+
+def save_doc_lengths(run: RunDir, split: str, source: str) -> None:
+    path = RunDir(run).doc_lengths(split_name(split, source))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("wb") as f:
+        np.save(f, _scan_doc_lengths(run, split, source))
+
+
+def doc_lengths(run: RunDir, split: str, source: str) -> np.ndarray:
+    """Tokens of every document of a split, in stored order (read back from the shards if never recorded)."""
+    path = RunDir(run).doc_lengths(split_name(split, source))
+    if not path.exists():  # shards written by an older jaxtrain
+        return _scan_doc_lengths(run, split, source)
+    with path.open("rb") as f:
+        return np.load(f)
 
 
 def token_counts(run: RunDir) -> dict:

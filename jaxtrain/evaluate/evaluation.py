@@ -20,6 +20,7 @@ def evaluate(
     *,
     seq_len: int,
     batch_size: int,
+    rows: list[int],
     max_batches: int,
     to_global: Callable[[dict], dict],
 ) -> dict[str, float]:
@@ -35,19 +36,9 @@ def evaluate(
     total_loss = total_tokens = total_bytes = 0.0
     for source in sources:
         loss_sum = tokens = 0.0
-        batches = list(loader.eval_batches(
-            run,
-            source,
-            seq_len=seq_len,
-            batch_size=batch_size,
-            max_batches=max_batches,
-            process_index=jax.process_index(),
-            process_count=jax.process_count(),
-        ))
-        if jax.process_count() > 1:  # every process must run the same number of (collective) steps,
-            # even one whose slice of a small held-out split is empty
-            batches += [loader.empty_batch(batch_size, seq_len)] * (max_batches - len(batches))
-        for batch in batches:
+        # A global pass: every process makes the same batches (the same collective steps) and builds its rows.
+        for batch in loader.eval_batches(run, source, seq_len=seq_len, batch_size=batch_size,
+                                         max_batches=max_batches, rows=rows):
             out = jax.device_get(eval_step(params, to_global(batch)))
             loss_sum += float(out["loss_sum"])
             tokens += float(out["tokens"])

@@ -70,7 +70,7 @@ class Evaluator:
         t = self.trainer
         return evaluation.evaluate(
             t.eval_step, params, self.run, t.sources,
-            seq_len=t.seq_len, batch_size=t.local_batch_size, max_batches=self.cfg.eval.max_batches,
+            seq_len=t.seq_len, batch_size=t.batch_size, rows=t.rows, max_batches=self.cfg.eval.max_batches,
             to_global=t.to_global,
         )
 

@@ -187,5 +187,14 @@ def batch_sharding(mesh: Mesh, rules: dict | None = None) -> NamedSharding:
     return NamedSharding(mesh, logical_to_spec(("batch", "length"), rules))
 
 
+def local_rows(sharding: NamedSharding, global_batch: int) -> list[int]:
+    """Rows of the global batch held by this process's devices, sorted (devices may share rows, and so may
+    processes when a non-batch axis spans hosts: they then load the same rows)."""
+    rows: set[int] = set()
+    for index in sharding.addressable_devices_indices_map((global_batch, 1)).values():
+        rows.update(range(*index[0].indices(global_batch)))
+    return sorted(rows)
+
+
 def replicated(mesh: Mesh) -> NamedSharding:
     return NamedSharding(mesh, PartitionSpec())

@@ -93,12 +93,27 @@ class Checkpointer:
         return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> tuple[Any, dict]:
-        """Restore onto the shardings carried by `abstract_state` (ShapeDtypeStructs)."""
+        """Restore onto the shardings carried by `abstract_state` (ShapeDtypeStructs), and the data position."""
         items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
-        if data_iterator is not None and (self.directory / str(step) / "data").exists():  # imported: no data yet
-            items["data"] = grain.checkpoint.CheckpointRestore(data_iterator)
         restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        data_state = self.data_state(step) if data_iterator is not None else None
+        if data_state is not None:
+            data_iterator.set_state(data_state)
         return restored["state"], restored["meta"]
+
+    def data_state(self, step: int) -> dict | None:
+        """The data position saved with a step (None for an imported checkpoint, which has none).
+
+        Every process saves the same position (the next step of the global batch order), so any
+        process's file serves every process, whatever their number now: Grain's handler would look for
+        this process's own `process_i-of-N.json`, which a changed process count does not have."""
+        files = sorted((self.directory / str(step) / "data").glob("process_*-of-*.json"))
+        states = [json.loads(f.read_text()) for f in files]
+        if not states:
+            return None
+        if any(s != states[0] for s in states[1:]):
+            raise ValueError(f"{self.directory}/{step}/data: processes saved different data positions {states}")
+        return states[0]
 
     def restore_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

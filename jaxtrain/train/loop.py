@@ -59,8 +59,7 @@ def data_iterator(trainer: Trainer) -> tuple[Any, list[float]]:
                                      temperature=d.mixture_temperature)
     iterator = loader.train_iterator(
         trainer.run, trainer.sources, weights,
-        seq_len=trainer.seq_len, batch_size=trainer.local_batch_size, seed=d.shuffle_seed,
-        process_index=jax.process_index(), process_count=jax.process_count(),
+        seq_len=trainer.seq_len, batch_size=trainer.batch_size, rows=trainer.rows, seed=d.shuffle_seed,
         num_threads=d.num_threads, pack=d.pack, schedule=[(s.step, s.weights) for s in d.mixture_schedule],
         read_threads=d.read_threads,
     )

@@ -9,9 +9,11 @@ all of them see exactly the same state layout. Evaluation itself lives in
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtrain.config import RunConfig
@@ -57,10 +59,10 @@ class Trainer:
         """Global batch, in sequences."""
         return self.cfg.train.batch_size
 
-    @property
-    def local_batch_size(self) -> int:
-        """This process's rows of the global batch."""
-        return self.batch_size // jax.process_count()
+    @functools.cached_property
+    def rows(self) -> list[int]:
+        """The global batch rows this process's devices hold: the rows its data loader builds."""
+        return mesh_lib.local_rows(self.batch_sharding, self.batch_size)
 
     @property
     def tokens_per_step(self) -> int:
@@ -71,11 +73,19 @@ class Trainer:
         return NamedSharding(self.mesh, PartitionSpec(self.batch_sharding.spec[0]))
 
     def to_global(self, batch: dict) -> dict:
-        """This process's numpy batch -> globally sharded jax.Arrays (rows split like the batch)."""
-        return {
-            k: jax.make_array_from_process_local_data(self.batch_sharding if v.ndim == 2 else self.row_sharding, v)
-            for k, v in batch.items()
-        }
+        """This process's rows (`self.rows`, in order) as numpy -> globally sharded jax.Arrays; each device
+        takes its slice of the rows, whichever processes share them."""
+        where = {row: i for i, row in enumerate(self.rows)}
+
+        def place(v: np.ndarray) -> jax.Array:
+            def shard(index: tuple) -> np.ndarray:
+                picked = [where[r] for r in range(*index[0].indices(self.batch_size))]
+                return v[picked][(slice(None), *index[1:])]
+
+            sharding = self.batch_sharding if v.ndim == 2 else self.row_sharding
+            return jax.make_array_from_callback((self.batch_size, *v.shape[1:]), sharding, shard)
+
+        return {k: place(v) for k, v in batch.items()}
 
     def abstract_batch(self) -> dict:
         """The global batch as sharded shapes (for AOT compilation)."""

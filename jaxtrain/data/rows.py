@@ -1,0 +1,96 @@
+"""Packed rows by random access: each source's token stream cut into `seq_len` rows.
+
+A split's documents (BOS + ids + EOS, as the token shards store them) are
+concatenated in their stored order into one stream of (input, target) pairs,
+`len(doc) - 1` per document; training repeats that stream endlessly and cuts it
+into rows of `seq_len` pairs, so row c holds pairs [c*L, (c+1)*L) and a row
+that crosses the end of the stream continues at its start. Any row can be built
+on its own from the few documents it overlaps, found by binary search on the
+documents' cumulative lengths, so every process can read exactly the rows its
+devices hold, in any order (Levanter-style; Grain's concat-then-split packer is
+sequential, so a row could only be built after every row before it).
+
+An epoch is the rows that start within one pass over the stream; they tile it,
+so every token is trained on exactly once per epoch, and each epoch's rows are
+visited in their own random order (Grain's `index_shuffle`, reseeded per epoch).
+Because a pass is rarely a whole number of rows, the row boundaries shift from
+one epoch to the next. Segment ids number the pieces of documents within a row
+(1, 2, ...; 0 is padding) and positions restart at 0 for each piece, so
+attention never crosses a document boundary.
+
+With `pack=False` a row is one document, truncated to `seq_len` and padded.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from grain.experimental import index_shuffle
+
+from jaxtrain.data import shards
+from jaxtrain.rundir import RunDir
+
+
+class RowReader:
+    """Rows of one split of one source: `row(c)` of the endless stream, `shuffled(k)` the k-th training row."""
+
+    def __init__(self, run: RunDir, split: str, source: str, seq_len: int, *, source_index: int = 0,
+                 pack: bool = True):
+        self.source, self.seq_len, self.source_index, self.pack = source, seq_len, source_index, pack
+        self._docs = shards.data_source(run, split, source)
+        pairs = shards.doc_lengths(run, split, source).astype(np.int64) - 1  # (input, target) pairs per document
+        self._ends = np.cumsum(pairs)  # stream offset just past each document
+        self.total_pairs = int(self._ends[-1]) if len(self._ends) else 0
+        self.num_docs = len(pairs)
+        self._unit = seq_len if pack else 1  # what a row advances through the stream: pairs, or documents
+        self._stream = self.total_pairs if pack else self.num_docs
+
+    def num_rows(self) -> int:
+        """Rows that start within one ordered pass of the stream (the last one padded by `row`)."""
+        return -(-self._stream // self._unit)
+
+    def epoch_start(self, epoch: int) -> int:
+        """First row of an epoch: rows that start within pass `epoch` of the stream belong to it."""
+        return -(-epoch * self._stream // self._unit)
+
+    def shuffled(self, k: int, seed: int) -> dict:
+        """The k-th row of training: epochs in order, each epoch's rows in their own random order."""
+        epoch = k * self._unit // self._stream
+        while self.epoch_start(epoch + 1) <= k:
+            epoch += 1
+        while self.epoch_start(epoch) > k:
+            epoch -= 1
+        first, stop = self.epoch_start(epoch), self.epoch_start(epoch + 1)
+        i = index_shuffle(k - first, max_index=stop - first - 1, seed=(seed + epoch) % 2**32, rounds=4)
+        return self.row(first + i, wrap=True)
+
+    def _tokens(self, doc: int) -> np.ndarray:
+        return np.asarray(self._docs[doc]["tokens"], dtype=np.int32)
+
+    def row(self, c: int, wrap: bool = False) -> dict:
+        """Row c of the stream; without wrap, a row past the end of one pass is padded instead."""
+        L = self.seq_len
+        inputs, targets, segments = np.zeros(L, np.int32), np.zeros(L, np.int32), np.zeros(L, np.int32)
+        if not self.pack:
+            tokens = self._tokens(c % self.num_docs)[: L + 1]
+            n = len(tokens) - 1
+            inputs[:n], targets[:n], segments[:n] = tokens[:-1], tokens[1:], 1
+            return self._row(inputs, targets, segments)
+        start = c * L
+        stop = start + L if wrap else min(start + L, self.total_pairs)
+        pos, segment = 0, 0
+        while start + pos < stop:
+            at = (start + pos) % self.total_pairs  # where in one pass of the stream
+            doc = int(np.searchsorted(self._ends, at, side="right"))
+            doc_start = int(self._ends[doc - 1]) if doc else 0
+            lo = at - doc_start  # first pair of this document inside the row
+            n = min(int(self._ends[doc]) - at, stop - start - pos)
+            tokens = self._tokens(doc)
+            segment += 1
+            inputs[pos:pos + n], targets[pos:pos + n] = tokens[lo:lo + n], tokens[lo + 1:lo + n + 1]
+            segments[pos:pos + n] = segment
+            pos += n
+        return self._row(inputs, targets, segments)
+
+    def _row(self, inputs: np.ndarray, targets: np.ndarray, segments: np.ndarray) -> dict:
+        return {"inputs": inputs, "targets": targets, "segment_ids": segments,
+                "source_ids": np.full(self.seq_len, self.source_index, np.int32)}
