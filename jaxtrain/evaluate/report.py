@@ -23,7 +23,8 @@ def write_eval(writer: MetricsWriter, record: dict, kind: str) -> None:
 def plot_evals(run: RunDir) -> None:
     run = RunDir(run)
     rows = [json.loads(line) for line in run.evals.read_text().splitlines() if line.strip()]
-    rows = sorted((r for r in rows if r.get("kind") == "in-loop"), key=lambda r: r["step"]) or rows
+    in_loop = {r["step"]: r for r in rows if r.get("kind") == "in-loop"}  # a step replayed after a resume: the latest
+    rows = [in_loop[s] for s in sorted(in_loop)] or rows
     keys = sorted({k for r in rows for k in r if k.startswith("eval/") and (k.endswith("/loss") or k.endswith("bpb"))})
     fig = Figure(figsize=(11, 4))  # no pyplot: no global backend state, safe in notebooks and threads
     axes = fig.subplots(1, 2)

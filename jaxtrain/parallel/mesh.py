@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import os
 from typing import Any, Sequence
 
 import jax
@@ -21,6 +22,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtrain.errors import ConfigError, check
 from jaxtrain.parallel.constraints import logical_to_spec
+from jaxtrain.utils import log
 
 MESH_AXES = ("dcn", "data", "fsdp", "tensor")
 
@@ -140,22 +142,59 @@ def build_mesh(
     return make_mesh(shape, devices)
 
 
-def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+# On CPU there is no physical topology: devices are laid out in process-major order, or with
+# JAXTRAIN_CPU_DEVICE_ORDER=interleaved round-robin over processes, which makes the innermost mesh axes span
+# processes the way create_device_mesh splits a TPU pod's axes over hosts (tests simulate pods with it).
+CPU_DEVICE_ORDER_ENV = "JAXTRAIN_CPU_DEVICE_ORDER"
+
+
+def _cpu_order(devices: list) -> list:
+    order = os.environ.get(CPU_DEVICE_ORDER_ENV, "process")
+    if order not in ("process", "interleaved"):
+        raise ConfigError(f"{CPU_DEVICE_ORDER_ENV}={order!r}: use 'process' or 'interleaved'.")
+    by_process = sorted(devices, key=lambda d: (d.process_index, d.id))
+    if order == "process":
+        return by_process
+    local = {}
+    for d in by_process:
+        local.setdefault(d.process_index, []).append(d)
+    return [d for group in zip(*local.values()) for d in group]
+
+
+def make_mesh(shape: dict[str, int], devices: Sequence[jax.Device] | None = None, *, quiet: bool = False) -> Mesh:
+    """Topology-aware on TPU and GPU (create_device_mesh, or create_hybrid_device_mesh across slices; physical
+    axes are split only when the shape needs it); a plain reshape only on CPU. The log says which."""
     devices = list(devices if devices is not None else jax.devices())
     resolved = resolve_mesh_shape({a: shape.get(a, 1) for a in MESH_AXES}, len(devices))
     dims = tuple(resolved[a] for a in MESH_AXES)
     num_slices = len({getattr(d, "slice_index", 0) for d in devices})
-    if num_slices > 1:
+    platform = devices[0].platform
+    if platform == "cpu":
+        grid = np.asarray(_cpu_order(devices)).reshape(dims)
+        how = f"plain reshape ({os.environ.get(CPU_DEVICE_ORDER_ENV, 'process')} order; CPU devices have no topology)"
+    elif num_slices > 1:
         if resolved["dcn"] != num_slices:
             raise MeshError(f"mesh.dcn: {resolved['dcn']} but the devices span {num_slices} slices; set mesh.dcn={num_slices}.")
-        ici = (1, *dims[1:])
-        dcn = (num_slices, 1, 1, 1)
-        return Mesh(mesh_utils.create_hybrid_device_mesh(ici, dcn, devices=devices), MESH_AXES)
+        ici, dcn = (1, *dims[1:]), (num_slices, 1, 1, 1)
+        grid, split = _topology_aware(lambda split: mesh_utils.create_hybrid_device_mesh(
+            ici, dcn, devices=devices, allow_split_physical_axes=split))
+        how = f"create_hybrid_device_mesh over {num_slices} slices (topology-aware{split})"
+    else:
+        grid, split = _topology_aware(lambda split: mesh_utils.create_device_mesh(
+            dims, devices=devices, allow_split_physical_axes=split))
+        how = f"create_device_mesh (topology-aware{split})"
+    if not quiet:
+        log(f"[mesh] {dict(resolved)} on {len(devices)} {devices[0].device_kind} devices: {how}")
+    return Mesh(grid, MESH_AXES)
+
+
+def _topology_aware(create) -> tuple[np.ndarray, str]:
+    """Keep physical axes whole when the shape allows it (fastest collectives), else split them (the mesh
+    still follows the topology); never fall back to device order."""
     try:
-        device_grid = mesh_utils.create_device_mesh(dims, devices=devices)
-    except Exception:  # no physical topology (simulated CPU devices): keep the given order
-        device_grid = np.asarray(devices).reshape(dims)
-    return Mesh(device_grid, MESH_AXES)
+        return create(False), ""
+    except (ValueError, NotImplementedError, AssertionError):
+        return create(True), ", physical axes split to fit the shape"
 
 
 def logical_axes(state: nnx.State) -> dict:

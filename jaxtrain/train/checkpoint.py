@@ -20,6 +20,7 @@ import grain
 import jax
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
 from jaxtrain.rundir import RunDir
@@ -53,6 +54,11 @@ def checkpoint_meta(step: int, config: dict, fingerprint: str, tokens_per_step: 
             "config": config, **extra}
 
 
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(name)
+
+
 class Checkpointer:
     def __init__(self, run: RunDir, keep: int, async_save: bool = True, permanent_every: int = 0):
         policies: list = [preservation.LatestN(n=keep)]
@@ -76,13 +82,18 @@ class Checkpointer:
         return sorted(self.manager.all_steps())
 
     def quarantine(self, step: int, reason: str = "corrupt") -> pathlib.Path:
-        """Move a checkpoint out of the run's way (kept for inspection, never deleted)."""
+        """Move a checkpoint out of the run's way (kept for inspection, never deleted).
+
+        Every process calls this together: a barrier first (nobody is still reading it), then
+        process 0 moves it, then a barrier again (nobody lists it before it is gone)."""
         target = checkpoint_dir(self.run.set_aside(reason)) / str(step)
+        if target.exists():
+            target = target.with_name(f"{step}.{len(list(target.parent.iterdir()))}")
+        _barrier(f"jaxtrain:quarantine-{step}-before")
         if jax.process_index() == 0:
             target.parent.mkdir(parents=True, exist_ok=True)
-            if target.exists():
-                target = target.with_name(f"{step}.{len(list(target.parent.iterdir()))}")
             (self.directory / str(step)).rename(target)
+        _barrier(f"jaxtrain:quarantine-{step}-after")
         self.manager.reload()
         return target
 
@@ -114,6 +125,23 @@ class Checkpointer:
         if any(s != states[0] for s in states[1:]):
             raise ValueError(f"{self.directory}/{step}/data: processes saved different data positions {states}")
         return states[0]
+
+    def state_metadata(self, step: int) -> Any:
+        """The saved state's tree of array metadata (shapes, dtypes), read without reading any array."""
+        state_dir = self.directory / str(step) / "state"
+        if not state_dir.exists():
+            raise FileNotFoundError(f'Item "state" was not found in checkpoint {self.directory}/{step}')
+        tree_file = state_dir / "_METADATA"  # Orbax's tree description; it reads a damaged one as an empty tree
+        if tree_file.exists():
+            try:
+                json.loads(tree_file.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise ValueError(f"DATA_LOSS: {tree_file} is corrupt or truncated ({e})") from e
+        metadata = ocp.StandardCheckpointer().metadata(state_dir).item_metadata
+        tree = getattr(metadata, "tree", metadata)
+        if not jax.tree.leaves(tree, is_leaf=lambda x: hasattr(x, "shape")):
+            raise ValueError(f"DATA_LOSS: {state_dir} describes no arrays")
+        return tree
 
     def restore_meta(self, step: int) -> dict:
         return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]

@@ -70,24 +70,33 @@ def run(trainer: Trainer, *, evaluate: EvalHook | None = None, metrics: MetricsW
         max_steps_this_run: int | None = None, fault_injector: FaultInjector | None = None) -> dict:
     """Resume (or start) the run of `trainer` and train; returns step, state, last eval, trainer, rollbacks."""
     cfg, run_dir = trainer.cfg, trainer.run
-    if jax.process_index() == 0:
-        save_config(cfg, run_dir.config)
     fingerprint = tok.fingerprint(run_dir.tokenizer)
     data_iter, weights = data_iterator(trainer)
     checkpointer = trainer.checkpointer()
     t0 = time.perf_counter()
-    restored = resume.restore_latest_valid(checkpointer, trainer.abstract_state(), data_iter, cfg, fingerprint)
+    try:
+        restored = resume.restore_latest_valid(checkpointer, trainer.abstract_state(), data_iter, cfg, fingerprint)
+    except BaseException:
+        checkpointer.close()
+        raise
+    resumes = 0
     if restored is not None:
-        state, _, step = restored
+        state, meta, step = restored
+        resumes = int(meta.get("resumes", 0)) + 1
         log(f"[train] resuming from checkpoint step {step} in {checkpointer.directory} ({time.perf_counter() - t0:.1f}s)")
     else:
         state = trainer.init_state()
         log("[train] no checkpoint found: starting from step 0")
+    if jax.process_index() == 0:  # only now: a refused resume leaves the run's config as it was
+        save_config(cfg, run_dir.config)
     metrics = metrics or MetricsWriter(run_dir, enabled=jax.process_index() == 0)
+    # Lines written after a resume may repeat steps already logged (the steps since the checkpoint):
+    # each carries the resume count, so readers keep the latest line of each step.
+    metrics.tags["resume"] = resumes
     try:
         with PreemptionWatcher() as watcher:
             loop = _Loop(trainer, state, data_iter, checkpointer, metrics, fingerprint, weights, evaluate, watcher,
-                         fault_injector)
+                         fault_injector, resumes)
             return loop.run(max_steps_this_run, restart_time=time.perf_counter() - t0)
     finally:
         checkpointer.close()
@@ -98,11 +107,11 @@ class _Loop:
 
     def __init__(self, trainer: Trainer, state, data_iter, checkpointer: Checkpointer, metrics: MetricsWriter,
                  fingerprint: str, weights: list[float], evaluate: EvalHook | None, watcher: PreemptionWatcher,
-                 fault_injector: FaultInjector | None):
+                 fault_injector: FaultInjector | None, resumes: int = 0):
         self.trainer, self.cfg = trainer, trainer.cfg
         self.state, self.data_iter, self.checkpointer, self.metrics = state, data_iter, checkpointer, metrics
         self.fingerprint, self.weights, self.evaluate, self.watcher = fingerprint, weights, evaluate, watcher
-        self.fault_injector = fault_injector
+        self.fault_injector, self.resumes = fault_injector, resumes
         self.step = int(jax.device_get(state.step))
         self.batches_drawn = 0
         self.rollbacks = 0
@@ -189,7 +198,8 @@ class _Loop:
             + (f" | skipped {skipped} rollbacks {self.rollbacks}" if skipped or self.rollbacks else ""))
         self.metrics.write({"step": self.step, "loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
                             **speed, "skipped_steps": skipped, "rollbacks": self.rollbacks,
-                            "loss_zscore": float(metrics["loss_zscore"]), "time": time.time(),
+                            "loss_zscore": float(metrics["loss_zscore"]), "batch_checksum": int(metrics["batch_checksum"]),
+                            "time": time.time(),
                             **self.mixture.window_shares()})
         return metrics
 
@@ -214,7 +224,8 @@ class _Loop:
         return self.step % self.cfg.checkpoint.every_steps == 0 or self.step == end_step or timed_out
 
     def _save(self) -> None:
-        meta = checkpoint_meta(self.step, to_dict(self.cfg), self.fingerprint, self.trainer.tokens_per_step)
+        meta = checkpoint_meta(self.step, to_dict(self.cfg), self.fingerprint, self.trainer.tokens_per_step,
+                               resumes=self.resumes)
         t = time.perf_counter()
         self.checkpointer.save(self.step, self.state, self.data_iter, meta, force=True)
         blocked = time.perf_counter() - t

@@ -32,6 +32,7 @@ class MetricsWriter:
     def __init__(self, run_dir: str | RunDir, enabled: bool = True):
         self.run = RunDir(run_dir)
         self.enabled = enabled
+        self.tags: dict = {}  # added to every line (e.g. the resume count)
         self._tb = None
         self._remote = self.run.is_remote
         self._lines: dict[str, list[str]] = {}  # remote files: full contents
@@ -68,14 +69,14 @@ class MetricsWriter:
         """One JSON line into `path` (default: the run's metrics.jsonl) and its scalars into TensorBoard."""
         if not self.enabled:
             return
-        clean = {k: _plain(v) for k, v in record.items()}
+        clean = {k: _plain(v) for k, v in {**record, **self.tags}.items()}
         self._append(path or self.run.metrics, json.dumps(clean))
         step = int(clean.get("step", 0))
         tb = self._tensorboard()
         if tb is None:
             return
         for key, value in clean.items():
-            if key not in ("step", "time", "kind") and isinstance(value, (int, float)) and value == value:
+            if key not in ("step", "time", "kind", *self.tags) and isinstance(value, (int, float)) and value == value:
                 tb.add_scalar(key if "/" in key else f"train/{key}", value, step)
         tb.flush()
 

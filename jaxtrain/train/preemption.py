@@ -1,7 +1,14 @@
-"""Preemption: turn SIGTERM / SIGINT into "save at the next step boundary and exit".
+"""Preemption: turn a stop request into "save at a step boundary and exit 75".
 
-On multi-host TPU, Orbax's `reached_preemption` (JAX's preemption sync point)
-makes every host agree on the same step, so all of them save it.
+One process: a Python SIGTERM/SIGINT handler notes the signal and the loop
+saves after the current step. Several processes (a pod): no Python handler
+at all. `jax.distributed.initialize()` installs JAX's preemption notifier,
+which hears SIGTERM on any host and tells the coordination service; each step
+every process asks Orbax's `reached_preemption(step)` (JAX's preemption sync
+point), which turns true on every process at the same step, so all save the
+same step and exit together. A Python handler would replace that notifier:
+the host that got the signal would stop alone and the others would hang in a
+collective.
 """
 
 from __future__ import annotations
@@ -11,10 +18,12 @@ import types
 
 import jax
 
+from jaxtrain.errors import JaxtrainError
+
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: "try again", what a relauncher looks for
 
 
-class Preempted(Exception):
+class Preempted(JaxtrainError):
     """Raised after the preemption checkpoint has been committed."""
 
     def __init__(self, step: int):
@@ -26,12 +35,15 @@ class PreemptionWatcher:
     def __init__(self) -> None:
         self.signal_name: str | None = None
         self._previous: dict[int, object] = {}
+        self.multi_process = jax.process_count() > 1
 
     def _handle(self, signum: int, frame: types.FrameType | None) -> None:
         del frame
         self.signal_name = signal.Signals(signum).name
 
     def __enter__(self) -> "PreemptionWatcher":
+        if self.multi_process:
+            return self  # JAX's notifier owns SIGTERM (see the module docstring)
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
                 self._previous[sig] = signal.signal(sig, self._handle)
@@ -44,8 +56,7 @@ class PreemptionWatcher:
             signal.signal(sig, handler)
 
     def should_stop(self, step: int, manager) -> bool:
-        if self.signal_name is not None:
-            return True
-        if jax.process_count() > 1:
+        """Ask once per step, on every process."""
+        if self.multi_process:
             return bool(manager.reached_preemption(step))
-        return False
+        return self.signal_name is not None

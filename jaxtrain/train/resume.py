@@ -1,31 +1,87 @@
 """Finding the checkpoint to resume from, refusing the wrong one, and rolling back after a bad streak.
 
-A checkpoint is used only if its metadata matches the run (same tokenizer,
-same architecture; a different mesh, device count or execution choice such as
-remat is fine: arrays are restored straight into the new shardings) and all
-of its arrays read back. A truncated or corrupt checkpoint is reported and
-the previous one is tried.
+A checkpoint is used only if it belongs to this run (same tokenizer, same
+architecture, the same state structure; a different mesh, device count,
+process count or execution choice such as remat is fine: arrays are restored
+straight into the new shardings) and its arrays read back. What happens
+otherwise depends on why:
+
+  incompatible   the tokenizer, the model or the state's structure differ:
+                 refused, naming the differing keys; the checkpoint stays.
+  unreadable     missing or truncated files, undecodable data: moved to
+                 checkpoints.corrupt/ (never deleted) and the previous one tried.
+  unavailable    a transient storage error: retried with backoff; if it
+                 persists, training stops and nothing is moved.
+
+On several processes every decision is agreed (each process's verdict is
+gathered and the gravest wins), and only process 0 moves a checkpoint, after
+a barrier, so no process is still reading it.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import dataclasses
+import time
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxtrain.config import RunConfig, to_dict
 from jaxtrain.errors import JaxtrainError
+from jaxtrain.models.transformer import ModelConfig
 from jaxtrain.train.checkpoint import Checkpointer
 from jaxtrain.utils import log
 
 # Model fields that change how the model runs, not what it computes or stores.
 EXECUTION_ONLY = {"dtype", "attention", "attention_interpret", "scan_layers", "remat"}
+RESTORE_ATTEMPTS = 4  # a transient storage error gets three more tries, 1 s, 2 s and 4 s apart
+_sleep: Callable[[float], None] = time.sleep  # tests replace it
+
+# How storage errors read: TensorStore, Orbax and GCS clients say what failed in the message.
+_TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "timed out", "Timeout", "onnection reset",
+              "onnection refused", "Temporary failure", " 429", " 500", " 502", " 503", " 504")
+_UNREADABLE = ("DATA_LOSS", "NOT_FOUND", "Error decoding", "Error reading", "error while reading", "was not found",
+               "corrupt", "truncated", "Unexpected end", "No such file")
+OK, UNAVAILABLE, UNREADABLE, FAILED = 0, 1, 2, 3  # verdicts, in order of gravity
 
 
 class IncompatibleCheckpoint(JaxtrainError, RuntimeError):
-    """A checkpoint that reads back but belongs to another model or tokenizer."""
+    """A checkpoint that reads back but belongs to another model, tokenizer or state structure."""
+
+
+class CheckpointUnavailable(JaxtrainError, RuntimeError):
+    """A checkpoint that could not be read now, for a reason that does not make it corrupt."""
 
 
 class TrainingDiverged(JaxtrainError, RuntimeError):
     """Bad steps kept coming after every rollback allowed."""
+
+
+def classify(error: BaseException) -> int:
+    text = f"{type(error).__name__}: {error}"
+    if isinstance(error, (ConnectionError, TimeoutError)) or any(m in text for m in _TRANSIENT):
+        return UNAVAILABLE
+    if isinstance(error, (FileNotFoundError, KeyError)) or any(m in text for m in _UNREADABLE):
+        return UNREADABLE
+    return FAILED
+
+
+def _agreed(verdict: int) -> int:
+    """The gravest verdict of all processes (every process calls this at the same point)."""
+    if jax.process_count() == 1:
+        return verdict
+    return int(np.max(multihost_utils.process_allgather(np.asarray(verdict, np.int32))))
+
+
+def _agreed_steps(checkpointer: Checkpointer) -> list[int]:
+    steps = checkpointer.all_steps()
+    if jax.process_count() > 1:
+        padded = np.full(1024, -1, np.int64)
+        padded[: len(steps[-1024:])] = steps[-1024:]
+        steps = [int(s) for s in multihost_utils.broadcast_one_to_all(padded) if s >= 0]
+    return steps
 
 
 def check_compatible(meta: dict, cfg: RunConfig, fingerprint: str, where: str) -> None:
@@ -36,7 +92,8 @@ def check_compatible(meta: dict, cfg: RunConfig, fingerprint: str, where: str) -
             "a model must keep the tokenizer it was trained with. Use the run's own tokenizer/tokenizer.model "
             "or start a new run directory."
         )
-    saved = (meta.get("config") or {}).get("model", {})
+    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}  # fields newer than the checkpoint
+    saved = {**defaults, **((meta.get("config") or {}).get("model", {}))}
     current = to_dict(cfg)["model"]
     diff = sorted(k for k in current if k not in EXECUTION_ONLY and saved.get(k) != current[k])
     if diff:
@@ -47,35 +104,89 @@ def check_compatible(meta: dict, cfg: RunConfig, fingerprint: str, where: str) -
         )
 
 
+def _key(path: tuple) -> str:
+    """'opt_state/1/0/mu/embed_VxD': the same for the saved tree (dicts) and the run's state (dataclasses)."""
+    return "/".join(str(next(getattr(k, a) for a in ("key", "name", "idx") if hasattr(k, a))) for k in path)
+
+
+def _leaves(tree: Any) -> dict[str, tuple]:
+    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))[0]
+    return {_key(path): (tuple(x.shape), str(np.dtype(x.dtype))) for path, x in flat}
+
+
+def check_structure(saved_tree: Any, abstract_state: Any, where: str, hint: str) -> None:
+    """The saved arrays must be this run's state arrays, key for key, shape for shape: refuse otherwise."""
+    saved, wanted = _leaves(saved_tree), _leaves(abstract_state)
+    diff = [f"{k}: checkpoint {saved[k][0]} vs run {wanted[k][0]}" for k in sorted(saved.keys() & wanted.keys())
+            if saved[k][0] != wanted[k][0]]
+    for keys, side in ((saved.keys() - wanted.keys(), "the checkpoint"), (wanted.keys() - saved.keys(), "this run")):
+        groups: dict[str, list[str]] = {}
+        for k in sorted(keys):  # a structure change moves whole subtrees: name each once
+            groups.setdefault("/".join(k.split("/")[:2]), []).append(k)
+        diff += [f"{p}/... ({len(ks)} arrays): only in {side}" if len(ks) > 1 else f"{ks[0]}: only in {side}"
+                 for p, ks in groups.items()]
+    if diff:
+        shown = "; ".join(diff[:6]) + (f"; and {len(diff) - 6} more" if len(diff) > 6 else "")
+        raise IncompatibleCheckpoint(f"{where}: its state does not fit this run ({shown}). {hint} The checkpoint was "
+                                     "left where it is.")
+
+
+def _read(what: str, where: str, read: Callable[[], Any]) -> tuple[int, Any]:
+    """(agreed verdict, value): transient errors are retried; the verdict is the same on every process."""
+    for attempt in range(RESTORE_ATTEMPTS):
+        try:
+            value, verdict, error = read(), OK, None
+        except Exception as e:  # classified below; nothing is moved unless every process can say why
+            value, verdict, error = None, classify(e), e
+        verdict = _agreed(verdict)
+        if verdict != UNAVAILABLE:
+            break
+        if attempt + 1 < RESTORE_ATTEMPTS:
+            log(f"[ckpt] {where}: {what} unavailable ({str(error)[:200]}); retrying in {2 ** attempt} s")
+            _sleep(2 ** attempt)
+    if verdict == UNAVAILABLE:
+        raise CheckpointUnavailable(f"{where}: could not read its {what} after {RESTORE_ATTEMPTS} attempts "
+                                    f"({type(error).__name__}: {str(error)[:300]}); nothing was moved. Check the "
+                                    "storage and rerun the same command.")
+    if verdict == FAILED:
+        detail = f" ({type(error).__name__}: {str(error)[:300]})" if error else " (on another process)"
+        raise CheckpointUnavailable(f"{where}: reading its {what} failed{detail}; nothing was moved. If the "
+                                    "checkpoint is damaged, move it aside by hand and rerun.")
+    return verdict, value
+
+
 def restore_latest_valid(
     checkpointer: Checkpointer, abstract_state: Any, data_iterator: Any, cfg: RunConfig, fingerprint: str
 ) -> tuple[Any, dict, int] | None:
     """(state, meta, step) of the newest readable, compatible checkpoint; None when there is none."""
-    steps = checkpointer.all_steps()
+    steps = _agreed_steps(checkpointer)
+    hint = ("A setting that shapes the training state changed (train.spike_window or the optimizer's structure, "
+            "e.g. optimizer.grad_clip switched on or off): resume with the run's saved value, or start a new run "
+            "directory.")
     for step in reversed(steps):
         where = f"{checkpointer.directory}/{step}"
-        try:
-            meta = checkpointer.restore_meta(step)
-        except Exception as e:  # unreadable metadata: treat like any other corruption
+        verdict, meta = _read("metadata", where, lambda: checkpointer.restore_meta(step))
+        if verdict == OK:
+            check_compatible(meta, cfg, fingerprint, where)  # wrong run: refuse, do not fall back
+            verdict, saved_tree = _read("array metadata", where, lambda: checkpointer.state_metadata(step))
+        if verdict == OK:
+            check_structure(saved_tree, abstract_state, where, hint)
+            verdict, restored = _read("arrays", where, lambda: checkpointer.restore(step, abstract_state, data_iterator))
+        if verdict == UNREADABLE:
             moved = checkpointer.quarantine(step)
-            log(f"[ckpt] checkpoint {where} is unreadable ({type(e).__name__}: {str(e)[:200]}); moved to {moved}; "
+            log(f"[ckpt] checkpoint {where} is corrupt or truncated (unreadable); moved to {moved}; "
                 "trying the previous one")
             continue
-        check_compatible(meta, cfg, fingerprint, where)  # wrong run: refuse, do not fall back
-        try:
-            state, meta = checkpointer.restore(step, abstract_state, data_iterator)
-        except Exception as e:
-            moved = checkpointer.quarantine(step)
-            log(f"[ckpt] checkpoint {where} is corrupt or truncated ({type(e).__name__}: {str(e)[:200]}); "
-                f"moved to {moved}; trying the previous one")
-            continue
+        state, meta = restored
         if step != steps[-1]:
             log(f"[ckpt] using checkpoint {step} instead of the latest ({steps[-1]}), which could not be read")
+        if jax.process_count() > 1:
+            print(f"[ckpt] process {jax.process_index()}/{jax.process_count()}: restored step {step}", flush=True)
         return state, meta, step
     if steps:
-        raise RuntimeError(
-            f"none of the checkpoints {steps} in {checkpointer.directory} could be read; move the directory "
-            "aside to start over (nothing was deleted)."
+        raise CheckpointUnavailable(
+            f"none of the checkpoints {steps} in {checkpointer.directory} could be read; they were moved to "
+            f"{checkpointer.run.set_aside('corrupt')} (nothing was deleted). Move them back to retry, or start over."
         )
     return None
 

@@ -71,6 +71,15 @@ def cross_entropy(
     return jnp.sum(nll_BxL * mask), jnp.sum(mask)
 
 
+def batch_checksum(batch: Batch) -> jax.Array:
+    """A uint32 fingerprint of the global batch (which tokens sit in which row and position): equal on any
+    mesh and any number of processes exactly when the batches are equal. Logged to check data loading."""
+    inputs_BxL = batch["inputs"].astype(jnp.uint32) + 7919 * batch["segment_ids"].astype(jnp.uint32)
+    B, L = inputs_BxL.shape
+    weights_BxL = (jnp.arange(B * L, dtype=jnp.uint32).reshape(B, L) * jnp.uint32(2654435761)) | jnp.uint32(1)
+    return jnp.sum(inputs_BxL * weights_BxL, dtype=jnp.uint32)
+
+
 def make_forward(graphdef: nnx.GraphDef, mesh: Mesh | None, rules: dict | None) -> Callable:
     """params, batch -> float32 logits, with activation constraints when a mesh is given."""
 
@@ -173,6 +182,7 @@ def make_train_step(
             "loss": loss, "grad_norm": grad_norm, "tokens": count, "skipped": bad,
             "loss_zscore": z_loss_score, "grad_norm_zscore": z_grad_score,
             "skipped_total": guard_state["skipped"], "bad_streak": guard_state["bad_streak"],
+            "batch_checksum": batch_checksum(batch),
         }
         return new_state, metrics
 
