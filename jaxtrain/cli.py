@@ -259,7 +259,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # `train key=value --max-steps 8 key=value`: argparse stops collecting overrides at the first option;
+    # the ones after it come back unrecognized and join the others.
+    if extra and hasattr(args, "overrides") and all("=" in a and not a.startswith("-") for a in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _simulated_devices_default()
     from jaxtrain.errors import ConfigError, JaxtrainError
     from jaxtrain.train.preemption import EXIT_PREEMPTED, Preempted
