@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 from jaxtrain.config import RunConfig
 from jaxtrain.data import prepare as data_prepare
 from jaxtrain.data import tokenizer as tok
+from jaxtrain.errors import JaxtrainError
 from jaxtrain.evaluate.evaluator import Evaluator
 from jaxtrain.evaluate.sampling import generate
 from jaxtrain.evaluate.tasks import prepare_tasks
@@ -30,16 +31,29 @@ from jaxtrain.train.trainer import Trainer, build_mesh, build_trainer, load_para
 from jaxtrain.utils import log
 
 
+class DataNotPrepared(JaxtrainError):
+    """A pod was started on a run directory whose data stages have not run."""
+
+
 def prepare(cfg: RunConfig, run_dir: str | RunDir) -> None:
-    """Every data stage, skipping those already done; on several processes only process 0 works."""
+    """Every data stage, skipping those already done. A pod does not curate or tokenize (its hosts would
+    wait, accelerators idle, while one host does CPU work): it refuses unprepared data before any work."""
     run = RunDir(run_dir)
-    if jax.process_index() == 0:
-        data_prepare.prepare_corpus(cfg.data, run)
-        data_prepare.prepare_tokenizer(cfg.tokenizer, cfg.data, cfg.model.vocab_size, run)
-        data_prepare.prepare_shards(cfg.data, run)
-        prepare_tasks(run, cfg.eval.task_examples, cfg.data.shuffle_seed)
     if jax.process_count() > 1:
+        missing = data_prepare.missing_stages(run)
+        if missing:
+            raise DataNotPrepared(
+                f"{run}: data stage(s) {', '.join(missing)} not done, and a pod does not prepare data. Run "
+                f"`jaxtrain prepare`, `jaxtrain tokenizer` and `jaxtrain tokenize` with --run-dir {run} once from "
+                "any machine (data.beam_options runs curation on Dataflow), then launch the pod again.")
+        if jax.process_index() == 0:
+            prepare_tasks(run, cfg.eval.task_examples, cfg.data.shuffle_seed)  # seconds of work
         multihost_utils.sync_global_devices("jaxtrain:data-prepared")
+        return
+    data_prepare.prepare_corpus(cfg.data, run)
+    data_prepare.prepare_tokenizer(cfg.tokenizer, cfg.data, cfg.model.vocab_size, run)
+    data_prepare.prepare_shards(cfg.data, run)
+    prepare_tasks(run, cfg.eval.task_examples, cfg.data.shuffle_seed)
 
 
 def train(cfg: RunConfig, run_dir: str | RunDir, *, devices: list | None = None, prepare_data: bool = False,

@@ -6,6 +6,8 @@ One entry point, stdlib only (runs from a laptop with just gcloud installed):
   tpu.py create  --name N --zone Z --accelerator v5litepod-8 [--spot] [--queued [--slices S]]
   tpu.py setup   --name N --zone Z --repo URL --commit SHA
   tpu.py launch  --name N --zone Z --config C --run-dir gs://B/run [KEY=VALUE ...]
+                 (stops leftovers, starts training detached on every worker, then watches it)
+  tpu.py watch   --name N --zone Z   (wait for a launched job: exit code of the workers)
   tpu.py run     (create if needed, set up, launch; on preemption recreate and relaunch
                   until the run completes or --max-retries is spent)
   tpu.py logs    --name N --zone Z [--collect DIR]
@@ -14,7 +16,10 @@ One entry point, stdlib only (runs from a laptop with just gcloud installed):
   tpu.py state   --name N --zone Z
 
 Every subcommand takes --dry-run (print the exact gcloud commands, run nothing)
-and checks its arguments before calling anything.
+and checks its arguments before calling anything. Training runs detached on the
+workers (setsid/nohup): a laptop that sleeps or a dropped ssh connection stops
+only the watching, never the job; each worker's log goes to ~/jaxtrain-logs/ and
+to RUN_DIR/logs/.
 """
 
 from __future__ import annotations
@@ -115,14 +120,69 @@ def create(r: Runner, t: tc.Target, acc: tc.Accelerator, version: str | None, sp
         time.sleep(poll_s)
 
 
-def setup(r: Runner, t: tc.Target, repo: str, commit: str, install: str) -> None:
-    r.call(t.ssh(tc.setup_command(repo, commit, install)))
+def _workers(t: tc.Target, acc: tc.Accelerator | None) -> int:
+    return (acc.hosts if acc else 1) * t.slices
 
 
-def launch(r: Runner, t: tc.Target, args: argparse.Namespace) -> int:
-    cmd = tc.train_command(args.config, args.run_dir, args.overrides, t.slices, args.python)
-    rc, _ = r.call(t.ssh(cmd), check=False)
-    return rc
+def setup(r: Runner, t: tc.Target, acc: tc.Accelerator | None, repo: str, commit: str, install: str,
+          retries: int = 2, pause: float = 30.0) -> None:
+    """Install on every worker; a failed setup (apt busy, a network blip) is retried from scratch."""
+    for attempt in range(retries + 1):
+        rc, _ = r.call(t.ssh(tc.setup_command(repo, commit, install), workers=_workers(t, acc)), check=False)
+        if rc == 0:
+            return
+        if attempt == retries:
+            raise GcloudError(f"setup of {t.name}: failed {retries + 1} times; see the errors above.")
+        r.echo(f"[tpu] setup failed (exit {rc}); retry {attempt + 1}/{retries} in {pause:.0f}s")
+        time.sleep(pause)
+
+
+def start(r: Runner, t: tc.Target, acc: tc.Accelerator | None, args: argparse.Namespace) -> None:
+    """Stop what a previous launch left (processes, the libtpu lock), then start training detached."""
+    n = _workers(t, acc)
+    r.call(t.ssh(tc.cleanup_command(args.run_dir), workers=n), check=False)
+    r.call(t.ssh(tc.train_command(args.config, args.run_dir, args.overrides, t.slices, args.python), workers=n))
+
+
+def watch(r: Runner, t: tc.Target, acc: tc.Accelerator | None, poll_s: float, give_up_s: float) -> int | None:
+    """Wait for the job: its exit code (the first non-zero worker's, else 0); None when the VM went away.
+
+    A failed poll (the laptop's connection dropped, ssh refused for a moment) is not the job failing: the
+    VM's state decides, and the watch goes on while the VM is healthy (for up to give_up_s of failed polls)."""
+    n, failed_since = _workers(t, acc), None
+    ready = "ACTIVE" if t.queued else "READY"
+    while True:
+        rc, out = r.call(t.ssh(tc.poll_command(), workers=n), capture=True, check=False)
+        if r.dry_run:
+            return 0
+        codes = [int(line.split()[1]) for line in out.splitlines() if line.startswith("jaxtrain-exit ")]
+        running = sum(line.strip() == "jaxtrain-running" for line in out.splitlines())
+        if rc == 0 and len(codes) == n and not running:
+            return next((c for c in codes if c), 0)
+        if rc == 0 and codes and any(codes):  # a worker died: the others hang until the heartbeat; stop them now
+            return next(c for c in codes if c)
+        if rc != 0:
+            state = vm_state(r, t)
+            if state != ready:
+                return None
+            failed_since = failed_since or time.monotonic()
+            if time.monotonic() - failed_since > give_up_s:
+                raise GcloudError(f"could not reach the workers of {t.name} for {give_up_s:.0f}s although it is "
+                                  f"{state}; the job may still be running: `tpu.py watch` again later.")
+            r.echo(f"[tpu] poll failed (exit {rc}) but {t.name} is {state}: the job runs on; watching again")
+        else:
+            failed_since = None
+        time.sleep(poll_s)
+
+
+def launch(r: Runner, t: tc.Target, acc: tc.Accelerator | None, args: argparse.Namespace) -> int:
+    start(r, t, acc, args)
+    r.echo(f"[tpu] training started on {t.name}, detached; follow it with `tpu.py logs` (logs also in "
+           f"{args.run_dir.rstrip('/')}/logs/)")
+    if args.no_watch:
+        return 0
+    code = watch(r, t, acc, args.poll, args.wait)
+    return 255 if code is None else code
 
 
 def run_until_done(r: Runner, t: tc.Target, acc: tc.Accelerator, args: argparse.Namespace) -> int:
@@ -145,20 +205,21 @@ def run_until_done(r: Runner, t: tc.Target, acc: tc.Accelerator, args: argparse.
             create(r, t, acc, args.version, args.spot, args.create_retries, args.wait, args.create_pause)
             needs_setup = True
         if needs_setup:
-            setup(r, t, args.repo, args.commit, args.install)
+            setup(r, t, acc, args.repo, args.commit, args.install, args.setup_retries, args.retry_pause)
         needs_setup = False
-        rc = launch(r, t, args)
+        start(r, t, acc, args)
+        code = watch(r, t, acc, args.poll, args.wait)
         if r.dry_run:
             r.echo(f"[tpu] dry run: if the job fails or the VM is preempted, the loop describes it, recreates it "
                    f"when needed and relaunches, up to --max-retries {args.max_retries} times")
             return 0
-        if rc == 0:
+        if code == 0:
             r.echo(f"[tpu] run complete on {t.name}")
             return 0
         state = vm_state(r, t)
-        preempted = state is None or state in tc.PREEMPTED_STATES
+        preempted = code is None or state is None or state in tc.PREEMPTED_STATES
         failures += 1
-        kind = f"preempted ({state or 'gone'})" if preempted else f"failed with exit {rc} (VM {state})"
+        kind = f"preempted ({state or 'gone'})" if preempted else f"failed with exit {code} (VM {state})"
         if failures > args.max_retries:
             r.echo(f"[tpu] job {kind}; retry budget of {args.max_retries} spent, giving up")
             return 1
@@ -168,14 +229,15 @@ def run_until_done(r: Runner, t: tc.Target, acc: tc.Accelerator, args: argparse.
 
 def logs(r: Runner, t: tc.Target, acc: tc.Accelerator | None, collect: str | None, lines: int) -> None:
     if not collect:
-        r.call(t.ssh(f"tail -n {int(lines)} -F {tc.REMOTE_LOG}"), check=False)
+        r.call(t.ssh(f"tail -n {int(lines)} -F {tc.REMOTE_LOG}", workers=_workers(t, acc)), check=False)
         return
     dest = pathlib.Path(collect)
     if not r.dry_run:
         dest.mkdir(parents=True, exist_ok=True)
-    hosts = acc.hosts if acc else 1
-    for worker in range(hosts):
-        r.call(t.scp_from(tc.REMOTE_LOG, str(dest / f"worker-{worker}.log"), worker), check=False)
+    for node in t.nodes():  # every slice of a multislice, every worker of each
+        for worker in range(acc.hosts if acc else 1):
+            name = f"worker-{worker}.log" if len(t.nodes()) == 1 else f"{node}-worker-{worker}.log"
+            r.call(t.scp_from(tc.REMOTE_LOG, str(dest / name), worker, node), check=False)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -205,6 +267,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--repo", required=required, help="git URL of this project (or your fork)")
         p.add_argument("--commit", default="main", help="commit, tag or branch to install")
         p.add_argument("--install", default=tc.DEFAULT_INSTALL, help="install command run in the checkout")
+        p.add_argument("--setup-retries", type=int, default=2, help="retries of a failed setup")
+
+    def add_watch(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--accelerator", help="accelerator type (the number of workers to wait for)")
+        p.add_argument("--poll", type=float, default=60, help="seconds between checks of the job")
+        p.add_argument("--wait", type=float, default=3600,
+                       help="seconds of unreachable workers on a healthy VM before giving up watching")
 
     def add_launch(p: argparse.ArgumentParser) -> None:
         p.add_argument("--config", required=True, help="preset name or YAML path (inside the checkout)")
@@ -213,18 +282,26 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("overrides", nargs="*", help="config overrides KEY=VALUE")
 
     add_create(add("create", "create a TPU VM, pod slice or multislice queued resource"))
-    add_setup(add("setup", "install the project at a commit on every worker"), required=True)
-    add_launch(add("launch", "run `jaxtrain train` on all workers at once (logs stream here)"))
+    p = add("setup", "install the project at a commit on every worker")
+    add_setup(p, required=True)
+    p.add_argument("--accelerator", help="accelerator type (the number of workers)")
+    p.add_argument("--retry-pause", type=float, default=30, help="seconds between setup attempts")
+    p = add("launch", "start `jaxtrain train` detached on all workers at once, then watch it")
+    add_launch(p)
+    add_watch(p)
+    p.add_argument("--no-watch", action="store_true", help="return once the job is started")
+    add_watch(add("watch", "wait for a launched job and exit with its exit code"))
     p = add("run", "create if needed, set up, launch; recreate and relaunch on preemption until done")
     add_create(p)
     add_setup(p, required=True)  # a recreated VM starts empty: the loop must be able to set it up again
     add_launch(p)
+    p.add_argument("--poll", type=float, default=60, help="seconds between checks of the job")
     p.add_argument("--max-retries", type=int, default=10, help="relaunches allowed after preemptions/failures")
     p.add_argument("--retry-pause", type=float, default=30, help="seconds between relaunches")
     p.add_argument("--log-file", help="also append the job's output to this local file")
     p = add("logs", "stream the training log of every worker, or --collect them into a directory")
     p.add_argument("--collect", help="copy each worker's log into this local directory")
-    p.add_argument("--accelerator", help="accelerator type (to know the number of workers for --collect)")
+    p.add_argument("--accelerator", help="accelerator type (the number of workers)")
     p.add_argument("--lines", type=int, default=100)
     p = add("sync", "copy a run directory to or from Cloud Storage (gcloud storage rsync)", target=False)
     p.add_argument("src")
@@ -274,9 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "create":
             create(r, target, acc, args.version, args.spot, args.create_retries, args.wait, args.create_pause)
         elif args.command == "setup":
-            setup(r, target, args.repo, args.commit, args.install)
+            setup(r, target, acc, args.repo, args.commit, args.install, args.setup_retries, args.retry_pause)
         elif args.command == "launch":
-            return launch(r, target, args)
+            return launch(r, target, acc, args)
+        elif args.command == "watch":
+            code = watch(r, target, acc, args.poll, args.wait)
+            return 255 if code is None else code
         elif args.command == "run":
             return run_until_done(r, target, acc, args)
         elif args.command == "logs":

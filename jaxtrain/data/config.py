@@ -73,9 +73,9 @@ class DataConfig:
     eval_fraction: float = 0.02
     seq_len: int = 256
     shuffle_seed: int = 0
-    num_threads: int = 0  # batches prefetched by a background thread (0 = none)
-    read_threads: int = 0  # ArrayRecord read threads per source: 0 = synchronous (fastest from local disk,
-    # measured), 8-16 when the token shards live on gs://
+    read_threads: int = 0  # rows built ahead in threads: 0 = synchronous on local disk (fastest there, measured),
+    # 16 automatically when the run directory is on gs://; set it to override either
+    num_threads: int = 0  # whole batches prefetched by a background thread (0 = none)
 
     def __post_init__(self) -> None:
         check(0.0 < self.eval_fraction < 0.5, f"data.eval_fraction: {self.eval_fraction} must be in (0, 0.5).")

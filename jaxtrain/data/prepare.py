@@ -20,6 +20,13 @@ from jaxtrain.rundir import RunDir
 from jaxtrain.utils import log
 
 
+def missing_stages(run: RunDir) -> list[str]:
+    """The data stages whose output the run directory lacks."""
+    run = RunDir(run)
+    outputs = {"prepare": run.curation_report, "tokenizer": run.tokenizer, "tokenize": run.token_counts}
+    return [stage for stage, path in outputs.items() if not path.exists()]
+
+
 def check_sources(d: DataConfig) -> None:
     """Refuse sources that cannot produce anything, before any work starts."""
     for i, s in enumerate(d.sources):

@@ -14,6 +14,10 @@ import os
 
 import jax
 
+# How long every process waits for all the others to join: pods start their hosts over minutes
+# (JAX's and MaxText's default is 300 s; a 100 s wait failed big slices that were merely slow).
+STARTUP_TIMEOUT_S = 300
+
 
 def initialize_from_env(
     coordinator: str | None = None,
@@ -39,7 +43,7 @@ def initialize_from_env(
         num_processes=num_processes,
         process_id=process_id,
         heartbeat_timeout_seconds=timeout,
-        initialization_timeout=max(timeout, 60),
+        initialization_timeout=int(os.environ.get("JAXTRAIN_STARTUP_TIMEOUT_S", STARTUP_TIMEOUT_S)),
         shutdown_timeout_seconds=timeout,
     )
     return jax.process_count() > 1

@@ -37,6 +37,7 @@ __all__ = ["EvalHook", "FaultInjector", "TrainingDiverged", "run", "train"]
 FaultInjector = Callable[[int], float | None]
 # (params, step) -> eval results; the hook logs and records them itself (jaxtrain.evaluate.Evaluator).
 EvalHook = Callable[[Any, int], dict[str, float]]
+REMOTE_READ_THREADS = 16  # ArrayRecord reads in flight when the token shards are on gs:// (data.read_threads=0)
 
 
 def _bar(fraction: float, width: int = 20) -> str:
@@ -61,7 +62,8 @@ def data_iterator(trainer: Trainer) -> tuple[Any, list[float]]:
         trainer.run, trainer.sources, weights,
         seq_len=trainer.seq_len, batch_size=trainer.batch_size, rows=trainer.rows, seed=d.shuffle_seed,
         num_threads=d.num_threads, pack=d.pack, schedule=[(s.step, s.weights) for s in d.mixture_schedule],
-        read_threads=d.read_threads,
+        # Object storage answers each read in milliseconds: read ahead in threads unless told otherwise.
+        read_threads=d.read_threads or (REMOTE_READ_THREADS if trainer.run.is_remote else 0),
     )
     return iterator, weights
 
