@@ -26,6 +26,7 @@ from jaxtrain.train.checkpoint import Checkpointer, checkpoint_meta
 from jaxtrain.train.meters import MixtureMeter, Throughput
 from jaxtrain.train.metrics import MetricsWriter
 from jaxtrain.train.preemption import Preempted, PreemptionWatcher
+from jaxtrain.train.profiler import StepProfiler
 from jaxtrain.train.resume import TrainingDiverged
 from jaxtrain.train.trainer import Trainer, build_trainer
 from jaxtrain.utils import format_duration, log
@@ -84,7 +85,7 @@ def run(trainer: Trainer, *, evaluate: EvalHook | None = None, metrics: MetricsW
     else:
         state = trainer.init_state()
         log("[train] no checkpoint found: starting from step 0")
-    metrics = metrics or MetricsWriter(run_dir, enabled=jax.process_index() == 0)
+    metrics = metrics or MetricsWriter.for_run(cfg, run_dir)
     try:
         with PreemptionWatcher() as watcher:
             loop = _Loop(trainer, state, data_iter, checkpointer, metrics, fingerprint, weights, evaluate, watcher,
@@ -116,6 +117,7 @@ class _Loop:
         self.peak = flops.peak_flops(devices[0].device_kind)
         self.throughput = Throughput(trainer.tokens_per_step, self.n_chips, self.flops_per_token, self.peak)
         self.mixture = MixtureMeter(trainer.sources)
+        self.profiler = StepProfiler(self.cfg.log, trainer.run)  # log.profile_steps: a jax.profiler trace
 
     def run(self, max_steps_this_run: int | None, restart_time: float) -> dict:
         cfg, total = self.cfg, self.cfg.train.steps
@@ -143,6 +145,7 @@ class _Loop:
             if self._save_due(end_step):
                 self._save()
                 self.last_save_time = time.perf_counter()
+        self.profiler.close(self.state)
         self.checkpointer.wait()
         self.metrics.close()
         log(f"[train] stopped at step {self.step} after {format_duration(time.perf_counter() - run_start)}; "
@@ -174,6 +177,7 @@ class _Loop:
                 f"(restart to first step: {restart_offset + time.perf_counter():.1f}s)")
             self.throughput.restart()
         self.state, metrics = self.compiled(self.state, batch)
+        self.profiler.after_step(self.state)
         self.step += 1
         self.throughput.step()
         return metrics
