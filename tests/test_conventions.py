@@ -54,7 +54,7 @@ def test_profiler_switch_writes_a_trace_for_tensorboard_and_perfetto(observed_ru
     names = [p.name for p in traces]
     assert any(n.endswith(".xplane.pb") for n in names), names
     assert any(n.endswith(".trace.json.gz") for n in names), names
-    assert all(p.stat().st_size > 0 for p in traces)
+    assert all(pathlib.Path(p).stat().st_size > 0 for p in traces)
 
 
 def test_tokenization_prints_no_tfds_download_lines(prepared_run, tmp_path, capfd):

@@ -20,12 +20,12 @@ from typing import Literal
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import nnx
 
 from jaxtrain.errors import check
 from jaxtrain.models.attention import cached_attention, dot_product_attention
 from jaxtrain.models.remat import remat_policy
+from jaxtrain.models.rope import rope, rope_frequencies
 from jaxtrain.parallel.constraints import constrain
 
 Array = jax.Array
@@ -135,40 +135,6 @@ class Norm(nnx.Module):
         return y.astype(x.dtype)
 
 
-def rope_frequencies(cfg: ModelConfig) -> np.ndarray:
-    """The K/2 rotary inverse frequencies, with the config's context-extension scaling.
-
-    A constant of the compiled program, computed in float32 operation for operation as Meta's Llama
-    reference and transformers do (`_compute_default_rope_parameters`, `_compute_llama3_parameters`):
-    at positions past 10^4 a last-bit difference in a frequency already shows in the logits.
-    """
-    K = cfg.resolved_head_dim
-    f32 = np.float32
-    inv_freq = f32(1.0) / (f32(cfg.rope_theta) ** (np.arange(0, K, 2).astype(f32) / f32(K)))
-    if cfg.rope_scaling == "linear":
-        inv_freq = inv_freq / f32(cfg.rope_factor)
-    elif cfg.rope_scaling == "llama3":
-        factor, low, high = f32(cfg.rope_factor), f32(cfg.rope_low_freq_factor), f32(cfg.rope_high_freq_factor)
-        old_len = f32(cfg.rope_original_max_len)
-        wavelen = f32(2 * math.pi) / inv_freq
-        scaled = np.where(wavelen > old_len / low, inv_freq / factor, inv_freq)  # long wavelengths: stretched
-        smooth = (old_len / wavelen - low) / (high - low)
-        smoothed = (f32(1) - smooth) * scaled / factor + smooth * scaled
-        medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-        inv_freq = np.where(medium, smoothed, scaled)
-    return inv_freq.astype(f32)
-
-
-def rope(x_BxLxNxK: Array, positions_BxL: Array, inv_freq_K2: np.ndarray | Array) -> Array:
-    """Rotary embedding on the first and second halves of the head dim (Llama layout)."""
-    angle_BxLxK2 = positions_BxL[..., None].astype(jnp.float32) * jnp.asarray(inv_freq_K2, jnp.float32)
-    sin = jnp.sin(angle_BxLxK2)[:, :, None, :]
-    cos = jnp.cos(angle_BxLxK2)[:, :, None, :]
-    x1, x2 = jnp.split(x_BxLxNxK.astype(jnp.float32), 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x_BxLxNxK.dtype)
-
-
 class Attention(nnx.Module):
     def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
         D, H, G, K = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
@@ -222,7 +188,9 @@ class Attention(nnx.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if cfg.pos_embedding == "rope":
-            inv_freq_K2 = rope_frequencies(cfg)
+            inv_freq_K2 = rope_frequencies(cfg.resolved_head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.rope_factor,
+                                           cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
+                                           cfg.rope_original_max_len)
             q = rope(q, positions_BxL, inv_freq_K2)
             k = rope(k, positions_BxL, inv_freq_K2)
         return q, k, v

@@ -12,6 +12,8 @@ from __future__ import annotations
 from typing import Any
 
 from jaxtrain.config import RunConfig, to_dict
+from jaxtrain.models.transformer import ModelConfig
+from jaxtrain.yamlconf import to_dict as section_dict
 from jaxtrain.errors import JaxtrainError
 from jaxtrain.train.checkpoint import Checkpointer
 from jaxtrain.utils import log
@@ -36,7 +38,9 @@ def check_compatible(meta: dict, cfg: RunConfig, fingerprint: str, where: str) -
             "a model must keep the tokenizer it was trained with. Use the run's own tokenizer/tokenizer.model "
             "or start a new run directory."
         )
-    saved = (meta.get("config") or {}).get("model", {})
+    # A field added to ModelConfig after the checkpoint was made has its default there: new fields
+    # default to the computation as it was before them (e.g. rope_scaling: none).
+    saved = {**section_dict(ModelConfig()), **(meta.get("config") or {}).get("model", {})}
     current = to_dict(cfg)["model"]
     diff = sorted(k for k in current if k not in EXECUTION_ONLY and saved.get(k) != current[k])
     if diff:
