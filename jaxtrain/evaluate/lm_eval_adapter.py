@@ -89,10 +89,12 @@ class JaxtrainLM(TemplateLM):
         return self.tokenizer.decode(tokens)
 
     def _batch_size_for(self, length: int) -> int:
-        """A fixed batch size, or for "auto" HFLM's search: halve from max_batch_size until a forward pass of
-        that many rows at this length runs (an accelerator's out-of-memory error means too many)."""
+        """A fixed batch size, or for "auto" HFLM's search at the longest request: halve from max_batch_size
+        until a forward pass of that many rows runs (an accelerator's out-of-memory error means too many).
+        Remembered per power-of-two length, the row lengths the scorer compiles for."""
         if self.batch_size != "auto":
             return self.batch_size
+        length = min(1 << max(length - 1, 0).bit_length(), self.max_length)
         if length not in self._auto_batch:
             size = self.max_batch_size
             while True:
@@ -108,20 +110,20 @@ class JaxtrainLM(TemplateLM):
         return self._auto_batch[length]
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, **kwargs) -> list[tuple[float, bool]]:
-        """((context, continuation), context_ids, continuation_ids) -> (logprob, is_greedy), longest first
-        (as HFLM's Collator orders them, so a batch's rows have similar lengths)."""
+        """((context, continuation), context_ids, continuation_ids) -> (logprob, is_greedy), scored longest
+        first (as HFLM's Collator orders them, so a batch's rows have similar lengths)."""
         order = sorted(range(len(requests)), key=lambda i: -len(requests[i][1]) - len(requests[i][2]))
         pairs = [(requests[i][1], requests[i][2]) for i in order]
         results: list[tuple[float, bool]] = [(0.0, False)] * len(requests)
-        start = 0
-        while start < len(pairs):
-            size = self._batch_size_for(min(len(pairs[start][0]) + len(pairs[start][1]) - 1, self.max_length))
-            for i, result in zip(order[start:start + size], self._score(self.params, pairs[start:start + size],
-                                                                          batch_size=size)):
+        if not pairs:
+            return results
+        size = self._batch_size_for(min(len(pairs[0][0]) + len(pairs[0][1]) - 1, self.max_length))
+        for start in range(0, len(pairs), size):
+            scores = self._score(self.params, pairs[start:start + size], batch_size=size)
+            for i, result in zip(order[start:start + size], scores):
                 results[i] = result
                 if requests[i][0] is not None:
                     self.cache_hook.add_partial("loglikelihood", requests[i][0], result)
-            start += size
         return results
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
