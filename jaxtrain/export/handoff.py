@@ -4,6 +4,10 @@ Whoever builds on a base model inherits its corpus, so the card lists every
 source (location, license where known, content hash), document and token
 counts after each curation stage, the tokenizer fingerprint, the training
 config, steps and tokens seen, and the latest eval results.
+
+The tokenizer travels both ways in the files transformers reads (tokenizer.model
+with a tokenizer_config.json, or tokenizer.json), and config.json carries its
+BOS/EOS ids.
 """
 
 from __future__ import annotations

@@ -5,6 +5,11 @@ Llama-style models map onto `LlamaForCausalLM` and GPT-2-style models onto
 transformers' `rotate_half`, so no permutation is needed). Written with
 safetensors and a plain `config.json`; transformers is not needed to export,
 only to load.
+
+Import is exact or refused: every field of a Llama `config.json` is read into
+`ModelConfig`, accepted only at the value jaxtrain computes with, known not to
+change the logits, or refused with an `ExportError` naming it (README: the
+table under "Hand-off to Hugging Face, and back").
 """
 
 from __future__ import annotations
