@@ -118,3 +118,17 @@ def test_import_train_export_round_trip_of_a_llama3_directory(prepared_run, tmp_
         ids = ours.encode(text)
         assert auto.encode(text) == [bos, *ids], text
         assert auto.decode(ids) == ours.decode(ids), text
+
+    # lm-eval: its own HF model on the export and jaxtrain's adapter on the run score alike (tokenizer.json path).
+    pytest.importorskip("lm_eval")
+    from lm_eval.api.instance import Instance
+    from lm_eval.models.huggingface import HFLM
+
+    from jaxtrain.evaluate.lm_eval_adapter import JaxtrainLM
+
+    pairs = [("x = ", "[1, 2, 3]"), ("def f(x):\n    return", " x"), ("", "naïve café")]
+    requests = [Instance("loglikelihood", {}, p, i) for i, p in enumerate(pairs)]
+    expected = HFLM(pretrained=str(out), device="cpu", dtype="float32", batch_size=2).loglikelihood(requests)
+    got = JaxtrainLM(str(run), batch_size=2).loglikelihood(requests)
+    for (a, greedy_a), (b, greedy_b) in zip(expected, got):
+        assert b == pytest.approx(a, abs=1e-4) and greedy_a == greedy_b

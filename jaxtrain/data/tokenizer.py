@@ -69,6 +69,12 @@ class Tokenizer(abc.ABC):
     @abc.abstractmethod
     def token_to_id(self, token: str) -> int | None: ...
 
+    @property
+    def exported_adds_bos(self) -> bool:
+        """Whether transformers' tokenizer for the exported files puts BOS before the text (lm-eval's HFLM
+        scores with that); jaxtrain's own sequences always start with BOS."""
+        return True
+
     def fingerprint(self) -> str:
         return fingerprint(self.path)
 
@@ -179,6 +185,12 @@ class HFTokenizer(Tokenizer):
 
     def token_to_id(self, token: str) -> int | None:
         return self.tok.token_to_id(token)
+
+    @property
+    def exported_adds_bos(self) -> bool:
+        """A tokenizer.json adds BOS if its post-processor does (Llama 3's TemplateProcessing does)."""
+        ids = self.tok.encode("a", add_special_tokens=True).ids
+        return bool(ids) and ids[0] == self.bos_id
 
 
 def load(path: str | os.PathLike) -> Tokenizer:

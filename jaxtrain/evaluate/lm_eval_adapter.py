@@ -36,12 +36,13 @@ from jaxtrain.train.trainer import load_params
 @register_model("jaxtrain")
 class JaxtrainLM(TemplateLM):
     def __init__(self, run_dir: str, step: int | None = None, batch_size: int | str = 8, max_batch_size: int = 64,
-                 max_length: int | None = None, max_gen_toks: int = 256, add_bos_token: bool = True,
+                 max_length: int | None = None, max_gen_toks: int = 256, add_bos_token: bool | None = None,
                  device: str | None = None) -> None:
         """batch_size: rows per forward pass, or "auto" / "auto:N" (HFLM's spelling): the largest power of two
         up to max_batch_size that runs at the longest request's length. max_length: the context HFLM reads from
-        the exported config.json (model.max_seq_len) unless given. device: accepted for lm-eval's CLI, unused
-        (JAX places the computation)."""
+        the exported config.json (model.max_seq_len) unless given. add_bos_token: None = as transformers'
+        tokenizer for the export does (HFLM's default). device: accepted for lm-eval's CLI, unused (JAX places
+        the computation)."""
         super().__init__()
         del device
         run = RunDir(run_dir)
@@ -50,7 +51,7 @@ class JaxtrainLM(TemplateLM):
         self.tokenizer = tok.load(run.tokenizer)
         self._max_length = int(max_length or cfg.model.max_seq_len)
         self._max_gen_toks = int(max_gen_toks)
-        self.add_bos_token = add_bos_token
+        self.add_bos_token = self.tokenizer.exported_adds_bos if add_bos_token is None else add_bos_token
         self.max_batch_size = int(max_batch_size)
         self.batch_size = "auto" if str(batch_size).startswith("auto") else int(batch_size)
         self._auto_batch: dict[int, int] = {}  # row length -> detected batch size
@@ -75,9 +76,12 @@ class JaxtrainLM(TemplateLM):
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None,
                    **kwargs) -> list[int]:
-        """As HFLM.tok_encode with a tokenizer that adds BOS: a string that starts with the BOS token's text
-        gets that token (and no second one)."""
-        add_bos = self.add_bos_token if add_special_tokens is None else add_special_tokens
+        """As HFLM.tok_encode on the exported tokenizer: BOS first when that tokenizer adds it (or as
+        add_bos_token says); a string that starts with the BOS token's text gets that token, not a second one."""
+        if add_special_tokens is None:
+            add_bos = self.add_bos_token
+        else:  # the special tokens transformers' tokenizer adds: BOS if its post-processor adds it
+            add_bos = add_special_tokens and self.tokenizer.exported_adds_bos
         bos_text = self.tokenizer.bos_token
         if add_special_tokens is None and bos_text and string.startswith(bos_text):
             ids = [self.tokenizer.bos_id, *self.tokenizer.encode(string[len(bos_text):])]
