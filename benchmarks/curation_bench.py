@@ -175,7 +175,7 @@ def bench_tokenizer_and_loader(repeats: int) -> dict:
             d = pathlib.Path(tmp) / kind
             t = _median_time(lambda: tok.train_tokenizer(files, d, cfg.tokenizer.vocab_size, kind,
                                                          sample_bytes=cfg.tokenizer.sample_bytes), repeats)
-            sp = tok.load(d / tok.MODEL_NAME)
+            sp = tok.load(d / tok.MODEL_NAME).sp  # the sentencepiece processor itself
             t_enc = _median_time(lambda: sp.encode(texts, num_threads=1), repeats)  # one thread, as the shard builder
             out[f"tokenizer_{kind}"] = {"vocab": cfg.tokenizer.vocab_size, "train_s": round(t, 1),
                                         "train_sample_mb": round(sample_mb, 1),

@@ -141,7 +141,7 @@ def cmd_import_hf(args) -> None:
     from jaxtrain.export.handoff import import_hf
 
     base = load_config(args.config or "demo", args.overrides)
-    cfg = import_hf(pathlib.Path(args.hf_dir), base, args.run_dir)
+    cfg = import_hf(pathlib.Path(args.hf_dir), base, args.run_dir, tuple(args.ignore_field or ()))
     print(f"[import-hf] {args.hf_dir} -> {args.run_dir} (step-0 checkpoint, {cfg.model.num_layers} layers, "
           f"vocab {cfg.model.vocab_size}); point data.sources at your corpus and run `jaxtrain train --run-dir {args.run_dir}`")
 
@@ -224,8 +224,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_export)
     p = sub.add_parser("import-hf", help="start a run from a Hugging Face Llama checkpoint (continued pretraining)",
                        description="Create a run directory whose step-0 checkpoint holds a HF Llama model's weights.")
-    p.add_argument("hf_dir", help="directory with config.json, *.safetensors and tokenizer.model")
+    p.add_argument("hf_dir", help="directory with config.json, *.safetensors and tokenizer.json (with "
+                   "tokenizer_config.json) or tokenizer.model")
     p.add_argument("--run-dir", required=True)
+    p.add_argument("--ignore-field", action="append", metavar="FIELD",
+                   help="a config.json field you know does not change the computation (unknown fields are refused)")
     p.add_argument("--config", "-c", default=None, help="base preset for data/optimizer/mesh settings (default demo)")
     p.add_argument("overrides", nargs="*", metavar="key=value")
     p.set_defaults(fn=cmd_import_hf)

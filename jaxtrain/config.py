@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import pathlib
+from typing import Literal
 
 from etils import epath
 
@@ -29,7 +30,8 @@ from jaxtrain.rundir import RunDir
 CONFIG_DIR = pathlib.Path(__file__).resolve().parent.parent / "configs"
 
 __all__ = [
-    "CONFIG_DIR", "CheckpointConfig", "ConfigError", "DataConfig", "EvalConfig", "MeshConfig", "MixtureStage",
+    "CONFIG_DIR", "CheckpointConfig", "ConfigError", "DataConfig", "EvalConfig", "LogConfig", "MeshConfig",
+    "MixtureStage",
     "ModelConfig", "OptimizerConfig", "RunConfig", "SourceConfig", "TokenizerConfig", "TrainConfig", "from_dict",
     "load_config", "load_run_config", "preset_path", "save_config", "to_dict",
 ]
@@ -116,6 +118,25 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class LogConfig:
+    """Where metrics go besides metrics.jsonl and TensorBoard, and the profiler switch."""
+
+    wandb: bool = False  # also log to Weights & Biases (pip install 'jaxtrain[wandb]'); off: no account needed
+    wandb_project: str = "jaxtrain"
+    wandb_entity: str = ""  # team or user; "" = the logged-in user's default
+    wandb_mode: Literal["online", "offline"] = "online"  # offline: files under RUN_DIR/wandb, `wandb sync` later
+    profile_steps: int = 0  # trace this many training steps with jax.profiler (0 = off); 3-5 show the steady state
+    profile_skip_steps: int = 5  # steps of this invocation before the trace: compilation and warm-up stay out
+
+    def __post_init__(self) -> None:
+        check(self.profile_steps >= 0, f"log.profile_steps: must be >= 0 (0 = off), got {self.profile_steps}.")
+        check(self.profile_skip_steps >= 1, f"log.profile_skip_steps: must be >= 1 (the first step compiles), got "
+              f"{self.profile_skip_steps}.")
+        check(not self.wandb or bool(self.wandb_project), "log.wandb_project: a project name is required with "
+              "log.wandb=true.")
+
+
+@dataclasses.dataclass(frozen=True)
 class RunConfig:
     name: str = "run"
     run_dir: str = "runs/run"
@@ -127,6 +148,7 @@ class RunConfig:
     train: TrainConfig = TrainConfig()
     checkpoint: CheckpointConfig = CheckpointConfig()
     eval: EvalConfig = EvalConfig()
+    log: LogConfig = LogConfig()
 
     def __post_init__(self) -> None:
         """Checks that span sections; each section has already checked its own fields."""

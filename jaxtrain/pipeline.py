@@ -63,7 +63,7 @@ def train(cfg: RunConfig, run_dir: str | RunDir, *, devices: list | None = None,
     if prepare_data:
         prepare(cfg, run_dir)
     trainer = build_trainer(cfg, run_dir, mesh=mesh)
-    writer = MetricsWriter(trainer.run, enabled=jax.process_index() == 0)
+    writer = MetricsWriter.for_run(cfg, trainer.run)
     evaluator = Evaluator(trainer, writer)
     result = loop.run(trainer, evaluate=evaluator, metrics=writer, max_steps_this_run=max_steps_this_run,
                       fault_injector=fault_injector)
@@ -87,7 +87,7 @@ def run(cfg: RunConfig, run_dir: str | RunDir, *, max_steps_this_run: int | None
 def evaluate_checkpoint(cfg: RunConfig, run_dir: str | RunDir, step: int | None = None) -> dict:
     """`jaxtrain eval`: a checkpoint's held-out loss and tasks, recorded as an offline eval."""
     trainer, params, step = load_params(cfg, run_dir, step)
-    writer = MetricsWriter(trainer.run, enabled=jax.process_index() == 0)
+    writer = MetricsWriter.for_run(cfg, trainer.run)
     evaluator = Evaluator(trainer, writer)
     results = evaluator(params, step, kind="offline")
     writer.close()
@@ -101,17 +101,17 @@ def print_samples(trainer: Trainer, params: Any, step: int, prompts: list[str], 
                   seed: int = 0) -> None:
     """Sample from params already in memory (shared by `sample` and the end of `run`)."""
     e = trainer.cfg.eval
-    sp = tok.load(trainer.run.tokenizer)
+    tokenizer = tok.load(trainer.run.tokenizer)
     outputs = generate(
-        trainer.spec.graphdef, params, [[tok.BOS_ID, *sp.encode(p)] for p in prompts],
+        trainer.spec.graphdef, params, [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts],
         max_new_tokens=tokens or e.sample_tokens,
         temperature=e.temperature if temperature is None else temperature,
         top_k=e.top_k if top_k is None else top_k,
         top_p=e.top_p if top_p is None else top_p,
-        seed=seed, eos_id=tok.EOS_ID,
+        seed=seed, eos_id=tokenizer.eos_id,
     )
     for prompt, ids in zip(prompts, outputs):
-        log(f"--- sample (step {step}, prompt {prompt!r}) ---\n{prompt}{sp.decode(ids)}\n---")
+        log(f"--- sample (step {step}, prompt {prompt!r}) ---\n{prompt}{tokenizer.decode(ids)}\n---")
 
 
 def sample(cfg: RunConfig, run_dir: str | RunDir, prompts: list[str], step: int | None = None, **options) -> None:

@@ -11,6 +11,11 @@ import os
 
 from etils import epath
 
+# Tokenizer file names: those of Hugging Face model directories, so a run's tokenizer/ reads like one.
+SENTENCEPIECE_FILE = "tokenizer.model"
+HF_TOKENIZER_FILE = "tokenizer.json"
+HF_TOKENIZER_CONFIG = "tokenizer_config.json"  # names the special tokens of a tokenizer.json
+
 
 @dataclasses.dataclass(frozen=True)
 class RunDir:
@@ -58,8 +63,16 @@ class RunDir:
         return self.tfds / "doc_lengths" / f"{split}.npy"
 
     @property
+    def tokenizer_dir(self) -> epath.Path:
+        """tokenizer.model (sentencepiece), or tokenizer.json + tokenizer_config.json (Hugging Face tokenizers)."""
+        return self.root / "tokenizer"
+
+    @property
     def tokenizer(self) -> epath.Path:
-        return self.root / "tokenizer" / "tokenizer.model"
+        """The run's tokenizer file: tokenizer.json when the run brought a Hugging Face tokenizer, else
+        tokenizer.model (also the path a new sentencepiece model is trained to)."""
+        hf = self.tokenizer_dir / HF_TOKENIZER_FILE
+        return hf if hf.exists() else self.tokenizer_dir / SENTENCEPIECE_FILE
 
     @property
     def checkpoints(self) -> epath.Path:
@@ -88,7 +101,18 @@ class RunDir:
 
     @property
     def tensorboard(self) -> epath.Path:
+        """TensorBoard events, and jax.profiler traces under plugins/profile/ (the Profile tab reads them)."""
         return self.root / "tensorboard"
+
+    @property
+    def wandb_run_id(self) -> epath.Path:
+        """The Weights & Biases run id of this run, kept so a resumed run logs into the same W&B run."""
+        return self.root / "wandb_run_id"
+
+    @property
+    def wandb_dir(self) -> epath.Path:
+        """Where wandb keeps its local files (it adds a wandb/ folder inside; offline runs stay there)."""
+        return self.root
 
     @property
     def is_remote(self) -> bool:

@@ -14,24 +14,26 @@ def _take(it, n):
 
 
 def test_tokenizer_round_trips_code_and_has_specials(prepared_run):
-    sp = tok.load(RunDir(prepared_run).tokenizer)
-    assert sp.vocab_size() == 512
-    assert (sp.bos_id(), sp.eos_id(), sp.pad_id()) == (tok.BOS_ID, tok.EOS_ID, tok.PAD_ID)
+    tokenizer = tok.load(RunDir(prepared_run).tokenizer)
+    sp = tokenizer.sp
+    assert tokenizer.vocab_size == sp.vocab_size() == 512
+    assert (sp.bos_id(), sp.eos_id(), sp.pad_id()) == (tokenizer.bos_id, tokenizer.eos_id, 0) == (1, 2, 0)
     text = "def f(x):\n    return {'a': x ** 2}  # naïve ✓\n"
-    assert sp.decode(sp.encode(text)) == text
-    assert sp.unk_id() not in sp.encode("\x07 ☃ 漢字")  # byte fallback: nothing is <unk>
+    assert tokenizer.decode(tokenizer.encode(text)) == text
+    assert sp.unk_id() not in tokenizer.encode("\x07 ☃ 漢字")  # byte fallback: nothing is <unk>
 
 
 def test_user_defined_special_tokens_stay_whole(prepared_run, tmp_path):
     files = sorted(RunDir(prepared_run).clean.glob("*.train.jsonl"))
     model = tok.train_tokenizer(files, tmp_path, 400, sample_bytes=300_000, special_tokens=("<|code|>", "<|endoftext|>"))
-    sp = tok.load(model)
-    ids = sp.encode("<|code|>x = 1<|endoftext|>")
-    assert sp.piece_to_id("<|code|>") in ids and sp.piece_to_id("<|endoftext|>") == ids[-1]
-    assert sp.decode(ids) == "<|code|>x = 1<|endoftext|>"
+    tokenizer = tok.load(model)
+    ids = tokenizer.encode("<|code|>x = 1<|endoftext|>")
+    assert tokenizer.token_to_id("<|code|>") in ids and tokenizer.token_to_id("<|endoftext|>") == ids[-1]
+    assert tokenizer.decode(ids) == "<|code|>x = 1<|endoftext|>"
 
 
 def test_shards_hold_every_clean_document(prepared_run):
+    tokenizer = tok.load(RunDir(prepared_run).tokenizer)
     counts = shards.token_counts(prepared_run)
     for source in ("stdlib_code", "stdlib_docs"):
         for split in ("train", "validation"):
@@ -39,7 +41,7 @@ def test_shards_hold_every_clean_document(prepared_run):
             src = shards.data_source(prepared_run, split, source)
             assert len(src) == len(lines) == counts[shards.split_name(split, source)]["docs"] > 0
             first = np.asarray(src[0]["tokens"])
-            assert first[0] == tok.BOS_ID and first[-1] == tok.EOS_ID
+            assert first[0] == tokenizer.bos_id and first[-1] == tokenizer.eos_id
 
 
 def _iterator(run, seed=0, **kw):

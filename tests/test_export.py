@@ -63,7 +63,7 @@ def test_gpt2_style_weights_load_into_gpt2lmheadmodel_with_matching_logits(tmp_p
     params = jax.tree.map(lambda x: x + 0.01 * np.random.default_rng(0).standard_normal(x.shape), params)  # non-zero biases
     nnx.update(model, params)
     tensors = hf.to_hf_tensors(cfg, params)
-    (tmp_path / "config.json").write_text(json.dumps(hf.hf_config(cfg)))
+    (tmp_path / "config.json").write_text(json.dumps(hf.hf_config(cfg, bos_id=1, eos_id=2)))
     save_file(tensors, str(tmp_path / "model.safetensors"))
     gpt2 = transformers.GPT2LMHeadModel.from_pretrained(str(tmp_path), torch_dtype=torch.float32).eval()
     np.testing.assert_allclose(_hf_logits(gpt2, TOKENS), np.asarray(model(TOKENS)), atol=1e-4, rtol=1e-4)

@@ -5,7 +5,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from jaxtrain.data import tokenizer as tok
 from jaxtrain.evaluate import tasks
 from jaxtrain.models import ModelConfig, Transformer
 from jaxtrain import pipeline
@@ -52,6 +51,8 @@ def test_a_model_that_knows_the_answer_scores_100_percent(tmp_path):
     graphdef, params = nnx.split(model)
 
     class Ids:  # a stand-in tokenizer: text is space-separated ids
+        bos_id = 1
+
         def encode(self, text):
             return [int(t) for t in text.split()]
 
@@ -59,7 +60,7 @@ def test_a_model_that_knows_the_answer_scores_100_percent(tmp_path):
     examples = []
     for seed in range(5):
         ctx = [int(x) for x in np.random.default_rng(seed).integers(4, 64, size=6)]
-        logits = model(np.asarray([[tok.BOS_ID, *ctx]]))[0, -1]
+        logits = model(np.asarray([[Ids.bos_id, *ctx]]))[0, -1]
         best, worst = int(np.argmax(logits)), int(np.argmin(logits))
         examples.append({"context": " ".join(map(str, ctx)), "choices": [f" {worst}", f" {best}"], "label": 1})
     assert tasks.evaluate_task(score, params, Ids(), examples)["acc"] == 1.0

@@ -112,7 +112,8 @@ class TokenizerConfig:
     model_type: Literal["bpe", "unigram"] = "bpe"
     byte_fallback: bool = True  # unknown characters become bytes, never <unk>
     sample_bytes: int = 4_000_000  # bound on the text the tokenizer is trained on
-    model_file: str = ""  # use an existing sentencepiece .model instead of training
+    model_file: str = ""  # use an existing tokenizer instead of training: a sentencepiece .model, a Hugging Face
+    # tokenizer.json (tokenizer_config.json beside it names BOS/EOS), or a directory holding either
     special_tokens: tuple[str, ...] = ()  # user-defined pieces kept whole, e.g. ["<|endoftext|>", "<|code|>"]
 
     def __post_init__(self) -> None:

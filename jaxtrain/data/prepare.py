@@ -88,7 +88,7 @@ def prepare_tokenizer(t: TokenizerConfig, d: DataConfig, model_vocab_size: int, 
         return path
     start = time.perf_counter()
     if t.model_file:
-        path = tok.install_tokenizer(t.model_file, path.parent)
+        path = tok.install_tokenizer(t.model_file, RunDir(run).tokenizer_dir)
     else:
         files = [f for name in d.source_names for f in clean.split_files(RunDir(run).clean, name, "train")]
         log(f"[tokenizer] training {t.model_type} vocab={t.vocab_size} on <= {t.sample_bytes / 1e6:.1f} MB")
@@ -101,13 +101,14 @@ def prepare_tokenizer(t: TokenizerConfig, d: DataConfig, model_vocab_size: int, 
             sample_bytes=t.sample_bytes,
             special_tokens=t.special_tokens,
         )
-    sp = tok.load(path)
-    if sp.vocab_size() > model_vocab_size:
+    tokenizer = tok.load(path)
+    if tokenizer.vocab_size > model_vocab_size:
         raise ConfigError(
-            f"tokenizer: {path} has {sp.vocab_size()} pieces but model.vocab_size={model_vocab_size}; "
-            f"set model.vocab_size={sp.vocab_size()}."
+            f"tokenizer: {path} has {tokenizer.vocab_size} tokens but model.vocab_size={model_vocab_size}; "
+            f"set model.vocab_size={tokenizer.vocab_size}."
         )
-    log(f"[tokenizer] {path} in {time.perf_counter() - start:.1f}s (fingerprint {tok.fingerprint(path)})")
+    log(f"[tokenizer] {path} in {time.perf_counter() - start:.1f}s (fingerprint {tok.fingerprint(path)}, "
+        f"BOS {tokenizer.bos_id}, EOS {tokenizer.eos_id})")
     return path
 
 

@@ -2,7 +2,8 @@
 
 One split per (split, source), named `train_<source>` / `validation_<source>`,
 so the loader can mix sources by weight and evaluate them one by one. Each
-example is one document's tokens: BOS + ids + EOS. Per-source token and byte
+example is one document's tokens: BOS + ids + EOS, with the BOS and EOS ids of
+the run's tokenizer (sentencepiece or Hugging Face). Per-source token and byte
 counts go to `token_counts.json` beside the dataset (mixture weights and
 bits-per-byte need them).
 """
@@ -10,7 +11,6 @@ bits-per-byte need them).
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 from typing import Iterator
 
@@ -46,9 +46,17 @@ class TokenShards(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self,
-            description="Documents tokenized with the run's SentencePiece model (BOS + ids + EOS).",
+            description="Documents tokenized with the run's tokenizer (BOS + ids + EOS).",
             features=tfds.features.FeaturesDict({"tokens": tfds.features.Tensor(shape=(None,), dtype=np.int32)}),
         )
+
+    # TFDS announces "Downloading and preparing dataset ..." and "... downloaded and prepared" on stdout
+    # (termcolor, not logging); nothing is downloaded here and prepare.py logs its own lines, so both are off.
+    def _log_download_bytes(self) -> None:
+        pass
+
+    def _log_download_done(self) -> None:
+        pass
 
     def _split_generators(self, dl_manager):
         del dl_manager
@@ -59,7 +67,7 @@ class TokenShards(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         }
 
     def _generate_examples(self, split: str, source: str) -> Iterator[tuple[str, dict]]:
-        sp = tok.load(self._tokenizer_path)
+        tokenizer = tok.load(self._tokenizer_path)
         counts = self.counts.setdefault(split_name(split, source), {"docs": 0, "tokens": 0, "bytes": 0})
         batch: list[dict] = []
         for path in clean.split_files(self._clean_dir, source, split):
@@ -67,17 +75,17 @@ class TokenShards(tfds.core.GeneratorBasedBuilder, skip_registration=True):
                 for line in f:
                     batch.append(json.loads(line))
                     if len(batch) == ENCODE_BATCH:
-                        yield from self._encode(sp, batch, counts)
+                        yield from self._encode(tokenizer, batch, counts)
                         batch = []
-        yield from self._encode(sp, batch, counts)
+        yield from self._encode(tokenizer, batch, counts)
 
     @staticmethod
-    def _encode(sp, batch: list[dict], counts: dict) -> Iterator[tuple[str, dict]]:
+    def _encode(tokenizer: tok.Tokenizer, batch: list[dict], counts: dict) -> Iterator[tuple[str, dict]]:
         if not batch:
             return
-        ids = sp.encode([r["text"] for r in batch], num_threads=os.cpu_count() or 1)  # parallel in C++
+        ids = tokenizer.encode_batch([r["text"] for r in batch])  # parallel in native code
         for record, doc_ids in zip(batch, ids):
-            tokens = np.asarray([tok.BOS_ID, *doc_ids, tok.EOS_ID], dtype=np.int32)
+            tokens = np.asarray([tokenizer.bos_id, *doc_ids, tokenizer.eos_id], dtype=np.int32)
             counts["docs"] += 1
             counts["tokens"] += len(tokens) - 1  # predicted tokens: all but the leading BOS
             counts["bytes"] += len(record["text"].encode("utf-8"))

@@ -42,7 +42,7 @@ class Evaluator:
         self.writer = writer or MetricsWriter(trainer.run, enabled=jax.process_index() == 0)
 
     @functools.cached_property
-    def sp(self):
+    def tokenizer(self) -> tok.Tokenizer:
         """The run's tokenizer, read when the first task is scored (held-out loss needs none)."""
         return tok.load(self.run.tokenizer)
 
@@ -80,7 +80,7 @@ class Evaluator:
         for path in paths:
             if not path.exists():
                 continue
-            scores = tasks.evaluate_task(self.scorer, params, self.sp, tasks.read_task(path))
+            scores = tasks.evaluate_task(self.scorer, params, self.tokenizer, tasks.read_task(path))
             results[f"tasks/{path.stem}/acc"] = scores["acc"]
             results[f"tasks/{path.stem}/acc_norm"] = scores["acc_norm"]
         return results

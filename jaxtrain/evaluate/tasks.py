@@ -34,7 +34,12 @@ BUILTIN_TASKS = ("next_line", "last_word")
 
 
 def make_scorer(forward: Callable, seq_len: int, batch_size: int) -> Callable:
-    """(params, [(context_ids, continuation_ids)]) -> [(logprob, is_greedy)] for each pair."""
+    """(params, [(context_ids, continuation_ids)], batch_size=...) -> [(logprob, is_greedy)] for each pair.
+
+    A pair longer than seq_len + 1 tokens loses the start of its context (the continuation is kept whole),
+    as lm-evaluation-harness does. Rows are padded to the next power of two of the batch's longest pair
+    (at most seq_len): a long model context costs nothing on short requests, and few shapes compile.
+    """
 
     @jax.jit
     def token_scores(params, batch):
@@ -44,16 +49,20 @@ def make_scorer(forward: Callable, seq_len: int, batch_size: int) -> Callable:
         target_lp = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
         return target_lp, jnp.argmax(logits, axis=-1) == targets
 
-    def score(params: Any, pairs: Sequence[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
+    def row_length(n: int) -> int:
+        return min(seq_len, max(128, 1 << max(n - 1, 0).bit_length()))  # >= 128: TPU attention kernels' blocks
+
+    def score(params: Any, pairs: Sequence[tuple[list[int], list[int]]],
+              batch_size: int = batch_size) -> list[tuple[float, bool]]:
         results = []
         for start in range(0, len(pairs), batch_size):
-            chunk = pairs[start:start + batch_size]
-            inputs = np.zeros((batch_size, seq_len), np.int32)
-            targets = np.zeros((batch_size, seq_len), np.int32)
+            chunk = [((list(ctx) + list(cont))[-(seq_len + 1):], len(cont)) for ctx, cont in pairs[start:start + batch_size]]
+            L = row_length(max(len(ids) - 1 for ids, _ in chunk))
+            inputs = np.zeros((batch_size, L), np.int32)
+            targets = np.zeros((batch_size, L), np.int32)
             spans = []
-            for row, (ctx, cont) in enumerate(chunk):
-                ids = (list(ctx) + list(cont))[-(seq_len + 1):]  # keep the continuation, cut the context's start
-                n_cont = min(len(cont), len(ids) - 1)
+            for row, (ids, n_cont) in enumerate(chunk):
+                n_cont = min(n_cont, len(ids) - 1)
                 inputs[row, : len(ids) - 1] = ids[:-1]
                 targets[row, : len(ids) - 1] = ids[1:]
                 spans.append((len(ids) - 1 - n_cont, len(ids) - 1))
@@ -65,12 +74,12 @@ def make_scorer(forward: Callable, seq_len: int, batch_size: int) -> Callable:
     return score
 
 
-def evaluate_task(score: Callable, params: Any, sp, examples: list[dict]) -> dict[str, float]:
+def evaluate_task(score: Callable, params: Any, tokenizer: tok.Tokenizer, examples: list[dict]) -> dict[str, float]:
     pairs, owners = [], []
     for i, ex in enumerate(examples):
-        ctx = [tok.BOS_ID, *sp.encode(ex["context"])]
+        ctx = [tokenizer.bos_id, *tokenizer.encode(ex["context"])]
         for choice in ex["choices"]:
-            pairs.append((ctx, sp.encode(choice)))
+            pairs.append((ctx, tokenizer.encode(choice)))
             owners.append(i)
     scores = score(params, pairs)
     correct = correct_norm = 0

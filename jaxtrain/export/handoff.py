@@ -4,6 +4,10 @@ Whoever builds on a base model inherits its corpus, so the card lists every
 source (location, license where known, content hash), document and token
 counts after each curation stage, the tokenizer fingerprint, the training
 config, steps and tokens seen, and the latest eval results.
+
+The tokenizer travels both ways in the files transformers reads (tokenizer.model
+with a tokenizer_config.json, or tokenizer.json), and config.json carries its
+BOS/EOS ids.
 """
 
 from __future__ import annotations
@@ -16,14 +20,20 @@ import shutil
 
 import jax
 import numpy as np
-from safetensors.numpy import load_file, save_file
+from safetensors import safe_open
+from safetensors.numpy import save_file
 
 from jaxtrain import yamlconf
 from jaxtrain.config import RunConfig, save_config, to_dict
 from jaxtrain.data import clean, shards
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.export import hf
-from jaxtrain.rundir import RunDir
+from jaxtrain.rundir import (
+    HF_TOKENIZER_CONFIG,
+    HF_TOKENIZER_FILE,
+    SENTENCEPIECE_FILE,
+    RunDir,
+)
 from jaxtrain.train.checkpoint import checkpoint_meta
 from jaxtrain.train.trainer import build_trainer, load_params
 
@@ -83,6 +93,15 @@ def tokens_seen(cfg: RunConfig, step: int) -> int:
     return step * cfg.train.batch_size * cfg.data.seq_len
 
 
+def tokenizer_description(cfg: RunConfig, run_dir: str | RunDir) -> str:
+    path = RunDir(run_dir).tokenizer
+    if path.name == HF_TOKENIZER_FILE:
+        return f"Hugging Face tokenizer.json, {cfg.model.vocab_size} model vocabulary"
+    if cfg.tokenizer.model_file:
+        return f"sentencepiece model from {cfg.tokenizer.model_file}, {cfg.model.vocab_size} model vocabulary"
+    return f"sentencepiece {cfg.tokenizer.model_type}, {cfg.model.vocab_size} pieces"
+
+
 def model_card(cfg: RunConfig, run_dir: str | RunDir, step: int, fingerprint: str) -> str:
     prov = provenance(cfg, run_dir)
     ev = _latest_eval(run_dir)
@@ -91,7 +110,7 @@ def model_card(cfg: RunConfig, run_dir: str | RunDir, step: int, fingerprint: st
         f"# {cfg.name}: jaxtrain base model, step {step}",
         "",
         f"Trained with jaxtrain for {step} steps ({seen:,} tokens seen) of {cfg.train.steps} planned.",
-        f"Tokenizer: sentencepiece {cfg.tokenizer.model_type}, {cfg.model.vocab_size} pieces, fingerprint `{fingerprint}`.",
+        f"Tokenizer: {tokenizer_description(cfg, run_dir)}, fingerprint `{fingerprint}`.",
         "",
         "## Training data provenance",
         "",
@@ -116,6 +135,34 @@ def model_card(cfg: RunConfig, run_dir: str | RunDir, step: int, fingerprint: st
     return "\n".join(lines) + "\n"
 
 
+def export_tokenizer(run: RunDir, out_dir: pathlib.Path, max_len: int) -> tok.Tokenizer:
+    """The run's tokenizer in the files transformers' AutoTokenizer reads, encoding as jaxtrain does.
+
+    A Hugging Face tokenizer goes out as it came in (tokenizer.json and the config naming its special
+    tokens). A sentencepiece model goes out as tokenizer.model with a LlamaTokenizer config whose
+    add_prefix_space follows the model: jaxtrain trains without a dummy prefix, and transformers would
+    otherwise add one (and strip a leading space when decoding)."""
+    tokenizer = tok.load(run.tokenizer)
+    if isinstance(tokenizer, tok.HFTokenizer):
+        for name in (HF_TOKENIZER_FILE, HF_TOKENIZER_CONFIG, "special_tokens_map.json"):
+            if (run.tokenizer_dir / name).exists():
+                (out_dir / name).write_text((run.tokenizer_dir / name).read_text())
+        return tokenizer
+    shutil.copyfile(run.tokenizer, out_dir / SENTENCEPIECE_FILE)
+    sp = tokenizer.sp
+    (out_dir / HF_TOKENIZER_CONFIG).write_text(json.dumps({
+        "tokenizer_class": "LlamaTokenizer",
+        "bos_token": tokenizer.bos_token, "eos_token": tokenizer.eos_token,
+        "unk_token": sp.id_to_piece(sp.unk_id()) if sp.unk_id() >= 0 else None,
+        "pad_token": sp.id_to_piece(sp.pad_id()) if sp.pad_id() >= 0 else None,
+        "add_bos_token": True, "add_eos_token": False,  # jaxtrain's documents start with BOS
+        "add_prefix_space": tokenizer.add_dummy_prefix, "legacy": False,
+        "clean_up_tokenization_spaces": False,  # decode returns the text as encoded, like jaxtrain's
+        "model_max_length": max_len,
+    }, indent=2))
+    return tokenizer
+
+
 def export_run(cfg: RunConfig, run_dir: str | RunDir, out_dir: pathlib.Path, step: int | None = None) -> pathlib.Path:
     run = RunDir(run_dir)
     hf.architecture(cfg.model)  # refuse unsupported architectures before restoring anything
@@ -125,15 +172,10 @@ def export_run(cfg: RunConfig, run_dir: str | RunDir, out_dir: pathlib.Path, ste
     out_dir.mkdir(parents=True, exist_ok=True)
     tensors = {k: v for k, v in tensors.items() if not (cfg.model.tie_embeddings and k == "lm_head.weight")}
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt", "jaxtrain_step": str(step)})
-    (out_dir / "config.json").write_text(json.dumps(hf.hf_config(cfg.model, tok.BOS_ID, tok.EOS_ID), indent=2))
-    tokenizer_path = run.tokenizer
-    shutil.copyfile(tokenizer_path, out_dir / "tokenizer.model")
-    (out_dir / "tokenizer_config.json").write_text(json.dumps({
-        "tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>",
-        "pad_token": "<pad>", "add_bos_token": True, "add_eos_token": False, "legacy": False,
-        "sp_model_kwargs": {}, "model_max_length": cfg.model.max_seq_len,
-    }, indent=2))
-    fingerprint = tok.fingerprint(tokenizer_path)
+    tokenizer = export_tokenizer(run, out_dir, cfg.model.max_seq_len)
+    (out_dir / "config.json").write_text(json.dumps(hf.hf_config(cfg.model, tokenizer.bos_id, tokenizer.eos_id),
+                                                    indent=2))
+    fingerprint = tokenizer.fingerprint()
     (out_dir / "provenance.json").write_text(json.dumps(
         {**provenance(cfg, run), "tokenizer_fingerprint": fingerprint, "step": step,
          "tokens_seen": tokens_seen(cfg, step), "latest_eval": _latest_eval(run)},
@@ -142,29 +184,52 @@ def export_run(cfg: RunConfig, run_dir: str | RunDir, out_dir: pathlib.Path, ste
     return out_dir
 
 
-def load_hf_dir(hf_dir: pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
-    hf_dir = pathlib.Path(hf_dir)
-    config = json.loads((hf_dir / "config.json").read_text())
-    tensors: dict[str, np.ndarray] = {}
-    files = sorted(hf_dir.glob("*.safetensors"))
+def read_hf_config(hf_dir: pathlib.Path) -> dict:
+    path = pathlib.Path(hf_dir) / "config.json"
+    if not path.exists():
+        raise hf.MissingFileError(f"{hf_dir}: no config.json; give a Hugging Face model directory.")
+    return json.loads(path.read_text())
+
+
+def load_hf_tensors(hf_dir: pathlib.Path) -> dict[str, np.ndarray]:
+    """Every *.safetensors tensor as float32 numpy.
+
+    Read through safetensors' Flax loader on the host CPU: its numpy loader cannot hold bfloat16
+    (the dtype Llama 3 checkpoints ship in), and no accelerator memory is touched."""
+    files = sorted(pathlib.Path(hf_dir).glob("*.safetensors"))
     if not files:
-        raise FileNotFoundError(f"{hf_dir}: no *.safetensors files (PyTorch .bin checkpoints are not read: no pickle).")
-    for f in files:
-        tensors.update(load_file(str(f)))
-    return config, tensors
+        raise hf.MissingFileError(f"{hf_dir}: no *.safetensors files (PyTorch .bin checkpoints are not read: "
+                                  "no pickle).")
+    tensors: dict[str, np.ndarray] = {}
+    with jax.default_device(jax.local_devices(backend="cpu")[0]):
+        for f in files:
+            with safe_open(str(f), framework="flax") as st:
+                for name in st.keys():
+                    tensors[name] = np.asarray(st.get_tensor(name), dtype=np.float32)
+    return tensors
 
 
-def import_hf(hf_dir: pathlib.Path, base: RunConfig, run_dir: pathlib.Path) -> RunConfig:
-    """A new run directory whose step-0 checkpoint holds the Hugging Face Llama weights."""
-    config, tensors = load_hf_dir(hf_dir)
-    model_cfg = hf.model_config_from_hf(config, dtype=base.model.dtype, param_dtype=base.model.param_dtype,
-                                        attention=base.model.attention, remat=base.model.remat)
-    params_np = hf.from_hf_tensors(model_cfg, tensors)
+def load_hf_dir(hf_dir: pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
+    return read_hf_config(hf_dir), load_hf_tensors(hf_dir)
+
+
+def import_hf(hf_dir: pathlib.Path, base: RunConfig, run_dir: pathlib.Path,
+              ignore_fields: tuple[str, ...] = ()) -> RunConfig:
+    """A new run directory whose step-0 checkpoint holds the Hugging Face Llama weights and whose tokenizer
+    is the directory's own (tokenizer.json or tokenizer.model; BOS/EOS ids come from it).
+
+    Exact or refused: every config.json field is honoured or named in an ExportError (see
+    hf.model_config_from_hf); the tensors must be exactly those the config implies."""
+    model_cfg = hf.model_config_from_hf(read_hf_config(hf_dir), ignore_fields, dtype=base.model.dtype,
+                                        param_dtype=base.model.param_dtype, attention=base.model.attention,
+                                        remat=base.model.remat, scan_layers=base.model.scan_layers)
+    params_np = hf.from_hf_tensors(model_cfg, load_hf_tensors(hf_dir))
     run = RunDir(run_dir)
-    tokenizer_src = pathlib.Path(hf_dir) / "tokenizer.model"
-    if not tokenizer_src.exists():
-        raise FileNotFoundError(f"{hf_dir}: no tokenizer.model (sentencepiece); jaxtrain needs it to tokenize new data.")
-    tok_path = tok.install_tokenizer(tokenizer_src, run.tokenizer.parent)
+    tok_path = tok.install_tokenizer(tok.tokenizer_file(hf_dir), run.tokenizer_dir)
+    tokenizer = tok.load(tok_path)
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+        raise hf.ExportError(f"{tok_path}: {tokenizer.vocab_size} tokens, more than the model's vocab_size "
+                             f"{model_cfg.vocab_size} in {hf_dir}/config.json.")
     cfg = dataclasses.replace(
         base,
         model=model_cfg,
@@ -177,7 +242,7 @@ def import_hf(hf_dir: pathlib.Path, base: RunConfig, run_dir: pathlib.Path) -> R
     params = jax.tree.map(lambda x, sh: jax.device_put(x, sh), params_np, trainer.shardings.params)
     state = fresh.replace(params=params, opt_state=trainer.tx.init(params))
     ckpt = trainer.checkpointer()
-    meta = checkpoint_meta(0, to_dict(cfg), tok.fingerprint(tok_path), trainer.tokens_per_step,
+    meta = checkpoint_meta(0, to_dict(cfg), tokenizer.fingerprint(), trainer.tokens_per_step,
                            imported_from=str(hf_dir))
     ckpt.save(0, state, None, meta, force=True)
     ckpt.close()

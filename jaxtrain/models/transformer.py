@@ -25,6 +25,7 @@ from flax import nnx
 from jaxtrain.errors import check
 from jaxtrain.models.attention import cached_attention, dot_product_attention
 from jaxtrain.models.remat import remat_policy
+from jaxtrain.models.rope import rope, rope_frequencies
 from jaxtrain.parallel.constraints import constrain
 
 Array = jax.Array
@@ -44,6 +45,13 @@ class ModelConfig:
     max_seq_len: int = 256
     pos_embedding: Literal["rope", "learned"] = "rope"
     rope_theta: float = 10000.0
+    # RoPE context extension: "linear" divides every frequency by rope_factor (position interpolation);
+    # "llama3" is Llama 3.1/3.2's: low frequencies divided by rope_factor, high ones kept, a smooth ramp between.
+    rope_scaling: Literal["none", "linear", "llama3"] = "none"
+    rope_factor: float = 8.0  # linear/llama3 stretch (Llama 3.1: 8; Llama 3.2: 32)
+    rope_low_freq_factor: float = 1.0  # llama3: wavelengths above original_len / this are fully stretched (Llama 3.1)
+    rope_high_freq_factor: float = 4.0  # llama3: wavelengths below original_len / this are kept (Llama 3.1)
+    rope_original_max_len: int = 8192  # llama3: the context length the model was first trained at (Llama 3)
     norm: Literal["rmsnorm", "layernorm"] = "rmsnorm"
     norm_eps: float = 1e-6
     mlp: Literal["swiglu", "gelu"] = "swiglu"
@@ -66,6 +74,18 @@ class ModelConfig:
         check(self.head_dim > 0 or self.embed_dim % self.num_heads == 0,
               f"model.embed_dim: {self.embed_dim} is not divisible by model.num_heads={self.num_heads}; set model.head_dim.")
         check(self.pos_embedding != "rope" or self.resolved_head_dim % 2 == 0, "model.head_dim: RoPE needs an even head dim.")
+        check(self.rope_theta > 0, f"model.rope_theta: must be positive, got {self.rope_theta}.")
+        if self.rope_scaling != "none":
+            check(self.pos_embedding == "rope", f"model.rope_scaling: {self.rope_scaling!r} needs "
+                  f"model.pos_embedding=rope (got {self.pos_embedding!r}); set model.rope_scaling=none.")
+            check(self.rope_factor >= 1.0, f"model.rope_factor: {self.rope_factor} must be >= 1 (how many times "
+                  "longer the context becomes).")
+        if self.rope_scaling == "llama3":
+            check(0 < self.rope_low_freq_factor < self.rope_high_freq_factor,
+                  f"model.rope_low_freq_factor: {self.rope_low_freq_factor} must be positive and below "
+                  f"model.rope_high_freq_factor={self.rope_high_freq_factor}.")
+            check(self.rope_original_max_len > 0,
+                  f"model.rope_original_max_len: must be positive, got {self.rope_original_max_len}.")
 
     @property
     def resolved_head_dim(self) -> int:
@@ -113,18 +133,6 @@ class Norm(nnx.Module):
         if self.bias is not None:
             y = y + self.bias[...].astype(jnp.float32)
         return y.astype(x.dtype)
-
-
-def rope(x_BxLxNxK: Array, positions_BxL: Array, theta: float) -> Array:
-    """Rotary embedding on the first and second halves of the head dim (Llama layout)."""
-    half = x_BxLxNxK.shape[-1] // 2
-    freq = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)
-    angle_BxLxK2 = positions_BxL[..., None].astype(jnp.float32) * freq
-    sin = jnp.sin(angle_BxLxK2)[:, :, None, :]
-    cos = jnp.cos(angle_BxLxK2)[:, :, None, :]
-    x1, x2 = jnp.split(x_BxLxNxK.astype(jnp.float32), 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x_BxLxNxK.dtype)
 
 
 class Attention(nnx.Module):
@@ -180,8 +188,11 @@ class Attention(nnx.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         if cfg.pos_embedding == "rope":
-            q = rope(q, positions_BxL, cfg.rope_theta)
-            k = rope(k, positions_BxL, cfg.rope_theta)
+            inv_freq_K2 = rope_frequencies(cfg.resolved_head_dim, cfg.rope_theta, cfg.rope_scaling, cfg.rope_factor,
+                                           cfg.rope_low_freq_factor, cfg.rope_high_freq_factor,
+                                           cfg.rope_original_max_len)
+            q = rope(q, positions_BxL, inv_freq_K2)
+            k = rope(k, positions_BxL, inv_freq_K2)
         return q, k, v
 
     def _out(self, out_BxLxHxK: Array) -> Array:

@@ -26,6 +26,7 @@ from jaxtrain.train.checkpoint import Checkpointer, checkpoint_meta
 from jaxtrain.train.meters import MixtureMeter, Throughput
 from jaxtrain.train.metrics import MetricsWriter
 from jaxtrain.train.preemption import Preempted, PreemptionWatcher
+from jaxtrain.train.profiler import StepProfiler
 from jaxtrain.train.resume import TrainingDiverged
 from jaxtrain.train.trainer import Trainer, build_trainer
 from jaxtrain.utils import format_duration, log
@@ -91,7 +92,7 @@ def run(trainer: Trainer, *, evaluate: EvalHook | None = None, metrics: MetricsW
         log("[train] no checkpoint found: starting from step 0")
     if jax.process_index() == 0:  # only now: a refused resume leaves the run's config as it was
         save_config(cfg, run_dir.config)
-    metrics = metrics or MetricsWriter(run_dir, enabled=jax.process_index() == 0)
+    metrics = metrics or MetricsWriter.for_run(cfg, run_dir)
     # Lines written after a resume may repeat steps already logged (the steps since the checkpoint):
     # each carries the resume count, so readers keep the latest line of each step.
     metrics.tags["resume"] = resumes
@@ -126,6 +127,7 @@ class _Loop:
         self.peak = flops.peak_flops(devices[0].device_kind)
         self.throughput = Throughput(trainer.tokens_per_step, self.n_chips, self.flops_per_token, self.peak)
         self.mixture = MixtureMeter(trainer.sources)
+        self.profiler = StepProfiler(self.cfg.log, trainer.run)  # log.profile_steps: a jax.profiler trace
 
     def run(self, max_steps_this_run: int | None, restart_time: float) -> dict:
         cfg, total = self.cfg, self.cfg.train.steps
@@ -153,6 +155,7 @@ class _Loop:
             if self._save_due(end_step):
                 self._save()
                 self.last_save_time = time.perf_counter()
+        self.profiler.close(self.state)
         self.checkpointer.wait()
         self.metrics.close()
         log(f"[train] stopped at step {self.step} after {format_duration(time.perf_counter() - run_start)}; "
@@ -184,6 +187,7 @@ class _Loop:
                 f"(restart to first step: {restart_offset + time.perf_counter():.1f}s)")
             self.throughput.restart()
         self.state, metrics = self.compiled(self.state, batch)
+        self.profiler.after_step(self.state)
         self.step += 1
         self.throughput.step()
         return metrics

@@ -1,23 +1,53 @@
-"""Where metrics go: JSONL files in the run directory and TensorBoard events.
+"""Where metrics go: JSONL files in the run directory, TensorBoard events, and optionally Weights & Biases.
 
 Only process 0 writes. TensorBoard events are written with tensorboardX (no
-TensorFlow needed): `tensorboard --logdir RUN_DIR/tensorboard`.
+TensorFlow needed): `tensorboard --logdir RUN_DIR/tensorboard`. With
+`log.wandb: true` the same records go to a W&B run whose id is kept in the run
+directory, so a resumed run continues the same W&B run.
 """
 
 from __future__ import annotations
 
 import json
 import time
+import uuid
 
+import jax
 import numpy as np
 from etils import epath
 from tensorboardX import SummaryWriter
 
+from jaxtrain.config import LogConfig, RunConfig, to_dict
 from jaxtrain.rundir import RunDir
 
 
 def _plain(value):
     return value.item() if isinstance(value, (np.generic, np.ndarray)) else value
+
+
+class WandbSink:
+    """A Weights & Biases run fed the numeric fields of every metrics record."""
+
+    def __init__(self, log_cfg: LogConfig, run: RunDir, name: str, config: dict):
+        import wandb  # optional dependency (the [wandb] extra): only runs with log.wandb=true import it
+
+        if run.wandb_run_id.exists():
+            run_id = run.wandb_run_id.read_text().strip()
+        else:
+            run_id = uuid.uuid4().hex[:16]
+            run.wandb_run_id.write_text(run_id)
+        self.run = wandb.init(project=log_cfg.wandb_project, entity=log_cfg.wandb_entity or None, name=name,
+                              id=run_id, resume="allow", mode=log_cfg.wandb_mode, config=config,
+                              dir=None if run.is_remote else str(run.wandb_dir))  # wandb writes local files only
+
+    def write(self, record: dict, step: int) -> None:
+        scalars = {k if "/" in k else f"train/{k}": v for k, v in record.items()
+                   if k not in ("step", "time") and isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if scalars:
+            self.run.log(scalars, step=step)
+
+    def close(self) -> None:
+        self.run.finish()
 
 
 class MetricsWriter:
@@ -29,10 +59,11 @@ class MetricsWriter:
 
     REMOTE_FLUSH_S = 60.0
 
-    def __init__(self, run_dir: str | RunDir, enabled: bool = True):
+    def __init__(self, run_dir: str | RunDir, enabled: bool = True, wandb: WandbSink | None = None):
         self.run = RunDir(run_dir)
         self.enabled = enabled
         self.tags: dict = {}  # added to every line (e.g. the resume count)
+        self._wandb = wandb
         self._tb = None
         self._remote = self.run.is_remote
         self._lines: dict[str, list[str]] = {}  # remote files: full contents
@@ -72,6 +103,8 @@ class MetricsWriter:
         clean = {k: _plain(v) for k, v in {**record, **self.tags}.items()}
         self._append(path or self.run.metrics, json.dumps(clean))
         step = int(clean.get("step", 0))
+        if self._wandb is not None:
+            self._wandb.write(clean, step)
         tb = self._tensorboard()
         if tb is None:
             return
@@ -84,4 +117,14 @@ class MetricsWriter:
         self.flush()
         if self._tb is not None:
             self._tb.close()
+        if self._wandb is not None:
+            self._wandb.close()
+            self._wandb = None
+
+    @classmethod
+    def for_run(cls, cfg: RunConfig, run_dir: str | RunDir) -> "MetricsWriter":
+        """The run's writer: process 0 writes, to W&B as well when cfg.log.wandb is on."""
+        run, enabled = RunDir(run_dir), jax.process_index() == 0
+        sink = WandbSink(cfg.log, run, cfg.name, to_dict(cfg)) if (enabled and cfg.log.wandb) else None
+        return cls(run, enabled=enabled, wandb=sink)
 

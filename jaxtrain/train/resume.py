@@ -20,7 +20,6 @@ a barrier, so no process is still reading it.
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from typing import Any, Callable
 
@@ -33,6 +32,7 @@ from jaxtrain.errors import JaxtrainError
 from jaxtrain.models.transformer import ModelConfig
 from jaxtrain.train.checkpoint import Checkpointer
 from jaxtrain.utils import log
+from jaxtrain.yamlconf import to_dict as section_dict
 
 # Model fields that change how the model runs, not what it computes or stores.
 EXECUTION_ONLY = {"dtype", "attention", "attention_interpret", "scan_layers", "remat"}
@@ -92,8 +92,9 @@ def check_compatible(meta: dict, cfg: RunConfig, fingerprint: str, where: str) -
             "a model must keep the tokenizer it was trained with. Use the run's own tokenizer/tokenizer.model "
             "or start a new run directory."
         )
-    defaults = {f.name: f.default for f in dataclasses.fields(ModelConfig)}  # fields newer than the checkpoint
-    saved = {**defaults, **((meta.get("config") or {}).get("model", {}))}
+    # A field added to ModelConfig after the checkpoint was made has its default there: new fields
+    # default to the computation as it was before them (e.g. rope_scaling: none).
+    saved = {**section_dict(ModelConfig()), **(meta.get("config") or {}).get("model", {})}
     current = to_dict(cfg)["model"]
     diff = sorted(k for k in current if k not in EXECUTION_ONLY and saved.get(k) != current[k])
     if diff:

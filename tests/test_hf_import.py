@@ -1,0 +1,152 @@
+"""Import that is exact or refuses: every Llama config.json field is honoured or refused by name.
+
+RoPE scaling is checked against transformers' own LlamaForCausalLM at positions far beyond the 8,192
+that Llama 3 was first trained at; attention is made sharp (large initial weights) so that the
+position encoding decides the logits.
+"""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+from flax import nnx
+
+from jaxtrain import cli
+from jaxtrain.export import hf
+from jaxtrain.models import ModelConfig, Transformer
+
+torch = pytest.importorskip("torch", reason="CPU PyTorch runs the reference model")
+transformers = pytest.importorskip("transformers")
+
+LLAMA3_ROPE = {"rope_type": "llama3", "factor": 32.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+               "original_max_position_embeddings": 8192}
+
+
+def _hf_model(rope_scaling, **kw):
+    config = transformers.LlamaConfig(
+        vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, head_dim=32, max_position_embeddings=131072, rope_theta=500000.0, rms_norm_eps=1e-5,
+        tie_word_embeddings=True, rope_scaling=rope_scaling, initializer_range=0.2, **kw)
+    torch.manual_seed(0)
+    return transformers.LlamaForCausalLM(config).eval()
+
+
+def _logits_both(model, config_json: dict, starts=(0, 8192, 9000, 20000, 100000)):
+    cfg = hf.model_config_from_hf(config_json)
+    params = hf.from_hf_tensors(cfg, {k: v.detach().numpy() for k, v in model.state_dict().items()})
+    ours = Transformer(cfg, rngs=nnx.Rngs(0))
+    nnx.update(ours, params)
+    tokens = np.random.default_rng(0).integers(0, 97, size=(2, 40))
+    out = []
+    for start in starts:
+        positions = np.broadcast_to(np.arange(start, start + 40), tokens.shape)
+        with torch.no_grad():
+            ref = model(torch.from_numpy(tokens), position_ids=torch.from_numpy(positions.copy())).logits.numpy()
+        out.append((ref, np.asarray(ours(tokens.astype(np.int32), positions.astype(np.int32))), cfg, ours, params))
+    return out
+
+
+def test_llama3_rope_matches_transformers_beyond_8192_positions():
+    model = _hf_model(LLAMA3_ROPE)
+    results = _logits_both(model, model.config.to_dict())
+    assert results[0][2].rope_scaling == "llama3" and results[0][2].rope_factor == 32.0
+    for ref, got, *_ in results:
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+    # The same weights with plain RoPE are far off: the comparison sees the scaling.
+    ref, _, cfg, ours, params = results[2]
+    plain = Transformer(dataclasses.replace(cfg, rope_scaling="none"), rngs=nnx.Rngs(0))
+    nnx.update(plain, params)
+    tokens = np.random.default_rng(0).integers(0, 97, size=(2, 40)).astype(np.int32)
+    positions = np.broadcast_to(np.arange(9000, 9040, dtype=np.int32), tokens.shape)
+    assert np.abs(np.asarray(plain(tokens, positions)) - ref).max() > 1e-2
+
+
+@pytest.mark.parametrize("spelling", ["type", "rope_type"])
+def test_linear_rope_in_the_older_rope_scaling_spelling_is_exact(spelling):
+    """{"type": "linear", "factor": 4} used to import as plain RoPE (issue 15)."""
+    model = _hf_model({spelling: "linear", "factor": 4.0})
+    config = model.config.to_dict()
+    config.pop("rope_parameters")
+    config.update(rope_scaling={spelling: "linear", "factor": 4.0}, rope_theta=500000.0)
+    results = _logits_both(model, config, starts=(0, 20000))
+    assert results[0][2].rope_scaling == "linear" and results[0][2].rope_factor == 4.0
+    for ref, got, *_ in results:
+        np.testing.assert_allclose(got, ref, atol=1e-4, rtol=1e-4)
+
+
+def _llama_json(**changes) -> dict:
+    config = transformers.LlamaConfig(vocab_size=97, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                      num_attention_heads=4, num_key_value_heads=2).to_dict()
+    config.update(changes)
+    return config
+
+
+@pytest.mark.parametrize("changes, named", [
+    ({"rope_scaling": {"type": "dynamic", "factor": 2.0}}, "dynamic"),
+    ({"rope_scaling": {"rope_type": "dynamic", "factor": 2.0}}, "dynamic"),
+    ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}}, "yarn"),
+    ({"rope_scaling": {"type": "longrope", "short_factor": [1.0], "long_factor": [2.0]}}, "longrope"),
+    ({"rope_scaling": {"type": "linear", "rope_type": "llama3", "factor": 2.0}}, "two RoPE types"),
+    ({"rope_scaling": {"rope_type": "linear", "factor": 2.0, "attention_factor": 0.5}}, "attention_factor"),
+    ({"rope_scaling": {"rope_type": "llama3", "factor": 8.0}}, "low_freq_factor"),
+    ({"hidden_act": "gelu"}, "hidden_act"),
+    ({"attention_bias": True}, "attention_bias"),
+    ({"mlp_bias": True}, "mlp_bias"),
+    ({"attention_dropout": 0.1}, "attention_dropout"),
+    ({"sliding_window": 4096}, "sliding_window"),
+    ({"partial_rotary_factor": 0.5}, "partial_rotary_factor"),
+    ({"layer_types": ["sliding_attention", "full_attention"]}, "layer_types"),
+    ({"quantization_config": {"quant_method": "gptq"}}, "quantization_config"),
+    ({"logits_scaling": 4.0}, "logits_scaling"),
+    ({"model_type": "mistral"}, "model_type"),
+])
+def test_fields_that_change_the_computation_are_refused_by_name(changes, named):
+    with pytest.raises(hf.ExportError, match=named):
+        hf.model_config_from_hf(_llama_json(**changes))
+
+
+def test_every_field_transformers_writes_is_handled_and_defaults_read_exactly():
+    config = _llama_json(head_dim=24, rms_norm_eps=1e-5, tie_word_embeddings=True,
+                         rope_parameters={"rope_type": "default", "rope_theta": 123.0})
+    assert set(config) <= hf.MAPPED | set(hf.MUST_BE) | hf.NO_EFFECT, set(config) - hf.MAPPED - hf.NO_EFFECT
+    cfg = hf.model_config_from_hf(config)
+    assert (cfg.head_dim, cfg.norm_eps, cfg.tie_embeddings, cfg.rope_theta, cfg.num_kv_heads) == (24, 1e-5, True, 123.0, 2)
+    older = {k: v for k, v in config.items() if k != "rope_parameters"}  # transformers 4 files: top-level rope_theta
+    assert hf.model_config_from_hf({**older, "rope_theta": 77.0}).rope_theta == 77.0
+    # A user who knows an unknown field is harmless names it; otherwise it is refused.
+    with pytest.raises(hf.ExportError, match="my_field"):
+        hf.model_config_from_hf({**config, "my_field": 1})
+    assert hf.model_config_from_hf({**config, "my_field": 1}, ignore_fields=("my_field",)) == cfg
+
+
+def test_export_writes_the_rope_scaling_transformers_reads_back():
+    cfg = ModelConfig(vocab_size=97, num_layers=2, embed_dim=64, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=96,
+                      max_seq_len=131072, rope_theta=500000.0, rope_scaling="llama3", rope_factor=32.0)
+    written = hf.hf_config(cfg, bos_id=5, eos_id=9)
+    assert hf.model_config_from_hf(written) == cfg
+    back = transformers.LlamaConfig.from_dict(written)
+    assert back.rope_parameters["rope_type"] == "llama3" and back.rope_parameters["factor"] == 32.0
+    assert (back.bos_token_id, back.eos_token_id) == (5, 9)
+
+
+def test_tensors_must_be_exactly_those_the_config_implies():
+    cfg = ModelConfig(vocab_size=97, num_layers=1, embed_dim=16, num_heads=2, num_kv_heads=2, mlp_dim=32)
+    tensors = {k: np.zeros(s, np.float32) for k, s in hf.llama_tensor_shapes(cfg).items()}
+    hf.from_hf_tensors(cfg, tensors)
+    with pytest.raises(hf.ExportError, match="unexpected.*q_proj.bias"):
+        hf.from_hf_tensors(cfg, {**tensors, "model.layers.0.self_attn.q_proj.bias": np.zeros(16, np.float32)})
+    with pytest.raises(hf.ExportError, match="missing.*lm_head"):
+        hf.from_hf_tensors(cfg, {k: v for k, v in tensors.items() if k != "lm_head.weight"})
+    with pytest.raises(hf.ExportError, match="shape"):
+        hf.from_hf_tensors(cfg, {**tensors, "model.norm.weight": np.zeros(17, np.float32)})
+
+
+def test_cli_prints_a_refused_import_as_one_line(tmp_path, capsys):
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    (hf_dir / "config.json").write_text(json.dumps(_llama_json(hidden_act="gelu")))
+    (hf_dir / "model.safetensors").write_bytes(b"")
+    assert cli.main(["import-hf", str(hf_dir), "--run-dir", str(tmp_path / "run"), "--config", "tiny"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and err.startswith("error: config.json: hidden_act='gelu'")
