@@ -73,6 +73,8 @@ def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes_bit_i
 
     outs = pod.run(run, 2, 4, "--config", "tiny", f"train.steps={TOTAL}", *STEPS)
     assert f"resuming from checkpoint step {saved}" in outs[0]
+    final_eval = json.loads((run / "evals.jsonl").read_text().splitlines()[-1])  # the last step evaluates
+    assert final_eval["step"] == TOTAL and 0 <= final_eval["tasks/next_line/acc"] <= 1  # tasks run on a pod too
     step, params = _params(run)
     assert step == reference_step == TOTAL
     for a, b in zip(params, reference_params, strict=True):

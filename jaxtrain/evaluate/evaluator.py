@@ -18,6 +18,7 @@ from etils import epath
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.evaluate import evaluation, tasks
 from jaxtrain.evaluate.report import write_eval
+from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.train.metrics import MetricsWriter
 from jaxtrain.train.step import make_forward
 from jaxtrain.train.trainer import Trainer
@@ -48,9 +49,10 @@ class Evaluator:
 
     @functools.cached_property
     def scorer(self):
-        """Task scoring runs unsharded on this process (one device), like the sampler."""
-        return tasks.make_scorer(make_forward(self.trainer.spec.graphdef, None, None), self.trainer.seq_len,
-                                 self.trainer.batch_size)
+        """Task scoring on the training mesh: the same program on every process of a pod."""
+        t = self.trainer
+        return tasks.make_scorer(make_forward(t.spec.graphdef, t.mesh, mesh_lib.RULES), t.seq_len, t.batch_size,
+                                 place=t.place_full_batch, out_sharding=mesh_lib.replicated(t.mesh))
 
     def __call__(self, params: Any, step: int, kind: str = "in-loop") -> dict[str, float]:
         """Evaluate, log one line, append to evals.jsonl and redraw eval.png."""
@@ -62,7 +64,7 @@ class Evaluator:
     def evaluate(self, params: Any) -> dict[str, float]:
         """Held-out loss / perplexity / bits per byte per source, plus the downstream tasks."""
         results = self.held_out(params)
-        if self.cfg.eval.tasks and jax.process_count() == 1:
+        if self.cfg.eval.tasks:
             results.update(self.downstream(params))
         return results
 

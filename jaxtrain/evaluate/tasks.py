@@ -14,6 +14,7 @@ Two tasks are built offline from the run's held-out text (never trained on):
 
 from __future__ import annotations
 
+import functools
 import json
 import pathlib
 import random
@@ -33,15 +34,18 @@ from jaxtrain.utils import log
 BUILTIN_TASKS = ("next_line", "last_word")
 
 
-def make_scorer(forward: Callable, seq_len: int, batch_size: int) -> Callable:
+def make_scorer(forward: Callable, seq_len: int, batch_size: int, *, place: Callable[[dict], dict] | None = None,
+                out_sharding: Any = None) -> Callable:
     """(params, [(context_ids, continuation_ids)], batch_size=...) -> [(logprob, is_greedy)] for each pair.
 
     A pair longer than seq_len + 1 tokens loses the start of its context (the continuation is kept whole),
     as lm-evaluation-harness does. Rows are padded to the next power of two of the batch's longest pair
     (at most seq_len): a long model context costs nothing on short requests, and few shapes compile.
+    With `place` (numpy batch -> global arrays) and a replicated `out_sharding`, scoring runs sharded on the
+    training mesh, on every process of a pod at once (every process scores the same pairs).
     """
 
-    @jax.jit
+    @functools.partial(jax.jit, out_shardings=out_sharding)
     def token_scores(params, batch):
         logits = forward(params, batch)
         logp = jax.nn.log_softmax(logits, axis=-1)
@@ -66,7 +70,8 @@ def make_scorer(forward: Callable, seq_len: int, batch_size: int) -> Callable:
                 inputs[row, : len(ids) - 1] = ids[:-1]
                 targets[row, : len(ids) - 1] = ids[1:]
                 spans.append((len(ids) - 1 - n_cont, len(ids) - 1))
-            lp, greedy = jax.device_get(token_scores(params, whole_rows(inputs, targets)))
+            batch = whole_rows(inputs, targets)
+            lp, greedy = jax.device_get(token_scores(params, place(batch) if place else batch))
             for row, (a, b) in enumerate(spans):
                 results.append((float(lp[row, a:b].sum()), bool(greedy[row, a:b].all())))
         return results

@@ -87,6 +87,11 @@ class Trainer:
 
         return {k: place(v) for k, v in batch.items()}
 
+    def place_full_batch(self, batch: dict) -> dict:
+        """A batch that every process holds whole (numpy) -> global arrays sharded like training batches."""
+        return {k: jax.make_array_from_callback(v.shape, self.batch_sharding if v.ndim == 2 else self.row_sharding,
+                                                lambda index, v=v: v[index]) for k, v in batch.items()}
+
     def abstract_batch(self) -> dict:
         """The global batch as sharded shapes (for AOT compilation)."""
         shape = (self.batch_size, self.seq_len)
