@@ -63,13 +63,16 @@ class TrainConfig:
     log_every: int = 10
     z_loss: float = 0.0  # PaLM's z-loss weight (1e-4 there; OLMo 2 uses 1e-5)
     seed: int = 0
-    # Stability guard (REFERENCE defaults): skip an update whose loss or grad-norm z-score over
-    # the last spike_window accepted steps exceeds spike_zscore, once spike_min_history exist;
-    # after max_bad_steps skipped steps in a row, roll back to the last checkpoint and skip
-    # the data window; give up after max_rollbacks.
+    # Stability guard (train/guard.py; REFERENCE defaults for z, window and history): skip an update
+    # whose loss or gradient norm is not finite, or whose robust z-score over the last spike_window
+    # steps exceeds spike_zscore while also exceeding the median by the relative margin, once
+    # spike_min_history values exist after the warm-up. After max_bad_steps skipped steps in a row,
+    # roll back to the last checkpoint and skip the data window; give up after max_rollbacks.
     spike_zscore: float = 6.0
     spike_window: int = 128
     spike_min_history: int = 64
+    spike_loss_margin: float = 0.2  # healthy batch-to-batch swings stay well under 20% of the median loss
+    spike_grad_margin: float = 1.0  # ... and gradient norms under twice their median
     max_bad_steps: int = 8
     max_rollbacks: int = 3
 
@@ -83,6 +86,8 @@ class TrainConfig:
         check(self.spike_window > 0 and self.spike_min_history <= self.spike_window,
               f"train.spike_min_history: {self.spike_min_history} must be <= train.spike_window={self.spike_window}.")
         check(self.max_bad_steps > 0, "train.max_bad_steps: must be positive.")
+        check(self.spike_loss_margin >= 0 and self.spike_grad_margin >= 0,
+              "train.spike_loss_margin / train.spike_grad_margin: must be >= 0 (0 = z-score alone).")
 
 
 @dataclasses.dataclass(frozen=True)

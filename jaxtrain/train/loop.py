@@ -21,6 +21,7 @@ from jaxtrain.data import loader, shards
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.rundir import RunDir
 from jaxtrain.scaling import flops
+from jaxtrain.train import guard as guard_lib
 from jaxtrain.train import resume
 from jaxtrain.train.checkpoint import Checkpointer, checkpoint_meta
 from jaxtrain.train.meters import MixtureMeter, Throughput
@@ -136,14 +137,19 @@ class _Loop:
         if self.step >= total:
             log(f"[train] already at step {self.step} of {total}: nothing to train.")
         run_start = time.perf_counter()
+        stage_starts = {stage.step for stage in cfg.data.mixture_schedule}
         while self.step < end_step:
+            if self.step in stage_starts:  # a new mixture: its loss level is a change, not a spike
+                self.state = self.state.replace(guard=guard_lib.reset_history(self.state.guard))
+                log(f"[train] step {self.step}: mixture stage begins; the stability guard's history starts over")
             metrics = self._train_step(restart_time - run_start)
             if self.step % cfg.train.log_every == 0 or self.step == end_step:
                 metrics = self._log(metrics)
-                if int(metrics["bad_streak"]) >= cfg.train.max_bad_steps:
-                    self._rollback(metrics)
-                    end_step = total if max_steps_this_run is None else end_step
-                    continue
+            # Every step: one scalar to the host (the loop waits for the step; the next batch is read after).
+            if int(jax.device_get(metrics["bad_streak"])) >= cfg.train.max_bad_steps:
+                self._rollback(jax.device_get(metrics))
+                end_step = total if max_steps_this_run is None else end_step
+                continue
             if self.watcher.should_stop(self.step, self.checkpointer.manager):
                 self._save()
                 self.checkpointer.wait()
@@ -204,7 +210,9 @@ class _Loop:
             + (f" | skipped {skipped} rollbacks {self.rollbacks}" if skipped or self.rollbacks else ""))
         self.metrics.write({"step": self.step, "loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
                             **speed, "skipped_steps": skipped, "rollbacks": self.rollbacks,
-                            "loss_zscore": float(metrics["loss_zscore"]), "batch_checksum": int(metrics["batch_checksum"]),
+                            "loss_zscore": float(metrics["loss_zscore"]),
+                            "grad_norm_zscore": float(metrics["grad_norm_zscore"]),
+                            "batch_checksum": int(metrics["batch_checksum"]),
                             "time": time.time(),
                             **self.mixture.window_shares()})
         return metrics

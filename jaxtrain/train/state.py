@@ -18,7 +18,8 @@ from jax.sharding import Mesh
 
 from jaxtrain.models.transformer import ModelConfig, Transformer
 from jaxtrain.parallel import mesh as mesh_lib
-from jaxtrain.train.step import TrainState, init_guard
+from jaxtrain.train.guard import init_guard
+from jaxtrain.train.step import TrainState
 
 
 @dataclasses.dataclass

@@ -17,18 +17,10 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 
 from jaxtrain.parallel.constraints import activation_sharding
+from jaxtrain.train import guard as guard_lib
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
-
-
-@struct.dataclass
-class GuardConfig:
-    """Skip-step on spikes (defaults: OLMo-core / MaxText / Levanter, see REFERENCE)."""
-
-    zscore: float = struct.field(pytree_node=False, default=6.0)
-    window: int = struct.field(pytree_node=False, default=128)
-    min_history: int = struct.field(pytree_node=False, default=64)
 
 
 @struct.dataclass
@@ -38,24 +30,6 @@ class TrainState:
     opt_state: Any
     rng: jax.Array  # raw uint32 key data: checkpointable, for stochastic layers and sampling
     guard: dict  # rolling loss / grad-norm history and skip counters
-
-
-def init_guard(window: int) -> dict:
-    return {
-        "losses": jnp.zeros((window,), jnp.float32),
-        "grad_norms": jnp.zeros((window,), jnp.float32),
-        "count": jnp.zeros((), jnp.int32),  # accepted steps recorded so far
-        "skipped": jnp.zeros((), jnp.int32),  # total skipped updates
-        "bad_streak": jnp.zeros((), jnp.int32),  # consecutive skipped updates
-    }
-
-
-def _zscore(x: jax.Array, history: jax.Array, n: jax.Array) -> jax.Array:
-    valid = jnp.arange(history.shape[0]) < n
-    nf = jnp.maximum(n.astype(jnp.float32), 1.0)
-    mean = jnp.sum(jnp.where(valid, history, 0.0)) / nf
-    var = jnp.sum(jnp.where(valid, jnp.square(history - mean), 0.0)) / nf
-    return (x - mean) / (jnp.sqrt(var) + 1e-6)
 
 
 def cross_entropy(
@@ -98,7 +72,7 @@ def make_train_step(
     tx: optax.GradientTransformation,
     z_loss: float = 0.0,
     microbatches: int = 1,
-    guard: GuardConfig | None = None,
+    guard: guard_lib.GuardConfig | None = None,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, Metrics]]:
     """One optimizer step, with gradient accumulation and the stability guard.
 
@@ -106,15 +80,13 @@ def make_train_step(
     slices contribute summed losses and token counts, normalized once at the
     end, so accumulation changes memory, not the update.
 
-    The guard skips the update (parameters and optimizer state unchanged) when
-    the loss or gradient norm is not finite, or is a spike: a z-score above
-    `guard.zscore` against the last `guard.window` accepted steps, once
-    `guard.min_history` exist. Skipped steps do not enter the history.
-    A batch may carry `loss_scale` (one float per row, default 1): a test hook
+    The guard (train/guard.py) skips the update (parameters and optimizer
+    state unchanged) when the loss or gradient norm is not finite or is a
+    spike against the history of recent steps. A batch may carry `loss_scale` (one float per row, default 1): a test hook
     for injecting spikes and NaNs; the data pipeline never sets it.
     """
 
-    guard = guard or GuardConfig()
+    guard = guard or guard_lib.GuardConfig()
 
     def loss_sum_fn(params: Any, batch: Batch):
         logits = forward(params, batch)
@@ -152,25 +124,12 @@ def make_train_step(
         grads = jax.tree.map(lambda g: g / denom, grads)
         grad_norm = optax.tree.norm(grads)
 
-        g = state.guard
-        n = jnp.minimum(g["count"], guard.window)
-        z_loss_score = _zscore(loss, g["losses"], n)
-        z_grad_score = _zscore(grad_norm, g["grad_norms"], n)
-        spike = (g["count"] >= guard.min_history) & ((z_loss_score > guard.zscore) | (z_grad_score > guard.zscore))
-        bad = ~(jnp.isfinite(loss) & jnp.isfinite(grad_norm)) | spike
-
+        bad, z_loss_score, z_grad_score = guard_lib.judge(state.guard, state.step, loss, grad_norm, guard)
         safe_grads = jax.tree.map(lambda x: jnp.where(bad, jnp.zeros_like(x), x), grads)  # no NaN into Adam
         updates, opt_state = tx.update(safe_grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(bad, b, a), new, old)  # noqa: E731
-        slot = g["count"] % guard.window
-        guard_state = {
-            "losses": jnp.where(bad, g["losses"], g["losses"].at[slot].set(loss)),
-            "grad_norms": jnp.where(bad, g["grad_norms"], g["grad_norms"].at[slot].set(grad_norm)),
-            "count": g["count"] + jnp.where(bad, 0, 1),
-            "skipped": g["skipped"] + bad.astype(jnp.int32),
-            "bad_streak": jnp.where(bad, g["bad_streak"] + 1, 0),
-        }
+        guard_state = guard_lib.record(state.guard, loss, grad_norm, bad, guard.window)
         new_state = TrainState(
             step=state.step + 1,
             params=keep(params, state.params),

@@ -22,9 +22,9 @@ from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.rundir import RunDir
 from jaxtrain.train import checkpoint as ckpt_lib
 from jaxtrain.train import state as state_lib
+from jaxtrain.train.guard import GuardConfig
 from jaxtrain.train.optimizer import make_optimizer
 from jaxtrain.train.step import (
-    GuardConfig,
     TrainState,
     make_eval_step,
     make_forward,
@@ -142,7 +142,8 @@ def build_trainer(cfg: RunConfig, run_dir: str | RunDir, *, devices: list | None
     t = cfg.train
     train_step = jax.jit(
         make_train_step(forward, tx, t.z_loss, t.microbatches,
-                        GuardConfig(t.spike_zscore, t.spike_window, t.spike_min_history)),
+                        GuardConfig(t.spike_zscore, t.spike_window, t.spike_min_history, t.spike_loss_margin,
+                                    t.spike_grad_margin, start_step=cfg.optimizer.warmup_steps)),
         in_shardings=(shardings, None),  # the batch arrives as global arrays already placed by to_global
         out_shardings=(shardings, replicated),
         donate_argnums=0,
