@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 from typing import Literal
+from typing import Literal
 
 from etils import epath
 
@@ -40,8 +41,11 @@ __all__ = [
 @dataclasses.dataclass(frozen=True)
 class OptimizerConfig:
     learning_rate: float = 3e-3  # peak; small models tolerate more than the 3e-4 of 1B-scale runs
-    min_lr_ratio: float = 0.1  # cosine floor as a fraction of the peak (Chinchilla: 10x decay)
+    min_lr_ratio: float = 0.1  # the floor the decay ends at, as a fraction of the peak (Chinchilla: 10x decay)
     warmup_steps: int = 50  # linear warmup from 0
+    schedule: Literal["cosine", "wsd"] = "cosine"  # wsd = warmup, stable, decay: extendable (train/optimizer.py)
+    decay_steps: int = 0  # cosine: its horizon (0 = train.steps); wsd: the final decay's length (0 = fraction)
+    decay_fraction: float = 0.2  # wsd: the last 20% of train.steps decay (MiniCPM, DeepSeek: 10-20%)
     weight_decay: float = 0.1  # AdamW, on weight matrices only (see train.optimizer.decay_mask)
     b1: float = 0.9
     b2: float = 0.95  # lower than Adam's 0.999: steadier on loss spikes at LM scale (GPT-3, Llama)
@@ -53,6 +57,8 @@ class OptimizerConfig:
         check(0 <= self.min_lr_ratio <= 1, f"optimizer.min_lr_ratio: must be in [0, 1], got {self.min_lr_ratio}.")
         check(self.warmup_steps >= 0, f"optimizer.warmup_steps: must be >= 0, got {self.warmup_steps}.")
         check(self.grad_clip >= 0, f"optimizer.grad_clip: must be >= 0 (0 = off), got {self.grad_clip}.")
+        check(self.decay_steps >= 0, f"optimizer.decay_steps: must be >= 0 (0 = default), got {self.decay_steps}.")
+        check(0 < self.decay_fraction <= 1, f"optimizer.decay_fraction: must be in (0, 1], got {self.decay_fraction}.")
 
 
 @dataclasses.dataclass(frozen=True)

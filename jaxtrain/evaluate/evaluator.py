@@ -20,7 +20,7 @@ from jaxtrain.evaluate import evaluation, tasks
 from jaxtrain.evaluate.report import write_eval
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.train.metrics import MetricsWriter
-from jaxtrain.train.step import make_forward
+from jaxtrain.train.step import make_eval_step, make_forward
 from jaxtrain.train.trainer import Trainer
 from jaxtrain.utils import log
 
@@ -44,8 +44,15 @@ class Evaluator:
 
     @functools.cached_property
     def tokenizer(self) -> tok.Tokenizer:
-        """The run's tokenizer, read when the first task is scored (held-out loss needs none)."""
+        """The run's tokenizer (its end-of-document id, and the tasks' text), read at the first evaluation."""
         return tok.load(self.run.tokenizer)
+
+    @functools.cached_property
+    def eval_step(self):
+        """Summed losses of a batch on the training mesh; the text-only sums leave out end-of-document."""
+        t = self.trainer
+        step = make_eval_step(make_forward(t.spec.graphdef, t.mesh, mesh_lib.RULES), self.tokenizer.eos_id)
+        return jax.jit(step, in_shardings=(t.shardings.params, None), out_shardings=mesh_lib.replicated(t.mesh))
 
     @functools.cached_property
     def scorer(self):
@@ -71,7 +78,7 @@ class Evaluator:
     def held_out(self, params: Any) -> dict[str, float]:
         t = self.trainer
         return evaluation.evaluate(
-            t.eval_step, params, self.run, t.sources,
+            self.eval_step, params, self.run, t.sources,
             seq_len=t.seq_len, batch_size=t.batch_size, rows=t.rows, max_batches=self.cfg.eval.max_batches,
             to_global=t.to_global,
         )

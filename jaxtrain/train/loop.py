@@ -10,6 +10,7 @@ Evaluation is a hook of (params, step): `jaxtrain.pipeline` passes an
 
 from __future__ import annotations
 
+import math
 import time
 from typing import Any, Callable
 
@@ -22,7 +23,7 @@ from jaxtrain.data import tokenizer as tok
 from jaxtrain.rundir import RunDir
 from jaxtrain.scaling import flops
 from jaxtrain.train import guard as guard_lib
-from jaxtrain.train import resume
+from jaxtrain.train import optimizer, resume
 from jaxtrain.train.checkpoint import Checkpointer, checkpoint_meta
 from jaxtrain.train.meters import MixtureMeter, Throughput
 from jaxtrain.train.metrics import MetricsWriter
@@ -87,6 +88,11 @@ def run(trainer: Trainer, *, evaluate: EvalHook | None = None, metrics: MetricsW
     if restored is not None:
         state, meta, step = restored
         resumes = int(meta.get("resumes", 0)) + 1
+        try:
+            trainer = _continue_schedule(trainer, meta, step)
+        except BaseException:
+            checkpointer.close()
+            raise
         log(f"[train] resuming from checkpoint step {step} in {checkpointer.directory} ({time.perf_counter() - t0:.1f}s)")
     else:
         state = trainer.init_state()
@@ -104,6 +110,20 @@ def run(trainer: Trainer, *, evaluate: EvalHook | None = None, metrics: MetricsW
             return loop.run(max_steps_this_run, restart_time=time.perf_counter() - t0)
     finally:
         checkpointer.close()
+
+
+def _continue_schedule(trainer: Trainer, meta: dict, step: int) -> Trainer:
+    """The learning rate must not jump on a resume: continue the curve, or refuse (optimizer.continue_plan)."""
+    saved = optimizer.saved_plan(meta)
+    hold = optimizer.continue_plan(saved, trainer.lr_plan, step)
+    if hold is not None:
+        trainer = trainer.with_lr_hold(hold)
+        log(f"[train] the schedule was extended after its decay began: the learning rate holds at {hold[1]:.3g} "
+            f"from step {step} and decays to {trainer.lr_plan.floor:.3g} by step {trainer.lr_plan.decay_end}")
+    before, now = optimizer.lr_at(saved, step), optimizer.lr_at(trainer.lr_plan, step)
+    if not math.isclose(before, now, rel_tol=1e-6):  # a changed peak: the user's explicit choice
+        log(f"[train] learning rate at step {step}: {now:.3g} (the checkpoint's schedule was at {before:.3g})")
+    return trainer
 
 
 class _Loop:
@@ -209,6 +229,7 @@ class _Loop:
             f"| {speed['step_time_s'] * 1000:.0f} ms/step | eta {format_duration((total - self.step) * speed['step_time_s'])}"
             + (f" | skipped {skipped} rollbacks {self.rollbacks}" if skipped or self.rollbacks else ""))
         self.metrics.write({"step": self.step, "loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
+                            "lr": optimizer.lr_at(self.trainer.lr_plan, self.step - 1),
                             **speed, "skipped_steps": skipped, "rollbacks": self.rollbacks,
                             "loss_zscore": float(metrics["loss_zscore"]),
                             "grad_norm_zscore": float(metrics["grad_norm_zscore"]),
@@ -238,8 +259,10 @@ class _Loop:
         return self.step % self.cfg.checkpoint.every_steps == 0 or self.step == end_step or timed_out
 
     def _save(self) -> None:
+        plan = self.trainer.lr_plan
         meta = checkpoint_meta(self.step, to_dict(self.cfg), self.fingerprint, self.trainer.tokens_per_step,
-                               resumes=self.resumes)
+                               resumes=self.resumes,
+                               lr_hold=[plan.hold_step, plan.hold_lr] if plan.hold_step >= 0 else None)
         t = time.perf_counter()
         self.checkpointer.save(self.step, self.state, self.data_iter, meta, force=True)
         blocked = time.perf_counter() - t

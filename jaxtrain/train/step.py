@@ -148,10 +148,17 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(forward: Callable) -> Callable[[Any, Batch], Metrics]:
+def make_eval_step(forward: Callable, eos_id: int | None = None) -> Callable[[Any, Batch], Metrics]:
+    """Summed loss and tokens; with eos_id, also the loss and tokens of the text alone (targets other than
+    the end-of-document token): what bits per byte divide by the text's bytes."""
+
     def eval_step(params: Any, batch: Batch) -> Metrics:
         logits = forward(params, batch)
         loss_sum, count = cross_entropy(logits, batch["targets"], batch["loss_mask"])
-        return {"loss_sum": loss_sum, "tokens": count}
+        out = {"loss_sum": loss_sum, "tokens": count}
+        if eos_id is not None:
+            text_mask = batch["loss_mask"] * (batch["targets"] != eos_id)
+            out["text_loss_sum"], out["text_tokens"] = cross_entropy(logits, batch["targets"], text_mask)
+        return out
 
     return eval_step

@@ -23,10 +23,9 @@ from jaxtrain.rundir import RunDir
 from jaxtrain.train import checkpoint as ckpt_lib
 from jaxtrain.train import state as state_lib
 from jaxtrain.train.guard import GuardConfig
-from jaxtrain.train.optimizer import make_optimizer
+from jaxtrain.train import optimizer
 from jaxtrain.train.step import (
     TrainState,
-    make_eval_step,
     make_forward,
     make_train_step,
 )
@@ -44,7 +43,12 @@ class Trainer:
     shardings: TrainState
     batch_sharding: NamedSharding
     train_step: Any
-    eval_step: Any
+    lr_plan: optimizer.LrPlan
+
+    def with_lr_hold(self, hold: tuple[int, float]) -> "Trainer":
+        """The same trainer with its learning-rate schedule continuing from `hold` (a WSD run extended after
+        its decay began); the optimizer state's structure is unchanged."""
+        return build_trainer(self.cfg, self.run, mesh=self.mesh, lr_hold=hold)
 
     @property
     def sources(self) -> list[str]:
@@ -131,10 +135,10 @@ def build_mesh(cfg: RunConfig, devices: list | None = None) -> Mesh:
 
 
 def build_trainer(cfg: RunConfig, run_dir: str | RunDir, *, devices: list | None = None,
-                  mesh: Mesh | None = None) -> Trainer:
+                  mesh: Mesh | None = None, lr_hold: tuple[int, float] | None = None) -> Trainer:
     mesh = mesh if mesh is not None else build_mesh(cfg, devices)
     spec = state_lib.model_spec(cfg.model)
-    tx = make_optimizer(cfg.optimizer, cfg.train.steps)
+    tx = optimizer.make_optimizer(cfg.optimizer, cfg.train.steps, lr_hold)
     shardings = state_lib.state_shardings(spec, tx, mesh)
     batch_sharding = mesh_lib.batch_sharding(mesh)
     forward = make_forward(spec.graphdef, mesh, mesh_lib.RULES)
@@ -148,8 +152,8 @@ def build_trainer(cfg: RunConfig, run_dir: str | RunDir, *, devices: list | None
         out_shardings=(shardings, replicated),
         donate_argnums=0,
     )
-    eval_step = jax.jit(make_eval_step(forward), in_shardings=(shardings.params, None), out_shardings=replicated)
-    return Trainer(cfg, RunDir(run_dir), mesh, spec, tx, shardings, batch_sharding, train_step, eval_step)
+    return Trainer(cfg, RunDir(run_dir), mesh, spec, tx, shardings, batch_sharding, train_step,
+                   optimizer.plan(cfg.optimizer, cfg.train.steps, lr_hold))
 
 
 def load_params(cfg: RunConfig, run_dir: str | RunDir, step: int | None = None,
