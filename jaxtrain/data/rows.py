@@ -52,16 +52,30 @@ class RowReader:
         """First row of an epoch: rows that start within pass `epoch` of the stream belong to it."""
         return -(-epoch * self._stream // self._unit)
 
-    def shuffled(self, k: int, seed: int) -> dict:
-        """The k-th row of training: epochs in order, each epoch's rows in their own random order."""
+    def training_row(self, k: int, seed: int) -> int:
+        """Which row of the stream the k-th training row is: epochs in order, each in its own random order."""
         epoch = k * self._unit // self._stream
         while self.epoch_start(epoch + 1) <= k:
             epoch += 1
         while self.epoch_start(epoch) > k:
             epoch -= 1
         first, stop = self.epoch_start(epoch), self.epoch_start(epoch + 1)
-        i = index_shuffle(k - first, max_index=stop - first - 1, seed=(seed + epoch) % 2**32, rounds=4)
-        return self.row(first + i, wrap=True)
+        return first + index_shuffle(k - first, max_index=stop - first - 1, seed=(seed + epoch) % 2**32, rounds=4)
+
+    def shuffled(self, k: int, seed: int) -> dict:
+        """The k-th row of training."""
+        return self.row(self.training_row(k, seed), wrap=True)
+
+    def documents_of(self, c: int) -> set[int]:
+        """The documents row c (of the endless stream) holds pieces of, without reading them."""
+        if not self.pack:
+            return {c % self.num_docs}
+        start, stop = c * self.seq_len, (c + 1) * self.seq_len
+        first, last = (int(np.searchsorted(self._ends, (x % self.total_pairs), side="right")) for x in (start, stop - 1))
+        wraps = (stop - 1) // self.total_pairs - start // self.total_pairs
+        if wraps >= 2:
+            return set(range(self.num_docs))
+        return set(range(first, last + 1)) if wraps == 0 else set(range(first, self.num_docs)) | set(range(0, last + 1))
 
     def _tokens(self, doc: int) -> np.ndarray:
         return np.asarray(self._docs[doc]["tokens"], dtype=np.int32)
