@@ -41,7 +41,8 @@ def run_jax(size: dict, steps: int, warmup: int) -> list[float]:
     from jaxtrain.parallel import mesh as mesh_lib
     from jaxtrain.train import state as state_lib
     from jaxtrain.train.optimizer import OptimizerConfig, make_optimizer
-    from jaxtrain.train.step import make_forward, make_train_step
+    from jaxtrain.train.loss import make_loss_fn
+    from jaxtrain.train.step import make_train_step
 
     cfg = ModelConfig(
         vocab_size=size["vocab"], num_layers=size["layers"], embed_dim=size["width"], num_heads=size["heads"],
@@ -55,7 +56,7 @@ def run_jax(size: dict, steps: int, warmup: int) -> list[float]:
     spec = state_lib.model_spec(cfg)
     shardings = state_lib.state_shardings(spec, tx, mesh)
     state = state_lib.init_state(cfg, tx, shardings, seed=0)
-    step = jax.jit(make_train_step(make_forward(spec.graphdef, None, None), tx), donate_argnums=0)
+    step = jax.jit(make_train_step(make_loss_fn(spec.graphdef, None, None, chunk=0), tx), donate_argnums=0)
     inputs, targets = _batches(size, steps + warmup)
     B, L = inputs.shape[1:]
     fixed = {"segment_ids": np.ones((B, L), np.int32), "positions": np.broadcast_to(np.arange(L, dtype=np.int32), (B, L)),

@@ -44,6 +44,6 @@ def test_implementation_matches_reference(impl, segments):
 
 def test_auto_picks_by_platform():
     assert resolve("auto", "tpu") == "splash"
-    assert resolve("auto", "gpu") == "jax"
+    assert resolve("auto", "gpu") == "flash"
     assert resolve("auto", "cpu") == "xla"
     assert resolve("xla", "tpu") == "xla"
