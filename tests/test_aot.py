@@ -5,7 +5,7 @@ import importlib.util
 import pytest
 
 from jaxtrain.config import ConfigError, load_config
-from jaxtrain.train.aot import compile_for_topology, topology_name
+from jaxtrain.train.aot import HBM_HEADROOM, CompileReport, compile_for_topology, topology_name
 
 
 @pytest.mark.parametrize(
@@ -29,6 +29,40 @@ def test_accelerator_types_map_to_topologies(accelerator, expected):
 def test_bad_topology_names_the_flag():
     with pytest.raises(ConfigError, match="--topology 'v9-8'"):
         topology_name("v9-8")
+
+
+def test_fits_means_five_percent_of_hbm_spare_and_tokens_are_projected_from_flops():
+    hbm = 16 * 2**30
+
+    def report(used):
+        return CompileReport("v5e:2x4", "TPU v5 lite", 8, hbm, used, 0, 0, 0.0, 1e15, 1.0, attention="splash",
+                             flops_per_token=7.6e9, peak_flops_per_chip=197e12, assumed_mfu=0.5)
+
+    assert HBM_HEADROOM == 0.05
+    assert report(int(0.94 * hbm)).fits
+    assert not report(int(0.96 * hbm)).fits  # the old table's "fits with 0.01 GiB spare" is not a fit
+    assert not report(hbm - 2**20).fits and "DOES NOT FIT (needs 5% of HBM spare)" in report(hbm - 2**20).render()
+    assert report(0).projected_tokens_per_s_per_chip == pytest.approx(0.5 * 197e12 / 7.6e9)
+    assert "12,961 tokens/s per chip at an assumed 50% MFU" in report(0).render()
+
+
+needs_libtpu = pytest.mark.skipif(
+    importlib.util.find_spec("libtpu") is None,
+    reason="libtpu is not installed; `pip install -e '.[tpu]'` (python3 dev.py test installs it) to run the AOT check",
+)
+
+
+@needs_libtpu
+def test_auto_attention_compiles_splash_kernels_for_the_tpu_target():
+    cfg = load_config("tiny", ["train.batch_size=8", "data.seq_len=128", "model.max_seq_len=128"])
+    assert cfg.model.attention == "auto"
+    report = compile_for_topology(cfg, "v5e:2x2", assumed_mfu=0.4)
+    assert report.attention == "splash" and report.pallas_kernels >= 3  # forward, dq and dkv kernels
+    assert report.fits and report.projected_tokens_per_s_per_chip == pytest.approx(
+        0.4 * 197e12 * report.num_chips * cfg.train.batch_size * cfg.data.seq_len
+        / report.model_flops_per_step / report.num_chips)
+    with pytest.raises(ConfigError, match="data.seq_len: 64 must be a multiple of 128"):
+        compile_for_topology(load_config("tiny"), "v5e:2x2")  # auto -> splash on TPU: refused before compiling
 
 
 @pytest.mark.skipif(
