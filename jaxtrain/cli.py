@@ -20,7 +20,7 @@ import os
 import pathlib
 import sys
 
-from jaxtrain.hardware import ASSUMED_MFU, CHIPS  # standard library only: no JAX import
+from jaxtrain.hardware import ASSUMED_MFU, CHIPS, apply_tpu_overlap_flags  # standard library only: no JAX import
 
 # Library imports happen inside the command functions, on purpose: the simulated-device
 # flag must be in XLA_FLAGS before JAX is first imported (_simulated_devices_default),
@@ -264,6 +264,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _simulated_devices_default()
+    # Collective/compute overlap on TPU (hardware.TPU_OVERLAP_FLAGS), read by libtpu when JAX starts; `compile`
+    # sets them on any host so the AOT program is the one the slice would run. A user's LIBTPU_INIT_ARGS wins.
+    apply_tpu_overlap_flags(force=args.fn is cmd_compile)
     from jaxtrain.errors import ConfigError, JaxtrainError
     from jaxtrain.train.preemption import EXIT_PREEMPTED, Preempted
     from jaxtrain.train.resume import IncompatibleCheckpoint, TrainingDiverged

@@ -1,6 +1,9 @@
 """AOT compilation for TPU topologies from this CPU machine (needs libtpu: the [tpu] extra)."""
 
 import importlib.util
+import os
+import subprocess
+import sys
 
 import pytest
 
@@ -79,3 +82,19 @@ def test_tiny_model_compiles_for_v5e_2x2_with_memory_report():
     bigger = compile_for_topology(load_config("tiny", ["model.attention=xla", "train.batch_size=64"]), "v5e:2x2")
     assert bigger.bytes_per_chip > report.bytes_per_chip  # a bigger batch needs more HBM per chip
     assert "fits" in report.render()
+
+
+@needs_libtpu
+def test_cli_compile_runs_libtpu_with_the_collective_overlap_flags():
+    """`jaxtrain compile` sets hardware.TPU_OVERLAP_FLAGS in LIBTPU_INIT_ARGS: libtpu must accept every one."""
+    env = {k: v for k, v in os.environ.items() if k != "LIBTPU_INIT_ARGS"}
+    env["JAX_PLATFORMS"] = "cpu"
+    proc = subprocess.run(
+        [sys.executable, "-c", "import os, sys; from jaxtrain.cli import main; code = main(sys.argv[1:]); "
+         "print('LIBTPU_INIT_ARGS=' + os.environ.get('LIBTPU_INIT_ARGS', '')); sys.exit(code)",
+         "compile", "--config", "tiny", "--topology", "v5e:2x2", "train.batch_size=8", "data.seq_len=128",
+         "model.max_seq_len=128"],
+        capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "-> fits" in proc.stdout and "attention       splash" in proc.stdout
+    assert "--xla_tpu_enable_async_collective_fusion=true" in proc.stdout
