@@ -44,3 +44,15 @@ def test_mfu_benchmark_with_torch_compile(tmp_path):
     figures = _run(tmp_path)
     _check(figures)
     assert figures["torch"]["torch_compile"] is True
+
+
+def test_loop_overhead_benchmark_measures_every_part(prepared_run):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("loop_overhead", ROOT / "benchmarks" / "loop_overhead.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    figures = module.measure(prepared_run, steps=6, overrides=["train.log_every=3"])
+    for key in ("data_ms", "to_global_ms", "bare_synced_ms", "bare_async_ms", "loop_ms"):
+        assert figures[key] > 0, key
+    assert figures["loop_over_bare"] == pytest.approx(figures["loop_ms"] / figures["bare_synced_ms"])
