@@ -88,7 +88,7 @@ def test_tiny_model_compiles_for_v5e_2x2_with_memory_report():
 def test_cli_compile_runs_libtpu_with_the_collective_overlap_flags():
     """`jaxtrain compile` sets hardware.TPU_OVERLAP_FLAGS in LIBTPU_INIT_ARGS: libtpu must accept every one."""
     env = {k: v for k, v in os.environ.items() if k != "LIBTPU_INIT_ARGS"}
-    env["JAX_PLATFORMS"] = "cpu"
+    env.update(JAX_PLATFORMS="cpu", ALLOW_MULTIPLE_LIBTPU_LOAD="1")  # this pytest process may hold libtpu already
     proc = subprocess.run(
         [sys.executable, "-c", "import os, sys; from jaxtrain.cli import main; code = main(sys.argv[1:]); "
          "print('LIBTPU_INIT_ARGS=' + os.environ.get('LIBTPU_INIT_ARGS', '')); sys.exit(code)",
