@@ -20,7 +20,7 @@ import os
 import pathlib
 import sys
 
-from jaxtrain.hardware import CHIPS  # standard library only: no JAX import
+from jaxtrain.hardware import ASSUMED_MFU, CHIPS, apply_tpu_overlap_flags  # standard library only: no JAX import
 
 # Library imports happen inside the command functions, on purpose: the simulated-device
 # flag must be in XLA_FLAGS before JAX is first imported (_simulated_devices_default),
@@ -111,7 +111,7 @@ def cmd_compile(args) -> int:
     from jaxtrain.train.aot import compile_for_topology
 
     cfg, _ = _resolve(args)
-    report = compile_for_topology(cfg, args.topology, num_slices=args.num_slices)
+    report = compile_for_topology(cfg, args.topology, num_slices=args.num_slices, assumed_mfu=args.mfu)
     print(report.render())
     return 0 if report.fits else 3
 
@@ -206,6 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
             "HBM per chip, FLOPs per step, fits or not")
     p.add_argument("--topology", required=True, help="accelerator type (v5e-8, v5p-128, v4-32, v6e-16) or v5e:2x4")
     p.add_argument("--num-slices", type=int, default=1, help="multislice: number of slices (set mesh.dcn to match)")
+    p.add_argument("--mfu", type=float, default=ASSUMED_MFU,
+                   help=f"MFU assumed for the projected tokens/s per chip (default {ASSUMED_MFU}: MaxText's "
+                        "published dense TPU results are 45-71%%)")
     p = sub.add_parser("launch", help="run N local processes of a command under jax.distributed, restarting on failure",
                        description="Local multi-process launcher (CPU, gloo): development and tests of multi-host runs.")
     p.add_argument("--num-processes", type=int, default=2)
@@ -264,6 +267,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _simulated_devices_default()
+    # Collective/compute overlap on TPU (hardware.TPU_OVERLAP_FLAGS), read by libtpu when JAX starts; `compile`
+    # sets them on any host so the AOT program is the one the slice would run. A user's LIBTPU_INIT_ARGS wins.
+    apply_tpu_overlap_flags(force=args.fn is cmd_compile)
     from jaxtrain.errors import ConfigError, JaxtrainError
     from jaxtrain.train.preemption import EXIT_PREEMPTED, Preempted
     from jaxtrain.train.resume import IncompatibleCheckpoint, TrainingDiverged

@@ -23,6 +23,7 @@ from etils import epath
 from jaxtrain import yamlconf
 from jaxtrain.data.config import DataConfig, MixtureStage, SourceConfig, TokenizerConfig
 from jaxtrain.errors import ConfigError, check
+from jaxtrain.models.attention import check_seq_len
 from jaxtrain.models.transformer import ModelConfig
 from jaxtrain.parallel.mesh import MeshConfig, check_divisible
 from jaxtrain.rundir import RunDir
@@ -62,6 +63,10 @@ class TrainConfig:
     steps: int = 300
     log_every: int = 10
     z_loss: float = 0.0  # PaLM's z-loss weight (1e-4 there; OLMo 2 uses 1e-5)
+    # Cross-entropy in slices of this many positions (jaxtrain.train.loss): at most batch x 256 x
+    # vocab float32 logits exist at once (1 GiB for llama-1b's 128k vocabulary at 8 rows per chip,
+    # against 8.4 GiB whole), and a slice is still a large matmul. 0: the whole sequence at once.
+    loss_chunk: int = 256
     seed: int = 0
     # Stability guard (REFERENCE defaults): skip an update whose loss or grad-norm z-score over
     # the last spike_window accepted steps exceeds spike_zscore, once spike_min_history exist;
@@ -83,6 +88,7 @@ class TrainConfig:
         check(self.spike_window > 0 and self.spike_min_history <= self.spike_window,
               f"train.spike_min_history: {self.spike_min_history} must be <= train.spike_window={self.spike_window}.")
         check(self.max_bad_steps > 0, "train.max_bad_steps: must be positive.")
+        check(self.loss_chunk >= 0, f"train.loss_chunk: must be >= 0 (0 = whole sequence), got {self.loss_chunk}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -158,6 +164,7 @@ class RunConfig:
               f"tokenizer.vocab_size: {self.tokenizer.vocab_size} differs from model.vocab_size={m.vocab_size}; "
               "set both to the same value.")
         check_divisible(self.mesh.shape(), m.axis_sizes())  # axes of known size; the rest when the mesh is built
+        check_seq_len(m.attention, d.seq_len)  # a named kernel's tiling; `auto` once the platform is known
 
 
 def to_dict(cfg: RunConfig) -> dict:

@@ -17,6 +17,7 @@ from flax import nnx, struct
 from jax.sharding import Mesh
 
 from jaxtrain.parallel.constraints import activation_sharding
+from jaxtrain.train.loss import LossFn
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -58,19 +59,6 @@ def _zscore(x: jax.Array, history: jax.Array, n: jax.Array) -> jax.Array:
     return (x - mean) / (jnp.sqrt(var) + 1e-6)
 
 
-def cross_entropy(
-    logits_BxLxV: jax.Array, targets_BxL: jax.Array, mask_BxL: jax.Array, z_loss: float = 0.0
-) -> tuple[jax.Array, jax.Array]:
-    """Sum of masked token losses (with optional PaLM z-loss) and the token count."""
-    logz_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
-    target_logit_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-    nll_BxL = logz_BxL - target_logit_BxL
-    if z_loss:
-        nll_BxL = nll_BxL + z_loss * jnp.square(logz_BxL)
-    mask = mask_BxL.astype(jnp.float32)
-    return jnp.sum(nll_BxL * mask), jnp.sum(mask)
-
-
 def make_forward(graphdef: nnx.GraphDef, mesh: Mesh | None, rules: dict | None) -> Callable:
     """params, batch -> float32 logits, with activation constraints when a mesh is given."""
 
@@ -85,7 +73,7 @@ def make_forward(graphdef: nnx.GraphDef, mesh: Mesh | None, rules: dict | None) 
 
 
 def make_train_step(
-    forward: Callable,
+    loss_fn: LossFn,
     tx: optax.GradientTransformation,
     z_loss: float = 0.0,
     microbatches: int = 1,
@@ -108,11 +96,10 @@ def make_train_step(
     guard = guard or GuardConfig()
 
     def loss_sum_fn(params: Any, batch: Batch):
-        logits = forward(params, batch)
         mask = batch["loss_mask"]
         if "loss_scale" in batch:
             mask = mask * batch["loss_scale"][:, None]
-        loss_sum, _ = cross_entropy(logits, batch["targets"], mask, z_loss)
+        loss_sum, _ = loss_fn(params, batch, mask, z_loss)
         return loss_sum, jnp.sum(batch["loss_mask"])
 
     grad_fn = jax.value_and_grad(loss_sum_fn, has_aux=True)
@@ -179,10 +166,9 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(forward: Callable) -> Callable[[Any, Batch], Metrics]:
+def make_eval_step(loss_fn: LossFn) -> Callable[[Any, Batch], Metrics]:
     def eval_step(params: Any, batch: Batch) -> Metrics:
-        logits = forward(params, batch)
-        loss_sum, count = cross_entropy(logits, batch["targets"], batch["loss_mask"])
+        loss_sum, count = loss_fn(params, batch, batch["loss_mask"], 0.0)
         return {"loss_sum": loss_sum, "tokens": count}
 
     return eval_step

@@ -16,18 +16,14 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtrain.config import RunConfig
 from jaxtrain.data.loader import BATCH_FIELDS
+from jaxtrain.models.attention import check_seq_len
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.rundir import RunDir
 from jaxtrain.train import checkpoint as ckpt_lib
 from jaxtrain.train import state as state_lib
 from jaxtrain.train.optimizer import make_optimizer
-from jaxtrain.train.step import (
-    GuardConfig,
-    TrainState,
-    make_eval_step,
-    make_forward,
-    make_train_step,
-)
+from jaxtrain.train.loss import make_loss_fn
+from jaxtrain.train.step import GuardConfig, TrainState, make_eval_step, make_train_step
 
 
 @dataclasses.dataclass
@@ -111,8 +107,10 @@ class Trainer:
 
 def build_mesh(cfg: RunConfig, devices: list | None = None) -> Mesh:
     """The run's mesh, after the checks that need the device count (see parallel.mesh.build_mesh)."""
-    return mesh_lib.build_mesh(cfg.mesh, devices, axis_sizes=cfg.model.axis_sizes(),
+    mesh = mesh_lib.build_mesh(cfg.mesh, devices, axis_sizes=cfg.model.axis_sizes(),
                                batch_size=cfg.train.batch_size, microbatches=cfg.train.microbatches)
+    check_seq_len(cfg.model.attention, cfg.data.seq_len, mesh.devices.flat[0].platform)  # what `auto` resolves to
+    return mesh
 
 
 def build_trainer(cfg: RunConfig, run_dir: str | RunDir, *, devices: list | None = None,
@@ -122,17 +120,17 @@ def build_trainer(cfg: RunConfig, run_dir: str | RunDir, *, devices: list | None
     tx = make_optimizer(cfg.optimizer, cfg.train.steps)
     shardings = state_lib.state_shardings(spec, tx, mesh)
     batch_sharding = mesh_lib.batch_sharding(mesh)
-    forward = make_forward(spec.graphdef, mesh, mesh_lib.RULES)
-    replicated = mesh_lib.replicated(mesh)
     t = cfg.train
+    loss_fn = make_loss_fn(spec.graphdef, mesh, mesh_lib.RULES, t.loss_chunk)
+    replicated = mesh_lib.replicated(mesh)
     train_step = jax.jit(
-        make_train_step(forward, tx, t.z_loss, t.microbatches,
+        make_train_step(loss_fn, tx, t.z_loss, t.microbatches,
                         GuardConfig(t.spike_zscore, t.spike_window, t.spike_min_history)),
         in_shardings=(shardings, None),  # the batch arrives as global arrays already placed by to_global
         out_shardings=(shardings, replicated),
         donate_argnums=0,
     )
-    eval_step = jax.jit(make_eval_step(forward), in_shardings=(shardings.params, None), out_shardings=replicated)
+    eval_step = jax.jit(make_eval_step(loss_fn), in_shardings=(shardings.params, None), out_shardings=replicated)
     return Trainer(cfg, RunDir(run_dir), mesh, spec, tx, shardings, batch_sharding, train_step, eval_step)
 
 
