@@ -66,6 +66,9 @@ class ModelConfig:
         check(self.head_dim > 0 or self.embed_dim % self.num_heads == 0,
               f"model.embed_dim: {self.embed_dim} is not divisible by model.num_heads={self.num_heads}; set model.head_dim.")
         check(self.pos_embedding != "rope" or self.resolved_head_dim % 2 == 0, "model.head_dim: RoPE needs an even head dim.")
+        for key in ("dtype", "param_dtype"):
+            check(_is_float_dtype(getattr(self, key)), f"model.{key}: {getattr(self, key)!r} is not a floating-point "
+                  "dtype; use float32, bfloat16 or float16.")
 
     @property
     def resolved_head_dim(self) -> int:
@@ -80,6 +83,13 @@ class ModelConfig:
             "vocab": (self.vocab_size, "model.vocab_size"),
             "embed": (self.embed_dim, "model.embed_dim"),
         }
+
+
+def _is_float_dtype(name: str) -> bool:
+    try:
+        return bool(jnp.issubdtype(jnp.dtype(name), jnp.floating))
+    except TypeError:  # numpy: "data type 'bfloat6' not understood"
+        return False
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], std: float, dtype) -> nnx.Param:
