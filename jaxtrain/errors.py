@@ -36,20 +36,21 @@ def check(ok: bool, message: str) -> None:
 def expected_failure(exc: BaseException) -> str | None:
     """One line for an expected failure found in `exc` or what caused it (disk full, permission
     denied, a missing file or directory), naming the path and the fix; None for anything else.
-    Libraries wrap OS errors (Beam, TensorStore, Orbax), hence the walk down the causes and the
-    look at the messages of errors that lost their errno."""
-    seen: set[int] = set()
+    Libraries wrap OS errors (Beam, TensorStore, Orbax), hence the walk down the causes and, for
+    errors that lost their errno on the way, the look at the messages."""
+    chain: list[BaseException] = []
     e: BaseException | None = exc
-    while e is not None and id(e) not in seen:
-        seen.add(id(e))
+    while e is not None and all(e is not seen for seen in chain):
+        chain.append(e)
+        e = e.__cause__ or e.__context__
+    for e in chain:
         if isinstance(e, OSError) and e.errno in _FIXES:
             where = f"{e.filename}: " if e.filename else ""
             return f"{where}{e.strerror or os.strerror(e.errno)}; {_FIXES[e.errno]}."
-        if isinstance(e, FileNotFoundError) and e.errno is None:  # raised with a message that names the path
+    for e in chain:
+        if isinstance(e, FileNotFoundError) and e.errno is None:  # raised with a message naming the path
             return str(e)
-        text = str(e)
-        if any(marker in text for marker in _DISK_FULL_MARKERS):
-            first = next((line for line in text.splitlines() if any(m in line for m in _DISK_FULL_MARKERS)), text)
-            return f"{first.strip()[:300]}; {_FIXES[errno.ENOSPC]}."
-        e = e.__cause__ or e.__context__
+        lines = [line for line in str(e).splitlines() if any(m in line for m in _DISK_FULL_MARKERS)]
+        if lines:
+            return f"{lines[0].strip()[:300]}; {_FIXES[errno.ENOSPC]}."
     return None
