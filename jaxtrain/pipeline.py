@@ -43,6 +43,7 @@ def prepare(cfg: RunConfig, run_dir: str | RunDir, through: str = "tasks") -> No
     if jax.process_index() == 0:
         if line := runconfig.describe_changes(cfg, run):
             log(line)
+        data_prepare.check_inputs(cfg.data, cfg.tokenizer, run)  # before the first stage
         runconfig.record_for_data(cfg, run)
         data_prepare.prepare_corpus(cfg.data, run)
         if last >= stages.STAGES.index("tokenizer"):

@@ -131,6 +131,7 @@ def test_missing_tokenizer_file_is_refused_before_work(tmp_path, corpus, capsys)
                      f"tokenizer.model_file={tmp_path}/nope.model"])
     err = capsys.readouterr().err
     assert code == 2 and f"tokenizer.model_file: {tmp_path}/nope.model does not exist" in err
+    assert not (tmp_path / "r").exists()  # refused before curation, before the config is recorded
 
 
 def test_disk_full_ends_in_one_line_and_a_traceback_log(tmp_path, corpus, capsys, monkeypatch):

@@ -28,8 +28,13 @@ class AccountingError(JaxtrainError):
     """Curation's ledger does not account for every input unit the readers counted."""
 
 
-def check_inputs(d: DataConfig, t: TokenizerConfig | None = None) -> None:
-    """Refuse sources and files that cannot produce anything, before any work starts."""
+def check_inputs(d: DataConfig, t: TokenizerConfig | None = None, run: RunDir | None = None) -> None:
+    """Refuse sources and files that cannot produce anything, before any work starts (the source
+    globs only while curation still has to run: a finished corpus does not need them)."""
+    if t is not None:
+        check_tokenizer_file(t)
+    if run is not None and stages.done(run, "curation", d.curation_inputs()):
+        return
     for i, s in enumerate(d.sources):
         if s.type == "files" and not files.readable_matches(s.path):
             raise ConfigError(
@@ -39,8 +44,6 @@ def check_inputs(d: DataConfig, t: TokenizerConfig | None = None) -> None:
     for pattern in d.decontaminate:
         if not files.readable_matches(pattern):
             raise ConfigError(f"data.decontaminate: glob {pattern!r} matches no files; check the path.")
-    if t is not None:
-        check_tokenizer_file(t)
 
 
 def check_tokenizer_file(t: TokenizerConfig) -> None:
