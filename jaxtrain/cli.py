@@ -19,6 +19,9 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
+import time
+import traceback
 
 from jaxtrain.hardware import CHIPS  # standard library only: no JAX import
 
@@ -252,10 +255,6 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _write_traceback(args: argparse.Namespace) -> str:
     """The current exception's full traceback, in RUN/logs (or the temp dir when that fails)."""
-    import tempfile
-    import time
-    import traceback
-
     from jaxtrain.rundir import RunDir
 
     text = traceback.format_exc()
