@@ -223,17 +223,21 @@ def _raw_chunks(path: str) -> Iterator[bytes]:
 def _lines(path: str) -> Iterator[bytes]:
     """The lines of a (compressed) file without their newline; the last may be partial. Raises
     _Damage (or OSError) after the last line that decoded."""
-    rest = b""
+    pending: list[bytes] = []  # the current line's pieces (a line may span many chunks)
     try:
         for chunk in _raw_chunks(path):
-            parts = (rest + chunk).split(b"\n")
-            rest = parts.pop()
+            if b"\n" not in chunk:
+                pending.append(chunk)
+                continue
+            parts = chunk.split(b"\n")
+            parts[0] = b"".join([*pending, parts[0]])
+            pending = [parts.pop()]
             yield from parts
     except (_Damage, OSError):
-        if rest:
+        if rest := b"".join(pending):
             yield rest
         raise
-    if rest:
+    if rest := b"".join(pending):
         yield rest
 
 
