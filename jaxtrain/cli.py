@@ -19,8 +19,15 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
+import time
+import traceback
 
-from jaxtrain.hardware import ASSUMED_MFU, CHIPS, apply_tpu_overlap_flags  # standard library only: no JAX import
+from jaxtrain.hardware import (  # standard library only: no JAX import
+    ASSUMED_MFU,
+    CHIPS,
+    apply_tpu_overlap_flags,
+)
 
 # Library imports happen inside the command functions, on purpose: the simulated-device
 # flag must be in XLA_FLAGS before JAX is first imported (_simulated_devices_default),
@@ -38,42 +45,34 @@ def _simulated_devices_default() -> None:
 
 
 def _resolve(args: argparse.Namespace):
-    from jaxtrain.config import load_config, load_run_config
-    from jaxtrain.rundir import RunDir
+    from jaxtrain import runconfig
 
     if args.overrides and "=" not in args.overrides[0]:  # `jaxtrain eval RUN ...`: a run directory first
         if getattr(args, "run_dir", None):
             raise SystemExit(f"give the run directory once: {args.overrides[0]!r} or --run-dir {args.run_dir!r}")
         args.run_dir, args.overrides = args.overrides[0], args.overrides[1:]
-    run_dir = getattr(args, "run_dir", None)
-    if args.config:
-        cfg = load_config(args.config, args.overrides)
-    elif run_dir and RunDir(run_dir).config.exists():
-        cfg = load_run_config(run_dir, args.overrides)
-    else:
-        cfg = load_config("demo", args.overrides)
-    return cfg, RunDir(run_dir or cfg.run_dir)
+    args.resolved_run = getattr(args, "run_dir", None)  # where main() writes a traceback
+    cfg, run = runconfig.resolve(args.config, args.overrides, getattr(args, "run_dir", None))
+    args.resolved_run = run
+    return cfg, run
 
 
 def cmd_prepare(args) -> None:
-    from jaxtrain.data import prepare
+    from jaxtrain import pipeline
 
-    cfg, run = _resolve(args)
-    prepare.prepare_corpus(cfg.data, run)
+    pipeline.prepare(*_resolve(args), through="curation")
 
 
 def cmd_tokenizer(args) -> None:
-    from jaxtrain.data import prepare
+    from jaxtrain import pipeline
 
-    cfg, run = _resolve(args)
-    prepare.prepare_tokenizer(cfg.tokenizer, cfg.data, cfg.model.vocab_size, run)
+    pipeline.prepare(*_resolve(args), through="tokenizer")
 
 
 def cmd_tokenize(args) -> None:
-    from jaxtrain.data import prepare
+    from jaxtrain import pipeline
 
-    cfg, run = _resolve(args)
-    prepare.prepare_shards(cfg.data, run)
+    pipeline.prepare(*_resolve(args), through="shards")
 
 
 def cmd_train(args) -> None:
@@ -264,13 +263,37 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _write_traceback(args: argparse.Namespace) -> str:
+    """The current exception's full traceback, in RUN/logs (or the temp dir when that fails)."""
+    from jaxtrain.rundir import RunDir
+
+    text = traceback.format_exc()
+    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    run = getattr(args, "resolved_run", None) or getattr(args, "run_dir", None) or getattr(args, "run", None)
+    if run:
+        try:
+            path = RunDir(run).logs / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            return str(path)
+        except OSError:
+            pass
+    try:
+        fd, path = tempfile.mkstemp(prefix="jaxtrain-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return path
+    except OSError:
+        return "not written (no writable place)"
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     _simulated_devices_default()
     # Collective/compute overlap on TPU (hardware.TPU_OVERLAP_FLAGS), read by libtpu when JAX starts; `compile`
     # sets them on any host so the AOT program is the one the slice would run. A user's LIBTPU_INIT_ARGS wins.
     apply_tpu_overlap_flags(force=args.fn is cmd_compile)
-    from jaxtrain.errors import ConfigError, JaxtrainError
+    from jaxtrain.errors import ConfigError, JaxtrainError, expected_failure
     from jaxtrain.train.preemption import EXIT_PREEMPTED, Preempted
     from jaxtrain.train.resume import IncompatibleCheckpoint, TrainingDiverged
 
@@ -288,11 +311,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"[train] {e}", file=sys.stderr)
         return 4
-    except JaxtrainError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:  # expected failures (JaxtrainError, disk full, permissions, missing files): one line
+        line = str(e) if isinstance(e, JaxtrainError) else expected_failure(e)
+        if line is None:
+            raise  # a bug: the full traceback
+        print(f"error: {line} (traceback: {_write_traceback(args)})", file=sys.stderr)
         return 2
     return code or 0
 

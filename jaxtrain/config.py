@@ -178,6 +178,9 @@ def preset_path(name_or_path: str) -> epath.Path:
             raise ConfigError(f"config file {path} does not exist.")
         return path
     candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists() and path.is_file():
+        raise ConfigError(f"--config {name_or_path!r}: the file exists but a config file must end in .yaml or .yml; "
+                          f"rename it to {path.with_suffix('.yaml').name}.")
     if not candidate.exists():
         available = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise ConfigError(f"--config {name_or_path!r}: no such preset; available: {', '.join(available)}.")
@@ -194,9 +197,16 @@ def from_dict(values: dict) -> RunConfig:
 
 
 def save_config(cfg: RunConfig, path: pathlib.Path) -> None:
+    """Write the resolved config in one step: a local file through a rename (a reader never sees half
+    of it), a gs:// object directly (object writes are atomic)."""
     path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yamlconf.dump(cfg))
+    if "://" in str(path):
+        path.write_text(yamlconf.dump(cfg))
+        return
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(yamlconf.dump(cfg))
+    partial.replace(path)
 
 
 def load_run_config(run_dir: str | pathlib.Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

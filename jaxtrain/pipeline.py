@@ -1,6 +1,7 @@
 """The stages wired together: what each `jaxtrain` command runs, as library calls.
 
-    prepare(cfg, run)        curation, tokenizer, token shards, built-in tasks (process 0; others wait)
+    prepare(cfg, run)        curation, tokenizer, token shards, built-in tasks (process 0; others wait),
+                             each an atomic stage skipped when done with the same inputs
     train(cfg, run)          the training loop with an Evaluator as its eval hook
     run(cfg, run)            all of the above, then the unigram comparison and a sample
     evaluate_checkpoint(...) `jaxtrain eval`;  sample(...) `jaxtrain sample`
@@ -17,8 +18,10 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 
+from jaxtrain import runconfig
 from jaxtrain.config import RunConfig
 from jaxtrain.data import prepare as data_prepare
+from jaxtrain.data import stages
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.evaluate.evaluator import Evaluator
 from jaxtrain.evaluate.sampling import generate
@@ -30,14 +33,25 @@ from jaxtrain.train.trainer import Trainer, build_mesh, build_trainer, load_para
 from jaxtrain.utils import log
 
 
-def prepare(cfg: RunConfig, run_dir: str | RunDir) -> None:
-    """Every data stage, skipping those already done; on several processes only process 0 works."""
+def prepare(cfg: RunConfig, run_dir: str | RunDir, through: str = "tasks") -> None:
+    """The data stages up to `through` (curation, tokenizer, shards, tasks), each skipped when done
+    with the same inputs; the config is checked against the run's and recorded first. On several
+    processes only process 0 works."""
     run = RunDir(run_dir)
+    last = stages.STAGES.index(through)
+    runconfig.check(cfg, run)
     if jax.process_index() == 0:
+        if line := runconfig.describe_changes(cfg, run):
+            log(line)
+        data_prepare.check_inputs(cfg.data, cfg.tokenizer, run)  # before the first stage
+        runconfig.record_for_data(cfg, run)
         data_prepare.prepare_corpus(cfg.data, run)
-        data_prepare.prepare_tokenizer(cfg.tokenizer, cfg.data, cfg.model.vocab_size, run)
-        data_prepare.prepare_shards(cfg.data, run)
-        prepare_tasks(run, cfg.eval.task_examples, cfg.data.shuffle_seed)
+        if last >= stages.STAGES.index("tokenizer"):
+            data_prepare.prepare_tokenizer(cfg.tokenizer, cfg.data, cfg.model.vocab_size, run)
+        if last >= stages.STAGES.index("shards"):
+            data_prepare.prepare_shards(cfg.data, run)
+        if last >= stages.STAGES.index("tasks"):
+            prepare_tasks(run, cfg.eval.task_examples, cfg.data.shuffle_seed)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("jaxtrain:data-prepared")
 

@@ -18,7 +18,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from jaxtrain.data import clean
+from jaxtrain.data import clean, stages
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.rundir import RunDir
 
@@ -92,19 +92,22 @@ class TokenShards(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield record["id"], {"tokens": tokens}
 
 
-def build_shards(run: RunDir, sources: list[str]) -> dict:
-    """Encode the run's clean corpus with its tokenizer; write the shards and token_counts.json."""
+def build_shards(run: RunDir, sources: list[str], data_dir: epath.Path | None = None) -> dict:
+    """Encode the run's clean corpus with its tokenizer; write the shards and token_counts.json into
+    data_dir (default: the run's tfds directory; the shards stage passes its staging directory)."""
     run = RunDir(run)
+    data_dir = epath.Path(data_dir or run.tfds)
     tfds.disable_progress_bar()  # our own log lines report progress
     builder = TokenShards(
         clean_dir=run.clean,
         tokenizer_path=run.tokenizer,
         sources=sources,
-        data_dir=str(run.tfds),
+        data_dir=str(data_dir),
         file_format="array_record",
     )
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
-    run.token_counts.write_text(json.dumps(builder.counts, indent=2))
+    stages.fault_point("shards", "tfds_written")  # shards on disk, token_counts.json not yet
+    (data_dir / run.token_counts.name).write_text(json.dumps(builder.counts, indent=2))
     return builder.counts
 
 

@@ -28,7 +28,12 @@ from jaxtrain.config import RunConfig, save_config, to_dict
 from jaxtrain.data import clean, shards
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.export import hf
-from jaxtrain.rundir import HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, SENTENCEPIECE_FILE, RunDir
+from jaxtrain.rundir import (
+    HF_TOKENIZER_CONFIG,
+    HF_TOKENIZER_FILE,
+    SENTENCEPIECE_FILE,
+    RunDir,
+)
 from jaxtrain.train.checkpoint import checkpoint_meta
 from jaxtrain.train.trainer import build_trainer, load_params
 

@@ -86,6 +86,9 @@ class ModelConfig:
                   f"model.rope_high_freq_factor={self.rope_high_freq_factor}.")
             check(self.rope_original_max_len > 0,
                   f"model.rope_original_max_len: must be positive, got {self.rope_original_max_len}.")
+        for key in ("dtype", "param_dtype"):
+            check(_is_float_dtype(getattr(self, key)), f"model.{key}: {getattr(self, key)!r} is not a floating-point "
+                  "dtype; use float32, bfloat16 or float16.")
 
     @property
     def resolved_head_dim(self) -> int:
@@ -100,6 +103,13 @@ class ModelConfig:
             "vocab": (self.vocab_size, "model.vocab_size"),
             "embed": (self.embed_dim, "model.embed_dim"),
         }
+
+
+def _is_float_dtype(name: str) -> bool:
+    try:
+        return bool(jnp.issubdtype(jnp.dtype(name), jnp.floating))
+    except TypeError:  # numpy: "data type 'bfloat6' not understood"
+        return False
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], std: float, dtype) -> nnx.Param:

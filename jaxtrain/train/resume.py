@@ -12,11 +12,11 @@ from __future__ import annotations
 from typing import Any
 
 from jaxtrain.config import RunConfig, to_dict
-from jaxtrain.models.transformer import ModelConfig
-from jaxtrain.yamlconf import to_dict as section_dict
 from jaxtrain.errors import JaxtrainError
+from jaxtrain.models.transformer import ModelConfig
 from jaxtrain.train.checkpoint import Checkpointer
 from jaxtrain.utils import log
+from jaxtrain.yamlconf import to_dict as section_dict
 
 # Model fields that change how the model runs, not what it computes or stores.
 EXECUTION_ONLY = {"dtype", "attention", "attention_interpret", "scan_layers", "remat"}

@@ -21,8 +21,8 @@ from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.rundir import RunDir
 from jaxtrain.train import checkpoint as ckpt_lib
 from jaxtrain.train import state as state_lib
-from jaxtrain.train.optimizer import make_optimizer
 from jaxtrain.train.loss import make_loss_fn
+from jaxtrain.train.optimizer import make_optimizer
 from jaxtrain.train.step import GuardConfig, TrainState, make_eval_step, make_train_step
 
 
