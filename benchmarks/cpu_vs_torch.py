@@ -1,6 +1,9 @@
 """Same GPT-2-style model, same optimizer, float32, CPU: jaxtrain vs a plain PyTorch eager reference.
 
-    python benchmarks/cpu_vs_torch.py [--steps 40] [--warmup 8] [--rounds 3]
+    python benchmarks/cpu_vs_torch.py [--steps 40] [--warmup 8] [--rounds 3] [--dtype bfloat16]
+
+`--dtype bfloat16` computes in bf16 in both (jaxtrain: model.dtype, float32 master
+weights; PyTorch: CPU autocast), the path that uses AMX tiles where the CPU has them.
 
 Each (framework, size) is timed in its own subprocess with one device and the
 machine's cores; rounds alternate frameworks so drift hits both. Reports the
@@ -33,7 +36,7 @@ def _batches(size: dict, n: int, seed: int = 0):
     return data[:, :, :-1], data[:, :, 1:]
 
 
-def run_jax(size: dict, steps: int, warmup: int) -> list[float]:
+def run_jax(size: dict, steps: int, warmup: int, dtype: str = "float32") -> list[float]:
     import jax
     import numpy as np
 
@@ -41,13 +44,14 @@ def run_jax(size: dict, steps: int, warmup: int) -> list[float]:
     from jaxtrain.parallel import mesh as mesh_lib
     from jaxtrain.train import state as state_lib
     from jaxtrain.train.optimizer import OptimizerConfig, make_optimizer
-    from jaxtrain.train.step import make_forward, make_train_step
+    from jaxtrain.train.loss import make_loss_fn
+    from jaxtrain.train.step import make_train_step
 
     cfg = ModelConfig(
         vocab_size=size["vocab"], num_layers=size["layers"], embed_dim=size["width"], num_heads=size["heads"],
         num_kv_heads=size["heads"], mlp_dim=4 * size["width"], max_seq_len=size["ctx"], pos_embedding="learned",
         norm="layernorm", norm_eps=1e-5, mlp="gelu", use_bias=True, tie_embeddings=True, attention="xla",
-        scan_layers=False,
+        scan_layers=False, dtype=dtype,
     )
     tx = make_optimizer(OptimizerConfig(learning_rate=LR, warmup_steps=0, min_lr_ratio=1.0, weight_decay=WD,
                                         b1=BETAS[0], b2=BETAS[1], grad_clip=CLIP), 10**6)
@@ -55,7 +59,7 @@ def run_jax(size: dict, steps: int, warmup: int) -> list[float]:
     spec = state_lib.model_spec(cfg)
     shardings = state_lib.state_shardings(spec, tx, mesh)
     state = state_lib.init_state(cfg, tx, shardings, seed=0)
-    step = jax.jit(make_train_step(make_forward(spec.graphdef, None, None), tx), donate_argnums=0)
+    step = jax.jit(make_train_step(make_loss_fn(spec.graphdef, None, None, chunk=0), tx), donate_argnums=0)
     inputs, targets = _batches(size, steps + warmup)
     B, L = inputs.shape[1:]
     fixed = {"segment_ids": np.ones((B, L), np.int32), "positions": np.broadcast_to(np.arange(L, dtype=np.int32), (B, L)),
@@ -70,7 +74,7 @@ def run_jax(size: dict, steps: int, warmup: int) -> list[float]:
     return times[warmup:]
 
 
-def run_torch(size: dict, steps: int, warmup: int) -> list[float]:
+def run_torch(size: dict, steps: int, warmup: int, dtype: str = "float32") -> list[float]:
     import math
 
     import torch
@@ -120,7 +124,9 @@ def run_torch(size: dict, steps: int, warmup: int) -> list[float]:
     for i in range(steps + warmup):
         x, y = torch.from_numpy(inputs[i]).long(), torch.from_numpy(targets[i]).long()
         t0 = time.perf_counter()
-        loss = F.cross_entropy(model(x).view(-1, V), y.reshape(-1))
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float().view(-1, V), y.reshape(-1))
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
@@ -130,9 +136,9 @@ def run_torch(size: dict, steps: int, warmup: int) -> list[float]:
     return times[warmup:]
 
 
-def child(framework: str, size_name: str, steps: int, warmup: int) -> None:
+def child(framework: str, size_name: str, steps: int, warmup: int, dtype: str) -> None:
     size = SIZES[size_name]
-    times = run_jax(size, steps, warmup) if framework == "jax" else run_torch(size, steps, warmup)
+    times = run_jax(size, steps, warmup, dtype) if framework == "jax" else run_torch(size, steps, warmup, dtype)
     print(json.dumps({"median_s": statistics.median(times)}))
 
 
@@ -142,10 +148,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", nargs="+", default=list(SIZES))
+    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
     parser.add_argument("--child", nargs=2, metavar=("FRAMEWORK", "SIZE"))
     args = parser.parse_args()
     if args.child:
-        return child(args.child[0], args.child[1], args.steps, args.warmup)
+        return child(args.child[0], args.child[1], args.steps, args.warmup, args.dtype)
     env = dict(os.environ, XLA_FLAGS=os.environ.get("BENCH_XLA_FLAGS", ""), JAX_PLATFORMS="cpu")
     print("| size | jaxtrain ms/step | torch ms/step | ratio jax/torch | rounds |")
     print("|---|---|---|---|---|")
@@ -154,7 +161,8 @@ def main() -> None:
         for _ in range(args.rounds):
             for fw in ("jax", "torch"):
                 out = subprocess.run(
-                    [sys.executable, __file__, "--child", fw, size_name, "--steps", str(args.steps), "--warmup", str(args.warmup)],
+                    [sys.executable, __file__, "--child", fw, size_name, "--steps", str(args.steps), "--warmup", str(args.warmup),
+                     "--dtype", args.dtype],
                     capture_output=True, text=True, env=env, check=True,
                 )
                 results[fw].append(json.loads(out.stdout.strip().splitlines()[-1])["median_s"])

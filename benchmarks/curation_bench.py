@@ -6,7 +6,10 @@
 1. MinHash signatures: jaxtrain.data.minhash (one permutation hashing, and its k-permutation
    mode) vs datasketch (MinHash, 112 permutations, the same
    word 5-gram shingles), docs/s and MB/s on one core; LSH (14 x 8) candidate pairs of both
-   checked against exact Jaccard of the shingle sets (precision/recall at 0.7) and against each other.
+   checked against the exact Jaccard of every pair (brute force: precision and recall at 0.7 and
+   0.8) and against each other; and `lsh_quality`: the same for a sample with edited copies spread
+   over the similarity range, the observed candidate rate per Jaccard bin beside the theoretical
+   S-curve 1 - (1 - s^8)^14.
 2. Curation per stage (read, judge = normalize + rules + PII, MinHash) in MB/s on one core,
    and the whole Beam pipeline on the embedded default with 1 and 2 DirectRunner workers.
 3. Tokenizer: sentencepiece training time (BPE and unigram) and encode MB/s.
@@ -84,32 +87,12 @@ def bench_minhash(texts: list[str], repeats: int) -> dict:
     t_ours, t_kperm, t_batch, t_update = (_median_time(f, repeats) for f in
                                           (ours, lambda: kperm.signatures(texts), ds_batch, ds_update))
     sigs, ds = ours(), ds_batch()
-    # candidate pairs from both LSH setups (14 bands x 8 rows)
-    buckets: dict = {}
-    for i, sig in enumerate(sigs):
-        for k in band_keys(sig, 14, 8):
-            buckets.setdefault(k, []).append(i)
-    ours_pairs = {(a, b) for docs in buckets.values() for a, b in itertools.combinations(sorted(docs), 2)}
     lsh = MinHashLSH(num_perm=112, params=(14, 8))
     for i, m in enumerate(ds):
         lsh.insert(i, m)
     ds_pairs = {tuple(sorted((i, j))) for i, m in enumerate(ds) for j in lsh.query(m) if i != j}
-    shingle_sets = {}
-
-    def exact(i: int, j: int) -> float:
-        for k in (i, j):
-            if k not in shingle_sets:
-                shingle_sets[k] = set(shingles(texts[k]))
-        a, b = shingle_sets[i], shingle_sets[j]
-        return len(a & b) / max(len(a | b), 1)
-
-    truth = {p for p in ours_pairs | ds_pairs if exact(*p) >= 0.7}
-
-    def quality(pairs: set) -> dict:
-        hits = len(pairs & truth)
-        return {"candidate_pairs": len(pairs), "precision_at_0.7": round(hits / max(len(pairs), 1), 4),
-                "recall_at_0.7": round(hits / max(len(truth), 1), 4)}
-
+    ours_pairs = candidate_pairs(sigs, 14, 8)
+    exact = all_pairs_jaccard(texts)
     return {
         "docs": len(texts), "mb": round(mb, 2),
         "jaxtrain_docs_per_s": round(len(texts) / t_ours), "jaxtrain_mb_per_s": round(mb / t_ours, 2),
@@ -117,9 +100,87 @@ def bench_minhash(texts: list[str], repeats: int) -> dict:
         "datasketch_update_batch_docs_per_s": round(len(texts) / t_batch),
         "datasketch_update_docs_per_s": round(len(texts) / t_update),
         "speedup_vs_update_batch": round(t_batch / t_ours, 2), "speedup_vs_update": round(t_update / t_ours, 2),
-        "true_pairs_at_0.7": len(truth), "jaxtrain": quality(ours_pairs), "datasketch": quality(ds_pairs),
+        "jaxtrain": {f"at_{t}": pair_quality(ours_pairs, exact, t) for t in (0.7, 0.8)},
+        "datasketch": {f"at_{t}": pair_quality(ds_pairs, exact, t) for t in (0.7, 0.8)},
         "pair_sets_jaccard": round(len(ours_pairs & ds_pairs) / max(len(ours_pairs | ds_pairs), 1), 4),
     }
+
+
+def _shingle_bytes(t: str, n: int = 5) -> list[bytes]:
+    """Word n-grams as MinHasher forms them (ASCII-whitespace words; a shorter text is one shingle)."""
+    w = t.encode().split()
+    return [b" ".join(w[i:i + n]) for i in range(max(len(w) - n + 1, 1))]
+
+
+def all_pairs_jaccard(texts: list[str]) -> dict[tuple[int, int], float]:
+    """Exact Jaccard of the 5-gram sets of every pair of documents that shares a shingle (brute force
+    over all pairs, as one sparse product: intersections = A @ A.T); absent pairs have Jaccard 0."""
+    import numpy as np
+    from scipy import sparse
+
+    ids: dict[bytes, int] = {}
+    rows, cols = [], []
+    for i, t in enumerate(texts):
+        for s in set(_shingle_bytes(t)):
+            rows.append(i)
+            cols.append(ids.setdefault(s, len(ids)))
+    a = sparse.csr_matrix((np.ones(len(rows), np.int32), (rows, cols)), shape=(len(texts), len(ids)))
+    sizes = np.asarray(a.sum(axis=1)).ravel()
+    inter = sparse.triu(a @ a.T, k=1).tocoo()
+    union = sizes[inter.row] + sizes[inter.col] - inter.data
+    return {(int(i), int(j)): float(x / u) for i, j, x, u in zip(inter.row, inter.col, inter.data, union)}
+
+
+def candidate_pairs(signatures, bands: int, rows: int) -> set[tuple[int, int]]:
+    """Pairs of documents that share at least one LSH band key (what near dedup compares)."""
+    from jaxtrain.data.minhash import band_keys
+
+    buckets: dict = {}
+    for i, sig in enumerate(signatures):
+        for k in band_keys(sig, bands, rows):
+            buckets.setdefault(k, []).append(i)
+    return {(a, b) for docs in buckets.values() for a, b in itertools.combinations(sorted(set(docs)), 2)}
+
+
+def pair_quality(candidates: set, exact: dict, threshold: float) -> dict:
+    """Precision and recall of LSH candidates against every pair at or above the threshold."""
+    truth = {p for p, j in exact.items() if j >= threshold}
+    hits = len(candidates & truth)
+    return {"true_pairs": len(truth), "candidate_pairs": len(candidates),
+            "precision": round(hits / max(len(candidates), 1), 4), "recall": round(hits / max(len(truth), 1), 4)}
+
+
+def lsh_quality(texts: list[str], bands: int = 14, rows: int = 8, edited: int = 400, seed: int = 0) -> dict:
+    """jaxtrain's MinHash LSH against brute-force Jaccard over all pairs of a sample, with the
+    theoretical S-curve 1 - (1 - s^r)^b beside the observed candidate rate per similarity bin.
+
+    Real documents rarely pair up between Jaccard 0.3 and 1, so `edited` copies of sample documents
+    (a random 0-10% of their words replaced) spread pairs over the whole range."""
+    import numpy as np
+
+    from jaxtrain.data.minhash import MinHasher
+
+    rng = np.random.default_rng(seed)
+    sample = list(texts)
+    for i in rng.choice(len(texts), min(edited, len(texts)), replace=False):
+        words = texts[i].split()
+        for k in rng.choice(len(words), int(len(words) * rng.uniform(0, 0.1)), replace=False):
+            words[k] = f"edit{k}"
+        sample.append(" ".join(words))
+    exact = all_pairs_jaccard(sample)
+    candidates = candidate_pairs(MinHasher(num_perm=bands * rows, ngram=5).signatures(sample), bands, rows)
+    curve = []
+    for lo in np.arange(0.0, 1.0, 0.1):
+        pairs = [p for p, j in exact.items() if lo <= j < lo + 0.1 or (lo >= 0.9 and j == 1.0)]
+        if pairs:
+            s = np.array([exact[p] for p in pairs])
+            curve.append({"jaccard": f"{lo:.1f}-{lo + 0.1:.1f}", "pairs": len(pairs),
+                          "observed": round(sum(p in candidates for p in pairs) / len(pairs), 4),
+                          "theory": round(float(np.mean(1 - (1 - s ** rows) ** bands)), 4)})
+    n = len(sample)
+    return {"docs": n, "all_pairs": n * (n - 1) // 2, "pairs_sharing_a_shingle": len(exact),
+            "bands": bands, "rows": rows, **{f"at_{t}": pair_quality(candidates, exact, t) for t in (0.7, 0.8)},
+            "s_curve": curve}
 
 
 def bench_stages(repeats: int) -> dict:
@@ -202,12 +263,16 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=3000)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--lsh-docs", type=int, default=2000, help="sample for the all-pairs LSH check (+400 edited)")
     parser.add_argument("--out", default="benchmarks/results/curation.json")
     args = parser.parse_args()
     result = {"machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
               "date": time.strftime("%Y-%m-%d")}
-    result["minhash"] = bench_minhash(_documents(args.docs), args.repeats)
+    docs = _documents(args.docs)
+    result["minhash"] = bench_minhash(docs, args.repeats)
     print(json.dumps(result["minhash"], indent=1), flush=True)
+    result["lsh_quality"] = lsh_quality(docs[: args.lsh_docs])
+    print(json.dumps(result["lsh_quality"], indent=1), flush=True)
     result["stages"] = bench_stages(args.repeats)
     print(json.dumps(result["stages"], indent=1), flush=True)
     result.update(bench_tokenizer_and_loader(args.repeats))

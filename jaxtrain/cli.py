@@ -19,8 +19,15 @@ import json
 import os
 import pathlib
 import sys
+import tempfile
+import time
+import traceback
 
-from jaxtrain.hardware import CHIPS  # standard library only: no JAX import
+from jaxtrain.hardware import (  # standard library only: no JAX import
+    ASSUMED_MFU,
+    CHIPS,
+    apply_tpu_overlap_flags,
+)
 
 # Library imports happen inside the command functions, on purpose: the simulated-device
 # flag must be in XLA_FLAGS before JAX is first imported (_simulated_devices_default),
@@ -38,42 +45,34 @@ def _simulated_devices_default() -> None:
 
 
 def _resolve(args: argparse.Namespace):
-    from jaxtrain.config import load_config, load_run_config
-    from jaxtrain.rundir import RunDir
+    from jaxtrain import runconfig
 
     if args.overrides and "=" not in args.overrides[0]:  # `jaxtrain eval RUN ...`: a run directory first
         if getattr(args, "run_dir", None):
             raise SystemExit(f"give the run directory once: {args.overrides[0]!r} or --run-dir {args.run_dir!r}")
         args.run_dir, args.overrides = args.overrides[0], args.overrides[1:]
-    run_dir = getattr(args, "run_dir", None)
-    if args.config:
-        cfg = load_config(args.config, args.overrides)
-    elif run_dir and RunDir(run_dir).config.exists():
-        cfg = load_run_config(run_dir, args.overrides)
-    else:
-        cfg = load_config("demo", args.overrides)
-    return cfg, RunDir(run_dir or cfg.run_dir)
+    args.resolved_run = getattr(args, "run_dir", None)  # where main() writes a traceback
+    cfg, run = runconfig.resolve(args.config, args.overrides, getattr(args, "run_dir", None))
+    args.resolved_run = run
+    return cfg, run
 
 
 def cmd_prepare(args) -> None:
-    from jaxtrain.data import prepare
+    from jaxtrain import pipeline
 
-    cfg, run = _resolve(args)
-    prepare.prepare_corpus(cfg.data, run)
+    pipeline.prepare(*_resolve(args), through="curation")
 
 
 def cmd_tokenizer(args) -> None:
-    from jaxtrain.data import prepare
+    from jaxtrain import pipeline
 
-    cfg, run = _resolve(args)
-    prepare.prepare_tokenizer(cfg.tokenizer, cfg.data, cfg.model.vocab_size, run)
+    pipeline.prepare(*_resolve(args), through="tokenizer")
 
 
 def cmd_tokenize(args) -> None:
-    from jaxtrain.data import prepare
+    from jaxtrain import pipeline
 
-    cfg, run = _resolve(args)
-    prepare.prepare_shards(cfg.data, run)
+    pipeline.prepare(*_resolve(args), through="shards")
 
 
 def cmd_train(args) -> None:
@@ -111,7 +110,7 @@ def cmd_compile(args) -> int:
     from jaxtrain.train.aot import compile_for_topology
 
     cfg, _ = _resolve(args)
-    report = compile_for_topology(cfg, args.topology, num_slices=args.num_slices)
+    report = compile_for_topology(cfg, args.topology, num_slices=args.num_slices, assumed_mfu=args.mfu)
     print(report.render())
     return 0 if report.fits else 3
 
@@ -206,6 +205,9 @@ def build_parser() -> argparse.ArgumentParser:
             "HBM per chip, FLOPs per step, fits or not")
     p.add_argument("--topology", required=True, help="accelerator type (v5e-8, v5p-128, v4-32, v6e-16) or v5e:2x4")
     p.add_argument("--num-slices", type=int, default=1, help="multislice: number of slices (set mesh.dcn to match)")
+    p.add_argument("--mfu", type=float, default=ASSUMED_MFU,
+                   help=f"MFU assumed for the projected tokens/s per chip (default {ASSUMED_MFU}: MaxText's "
+                        "published dense TPU results are 45-71%%)")
     p = sub.add_parser("launch", help="run N local processes of a command under jax.distributed, restarting on failure",
                        description="Local multi-process launcher (CPU, gloo): development and tests of multi-host runs.")
     p.add_argument("--num-processes", type=int, default=2)
@@ -261,6 +263,30 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _write_traceback(args: argparse.Namespace) -> str:
+    """The current exception's full traceback, in RUN/logs (or the temp dir when that fails)."""
+    from jaxtrain.rundir import RunDir
+
+    text = traceback.format_exc()
+    name = f"error-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.log"
+    run = getattr(args, "resolved_run", None) or getattr(args, "run_dir", None) or getattr(args, "run", None)
+    if run:
+        try:
+            path = RunDir(run).logs / name
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(text)
+            return str(path)
+        except OSError:
+            pass
+    try:
+        fd, path = tempfile.mkstemp(prefix="jaxtrain-", suffix=".log")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return path
+    except OSError:
+        return "not written (no writable place)"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -271,7 +297,10 @@ def main(argv: list[str] | None = None) -> int:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     _simulated_devices_default()
-    from jaxtrain.errors import ConfigError, JaxtrainError
+    # Collective/compute overlap on TPU (hardware.TPU_OVERLAP_FLAGS), read by libtpu when JAX starts; `compile`
+    # sets them on any host so the AOT program is the one the slice would run. A user's LIBTPU_INIT_ARGS wins.
+    apply_tpu_overlap_flags(force=args.fn is cmd_compile)
+    from jaxtrain.errors import ConfigError, JaxtrainError, expected_failure
     from jaxtrain.train.preemption import EXIT_PREEMPTED, Preempted
     from jaxtrain.train.resume import IncompatibleCheckpoint, TrainingDiverged
 
@@ -289,11 +318,11 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"[train] {e}", file=sys.stderr)
         return 4
-    except JaxtrainError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except FileNotFoundError as e:
-        print(f"error: {e}", file=sys.stderr)
+    except Exception as e:  # expected failures (JaxtrainError, disk full, permissions, missing files): one line
+        line = str(e) if isinstance(e, JaxtrainError) else expected_failure(e)
+        if line is None:
+            raise  # a bug: the full traceback
+        print(f"error: {line} (traceback: {_write_traceback(args)})", file=sys.stderr)
         return 2
     return code or 0
 

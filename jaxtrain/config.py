@@ -17,13 +17,13 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 from typing import Literal
-from typing import Literal
 
 from etils import epath
 
 from jaxtrain import yamlconf
 from jaxtrain.data.config import DataConfig, MixtureStage, SourceConfig, TokenizerConfig
 from jaxtrain.errors import ConfigError, check
+from jaxtrain.models.attention import check_seq_len
 from jaxtrain.models.transformer import ModelConfig
 from jaxtrain.parallel.mesh import MeshConfig, check_divisible
 from jaxtrain.rundir import RunDir
@@ -68,6 +68,10 @@ class TrainConfig:
     steps: int = 300
     log_every: int = 10
     z_loss: float = 0.0  # PaLM's z-loss weight (1e-4 there; OLMo 2 uses 1e-5)
+    # Cross-entropy in slices of this many positions (jaxtrain.train.loss): at most batch x 256 x
+    # vocab float32 logits exist at once (1 GiB for llama-1b's 128k vocabulary at 8 rows per chip,
+    # against 8.4 GiB whole), and a slice is still a large matmul. 0: the whole sequence at once.
+    loss_chunk: int = 256
     seed: int = 0
     # Stability guard (train/guard.py; REFERENCE defaults for z, window and history): skip an update
     # whose loss or gradient norm is not finite, or whose robust z-score over the last spike_window
@@ -94,6 +98,7 @@ class TrainConfig:
         check(self.max_bad_steps > 0, "train.max_bad_steps: must be positive.")
         check(self.spike_loss_margin >= 0 and self.spike_grad_margin >= 0,
               "train.spike_loss_margin / train.spike_grad_margin: must be >= 0 (0 = z-score alone).")
+        check(self.loss_chunk >= 0, f"train.loss_chunk: must be >= 0 (0 = whole sequence), got {self.loss_chunk}.")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -169,6 +174,7 @@ class RunConfig:
               f"tokenizer.vocab_size: {self.tokenizer.vocab_size} differs from model.vocab_size={m.vocab_size}; "
               "set both to the same value.")
         check_divisible(self.mesh.shape(), m.axis_sizes())  # axes of known size; the rest when the mesh is built
+        check_seq_len(m.attention, d.seq_len)  # a named kernel's tiling; `auto` once the platform is known
 
 
 def to_dict(cfg: RunConfig) -> dict:
@@ -182,6 +188,9 @@ def preset_path(name_or_path: str) -> epath.Path:
             raise ConfigError(f"config file {path} does not exist.")
         return path
     candidate = CONFIG_DIR / f"{name_or_path}.yaml"
+    if not candidate.exists() and path.is_file():
+        raise ConfigError(f"--config {name_or_path!r}: the file exists but a config file must end in .yaml or .yml; "
+                          f"rename it to {path.with_suffix('.yaml').name}.")
     if not candidate.exists():
         available = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
         raise ConfigError(f"--config {name_or_path!r}: no such preset; available: {', '.join(available)}.")
@@ -198,9 +207,16 @@ def from_dict(values: dict) -> RunConfig:
 
 
 def save_config(cfg: RunConfig, path: pathlib.Path) -> None:
+    """Write the resolved config in one step: a local file through a rename (a reader never sees half
+    of it), a gs:// object directly (object writes are atomic)."""
     path = epath.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yamlconf.dump(cfg))
+    if "://" in str(path):
+        path.write_text(yamlconf.dump(cfg))
+        return
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(yamlconf.dump(cfg))
+    partial.replace(path)
 
 
 def load_run_config(run_dir: str | pathlib.Path, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:

@@ -1,6 +1,7 @@
 """The stages wired together: what each `jaxtrain` command runs, as library calls.
 
-    prepare(cfg, run)        curation, tokenizer, token shards, built-in tasks (process 0; others wait)
+    prepare(cfg, run)        curation, tokenizer, token shards, built-in tasks (process 0; others wait),
+                             each an atomic stage skipped when done with the same inputs
     train(cfg, run)          the training loop with an Evaluator as its eval hook
     run(cfg, run)            all of the above, then the unigram comparison and a sample
     evaluate_checkpoint(...) `jaxtrain eval`;  sample(...) `jaxtrain sample`
@@ -17,8 +18,10 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 
+from jaxtrain import runconfig
 from jaxtrain.config import RunConfig
 from jaxtrain.data import prepare as data_prepare
+from jaxtrain.data import stages
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.errors import JaxtrainError
 from jaxtrain.evaluate.evaluator import Evaluator
@@ -35,10 +38,14 @@ class DataNotPrepared(JaxtrainError):
     """A pod was started on a run directory whose data stages have not run."""
 
 
-def prepare(cfg: RunConfig, run_dir: str | RunDir) -> None:
-    """Every data stage, skipping those already done. A pod does not curate or tokenize (its hosts would
-    wait, accelerators idle, while one host does CPU work): it refuses unprepared data before any work."""
+def prepare(cfg: RunConfig, run_dir: str | RunDir, through: str = "tasks") -> None:
+    """The data stages up to `through` (curation, tokenizer, shards, tasks), each skipped when done
+    with the same inputs; the config is checked against the run's and recorded first. A pod does not
+    curate or tokenize (its hosts would wait, accelerators idle, while one host does CPU work): it
+    refuses unprepared data before any work."""
     run = RunDir(run_dir)
+    last = stages.STAGES.index(through)
+    runconfig.check(cfg, run)
     if jax.process_count() > 1:
         missing = data_prepare.missing_stages(run)
         if missing:
@@ -46,14 +53,21 @@ def prepare(cfg: RunConfig, run_dir: str | RunDir) -> None:
                 f"{run}: data stage(s) {', '.join(missing)} not done, and a pod does not prepare data. Run "
                 f"`jaxtrain prepare`, `jaxtrain tokenizer` and `jaxtrain tokenize` with --run-dir {run} once from "
                 "any machine (data.beam_options runs curation on Dataflow), then launch the pod again.")
-        if jax.process_index() == 0:
+        if jax.process_index() == 0 and last >= stages.STAGES.index("tasks"):
             prepare_tasks(run, cfg.eval.task_examples, cfg.data.shuffle_seed)  # seconds of work
         multihost_utils.sync_global_devices("jaxtrain:data-prepared")
         return
+    if line := runconfig.describe_changes(cfg, run):
+        log(line)
+    data_prepare.check_inputs(cfg.data, cfg.tokenizer, run)  # before the first stage
+    runconfig.record_for_data(cfg, run)
     data_prepare.prepare_corpus(cfg.data, run)
-    data_prepare.prepare_tokenizer(cfg.tokenizer, cfg.data, cfg.model.vocab_size, run)
-    data_prepare.prepare_shards(cfg.data, run)
-    prepare_tasks(run, cfg.eval.task_examples, cfg.data.shuffle_seed)
+    if last >= stages.STAGES.index("tokenizer"):
+        data_prepare.prepare_tokenizer(cfg.tokenizer, cfg.data, cfg.model.vocab_size, run)
+    if last >= stages.STAGES.index("shards"):
+        data_prepare.prepare_shards(cfg.data, run)
+    if last >= stages.STAGES.index("tasks"):
+        prepare_tasks(run, cfg.eval.task_examples, cfg.data.shuffle_seed)
 
 
 def train(cfg: RunConfig, run_dir: str | RunDir, *, devices: list | None = None, prepare_data: bool = False,

@@ -32,7 +32,7 @@ class RunDir:
 
     @property
     def config(self) -> epath.Path:
-        """The resolved config of the run (written when training starts)."""
+        """The resolved config of the run, recorded by the first command (jaxtrain.runconfig)."""
         return self.root / "config.yaml"
 
     @property
@@ -60,7 +60,7 @@ class RunDir:
 
     def doc_lengths(self, split: str) -> epath.Path:
         """Tokens per document of one token-shard split, in stored order (for random-access packing)."""
-        return self.tfds / "doc_lengths" / f"{split}.npy"
+        return self.tfds / "doc_lengths" / f"{split}.npy"  # (data.shards.DOC_LENGTHS_DIR)
 
     @property
     def tokenizer_dir(self) -> epath.Path:
@@ -73,6 +73,24 @@ class RunDir:
         tokenizer.model (also the path a new sentencepiece model is trained to)."""
         hf = self.tokenizer_dir / HF_TOKENIZER_FILE
         return hf if hf.exists() else self.tokenizer_dir / SENTENCEPIECE_FILE
+
+    def stage_dir(self, stage: str) -> epath.Path:
+        """The directory a data stage builds and publishes as a whole (see jaxtrain.data.stages)."""
+        return {"curation": self.clean, "tokenizer": self.tokenizer_dir, "shards": self.tfds, "tasks": self.tasks}[stage]
+
+    def stage_marker(self, stage: str) -> epath.Path:
+        """Written last by a stage: its inputs and output digest. No marker: the stage is redone."""
+        return self.stage_dir(stage) / "_COMPLETE.json"
+
+    def staging_dir(self, stage: str) -> epath.Path:
+        """Where a stage is built before it replaces stage_dir with one rename."""
+        final = self.stage_dir(stage)
+        return final.parent / f"{final.name}.partial"
+
+    @property
+    def logs(self) -> epath.Path:
+        """Tracebacks of failed commands (the command line prints one line and the log's path)."""
+        return self.root / "logs"
 
     @property
     def checkpoints(self) -> epath.Path:

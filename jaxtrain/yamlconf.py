@@ -113,11 +113,15 @@ def load_yaml(path: epath.Path, resolve_base, seen: tuple = ()) -> dict:
     if path in seen:
         raise ConfigError(f"{path}: 'base' chain loops back to itself.")
     try:
-        raw = yaml.safe_load(path.read_text()) or {}
+        raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    if raw is None:
+        raise ConfigError(f"{path}: the file is empty; write the config sections there (or `base: demo` to "
+                          "start from a preset).")
     if not isinstance(raw, dict):
-        raise ConfigError(f"{path}: top level must be a mapping of config sections.")
+        raise ConfigError(f"{path}: top level must be a mapping of config sections (e.g. `model: {{num_layers: 4}}`), "
+                          f"got {type(raw).__name__} {str(raw)[:40]!r}.")
     base = raw.pop("base", None)
     if base is None:
         return raw

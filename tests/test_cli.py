@@ -52,3 +52,8 @@ def test_whole_pipeline_then_resume_eval_and_sample(tmp_path):
     sampled = _jaxtrain("sample", *common, "--prompt", "import ", "--prompt", "The ", "--tokens", "8")
     assert sampled.returncode == 0, sampled.stderr[-3000:]
     assert sampled.stdout.count("--- sample (step 14") == 2
+
+    refused = _jaxtrain("prepare", *common, "data.min_chars=150")  # the model learned from the recorded data
+    last = refused.stderr.strip().splitlines()[-1]  # (libraries may log warnings on import before it)
+    assert refused.returncode == 2 and last.startswith("config error: data.min_chars: differ from"), refused.stderr
+    assert "trained to step 14" in last

@@ -14,8 +14,10 @@ import pytest
 from etils import epath
 from fsspec.implementations.local import LocalFileSystem
 
+from jaxtrain import runconfig
 from jaxtrain.config import load_run_config, save_config
-from jaxtrain.data import prepare
+from jaxtrain.data import prepare, stages
+from jaxtrain.rundir import RunDir
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.train.metrics import MetricsWriter
 from jaxtrain.train import checkpoint
@@ -84,3 +86,37 @@ def test_prepare_tokenizer_config_and_metrics_on_gs(fake_gcs, tmp_path):
     assert not (fake_gcs / "bucket/runs/r1/tensorboard").exists()  # TensorBoard stays local-only
     # Orbax talks to GCS itself (google-cloud-storage, TensorStore): it must get the URI intact
     assert str(checkpoint.checkpoint_dir(run / "checkpoints")) == "gs://bucket/runs/r1/checkpoints"
+
+
+def test_stages_publish_and_recover_on_gs(fake_gcs, tmp_path, monkeypatch):
+    """The same staging directory, rename and marker on gs:// (where a rename is a copy): a stage
+    interrupted after its publish has no marker and is rebuilt; the config is recorded there."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(40):
+        (docs / f"d{i}.txt").write_text(f"Document number {i} talks about topic {i % 7} at some length. " * 8)
+    cfg = tiny_config(
+        "data.sources=[{name: notes, type: files, filters: [], path: '" + str(docs / "*.txt") + "'}]", "data.near_dedup=false",
+        "data.eval_fraction=0.2", "tokenizer.vocab_size=300", "model.vocab_size=300",
+    )
+    run = RunDir("gs://bucket/runs/r2")
+    runconfig.record_for_data(cfg, run)
+    assert runconfig.recorded(run) == cfg and (fake_gcs / "bucket/runs/r2/config.yaml").exists()
+
+    def fail_after_publish(stage, point):
+        if point == "published":
+            raise RuntimeError(f"killed at {stage}:{point}")
+
+    monkeypatch.setattr(stages, "FAULT_HOOK", fail_after_publish)
+    with pytest.raises(RuntimeError, match="killed at curation:published"):
+        prepare.prepare_corpus(cfg.data, run)
+    assert (fake_gcs / "bucket/runs/r2/data/clean/report.json").exists()  # published ...
+    assert not (fake_gcs / "bucket/runs/r2/data/clean/_COMPLETE.json").exists()  # ... but not done
+    monkeypatch.setattr(stages, "FAULT_HOOK", None)
+    report = prepare.prepare_corpus(cfg.data, run)
+    assert report["notes"]["read"] == report["notes"]["input_docs"] == 40
+    assert stages.marker(run, "curation")["digest"] == stages.file_digest(run.curation_report, run.clean / "read_counts.json")
+    prepare.prepare_tokenizer(cfg.tokenizer, cfg.data, cfg.model.vocab_size, run)
+    assert stages.marker(run, "tokenizer")["digest"] == tok.fingerprint(run.tokenizer)
+    assert not (fake_gcs / "bucket/runs/r2/data/clean.partial").exists()
+    assert not (fake_gcs / "bucket/runs/r2/tokenizer.partial").exists()

@@ -33,3 +33,20 @@ def test_one_spelling_of_v5e():
     assert topology_name("v5litepod-16") == topology_name("v5e-16") == ("v5e", "v5e:4x4")
     assert hardware.parse_accelerator_type("v5litepod-16")[0] is hardware.TPUS["v5e"]
     assert hardware.TPUS["v5e"].hbm_bytes == 16 * 2**30
+
+
+def test_tpu_overlap_flags_go_to_libtpu_unless_the_user_set_them(monkeypatch):
+    from jaxtrain import hardware
+
+    monkeypatch.setattr(hardware, "looks_like_tpu_host", lambda: True)
+    env: dict = {}
+    assert hardware.apply_tpu_overlap_flags(env)
+    assert env["LIBTPU_INIT_ARGS"].split() == list(hardware.TPU_OVERLAP_FLAGS)
+    assert "--xla_tpu_enable_data_parallel_all_reduce_opt=true" in env["LIBTPU_INIT_ARGS"]  # DCN all-reduce overlap
+    mine = {"LIBTPU_INIT_ARGS": "--xla_tpu_scoped_vmem_limit_kib=98304"}
+    assert not hardware.apply_tpu_overlap_flags(mine)
+    assert mine == {"LIBTPU_INIT_ARGS": "--xla_tpu_scoped_vmem_limit_kib=98304"}
+    monkeypatch.setattr(hardware, "looks_like_tpu_host", lambda: False)
+    cpu: dict = {}
+    assert not hardware.apply_tpu_overlap_flags(cpu) and cpu == {}  # a CPU or GPU host: nothing set
+    assert hardware.apply_tpu_overlap_flags(cpu, force=True) and "LIBTPU_INIT_ARGS" in cpu  # `jaxtrain compile`

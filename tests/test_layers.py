@@ -3,7 +3,7 @@
 Layers (a module may import its own layer and the ones below):
   0  errors, utils, rundir, hardware, yamlconf        facts and helpers with no jaxtrain imports of substance
   1  models, parallel, scaling, data                  the building blocks
-  2  config                                           composes the sections the blocks define
+  2  config, runconfig                                composes the sections the blocks define; the run's recorded config
   3  train                                            the Trainer, the step, the loop, checkpoints
   4  evaluate, export                                 built on a trained run
   5  pipeline, sweep                                  stages wired together
@@ -18,7 +18,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent / "jaxtrain"
 LAYERS = {
     "errors": 0, "utils": 0, "rundir": 0, "hardware": 0, "yamlconf": 0,
     "models": 1, "parallel": 1, "scaling": 1, "data": 1,
-    "config": 2,
+    "config": 2, "runconfig": 2,
     "train": 3,
     "evaluate": 4, "export": 4,
     "pipeline": 5, "sweep": 5,

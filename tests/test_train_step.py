@@ -8,7 +8,8 @@ from jaxtrain.models import ModelConfig
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.train import state as state_lib
 from jaxtrain.train.optimizer import OptimizerConfig, make_optimizer
-from jaxtrain.train.step import make_forward, make_train_step
+from jaxtrain.train.loss import make_loss_fn
+from jaxtrain.train.step import make_train_step
 
 CFG = ModelConfig(vocab_size=128, num_layers=2, embed_dim=32, num_heads=4, num_kv_heads=2, mlp_dim=64, max_seq_len=32)
 
@@ -30,7 +31,7 @@ def _setup(mesh_shape: dict, devices, lr: float = 1e-2, cfg: ModelConfig = CFG, 
     shardings = state_lib.state_shardings(spec, tx, mesh)
     state = state_lib.init_state(cfg, tx, shardings, seed=0)
     step = jax.jit(
-        make_train_step(make_forward(spec.graphdef, mesh, mesh_lib.RULES), tx, microbatches=microbatches),
+        make_train_step(make_loss_fn(spec.graphdef, mesh, mesh_lib.RULES), tx, microbatches=microbatches),
         in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
         donate_argnums=0,
     )

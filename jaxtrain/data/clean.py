@@ -17,7 +17,7 @@ import unicodedata
 from etils import epath
 
 from jaxtrain.data import filters
-from jaxtrain.data.corpus import Document
+from jaxtrain.data.files import Document
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,8 +56,11 @@ def doc_key(order: int, doc_id: str) -> str:
 
 
 def judge(doc: Document, r: SourceRules) -> dict:
-    """One ledger entry: bucket kept / removed (rule) / unreadable (reason), with the record if kept."""
+    """One ledger entry: bucket kept / removed (rule) / unreadable (reason) / skipped (not a
+    document: blank line, empty file, directory), with the record if kept."""
     entry = {"source": r.source, "id": doc.doc_id, "key": doc_key(r.order, doc.doc_id)}
+    if doc.skipped:
+        return {**entry, "bucket": "skipped", "reason": doc.skipped, "bytes": 0}
     if doc.text is None:
         return {**entry, "bucket": "unreadable", "reason": doc.error or "unknown", "bytes": 0}
     raw_bytes = len(doc.text.encode("utf-8", errors="replace"))
@@ -94,6 +97,9 @@ def split_files(clean_dir: epath.Path, source: str, split: str) -> list[epath.Pa
 def all_split_files(clean_dir: epath.Path, split: str) -> list[epath.Path]:
     """Every source's files of one split."""
     return sorted(epath.Path(clean_dir).glob(f"*.{split}*.jsonl"))
+
+
+READ_COUNTS = "read_counts.json"  # per source: the ledger lines its input requires, counted when read
 
 
 def ledger_file(source: str, shard: int) -> str:

@@ -105,6 +105,16 @@ class DataConfig:
     def source_names(self) -> list[str]:
         return [s.name for s in self.sources]
 
+    def curation_inputs(self) -> dict:
+        """What the cleaned corpus depends on: every field curation reads (a change redoes curation and
+        the stages after it). Not: the mixture weight, the Beam execution settings (curate_workers,
+        beam_options: the same output on any runner, tested) or the loader settings."""
+        keys = ("min_chars", "max_chars", "min_alpha_fraction", "exact_dedup", "near_dedup", "minhash_ngram",
+                "minhash_bands", "minhash_rows", "decontaminate", "decontaminate_ngram", "clean_shards",
+                "eval_fraction")
+        sources = [{k: v for k, v in dataclasses.asdict(s).items() if k != "weight"} for s in self.sources]
+        return {"sources": sources, **{k: getattr(self, k) for k in keys}}
+
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig:
@@ -118,3 +128,7 @@ class TokenizerConfig:
 
     def __post_init__(self) -> None:
         check(self.vocab_size > 0, f"tokenizer.vocab_size: must be positive, got {self.vocab_size}.")
+
+    def inputs(self) -> dict:
+        """What the tokenizer stage depends on: all of this section."""
+        return dataclasses.asdict(self)

@@ -8,29 +8,55 @@ meet in a GroupByKey on the text hash, near duplicates in a GroupByKey on each
 MinHash LSH band key. Within a group the smallest document key (source order,
 then id) is the representative, so the same input always keeps the same
 documents whatever the runner or worker count.
-Every input document leaves one ledger line (kept / removed:rule /
-duplicate:representative / unreadable:reason / capped); the report is built
-from the ledger.
+Every input unit (document, line, row, file, directory, damage) leaves one
+ledger line (kept / removed:rule / duplicate:representative /
+unreadable:reason / skipped:reason / capped); the report is built from the
+ledger. The readers also count, from the raw input, how many ledger lines
+each unit requires (`read_counts.json`), so a document lost anywhere between
+reading and the ledger is caught (`jaxtrain.data.prepare` compares them).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from etils import epath
 
-from jaxtrain.data import clean, corpus, filters
+from jaxtrain.data import clean, corpus, files, filters
 from jaxtrain.data.config import DataConfig
 from jaxtrain.data.minhash import MinHasher, band_keys
 
+READ = "read"  # the tagged output of _Read: (source, ledger lines its units require)
 
-def _read_tfds(index_range: tuple[int, int], spec: dict) -> Iterator[corpus.Document]:
-    yield from corpus.tfds_source(spec["name"], spec["dataset"], spec["split"], spec["data_dir"], spec["text_field"],
-                                  *index_range)
+
+def _read_tfds(index_range: tuple[int, int], spec: dict) -> files.Reader:
+    return (yield from corpus.tfds_source(spec["name"], spec["dataset"], spec["split"], spec["data_dir"],
+                                          spec["text_field"], *index_range))
+
+
+class _Read(beam.DoFn):
+    """One unit (file, embedded piece, TFDS range) -> its documents, and on the READ output
+    (source, ledger lines the unit requires), counted by the reader from the raw input."""
+
+    def __init__(self, source: str, reader: Callable[..., files.Reader], *args):
+        self.source, self.reader, self.args = source, reader, args
+
+    def process(self, unit) -> Iterator:
+        n = yield from self.reader(unit, *self.args)
+        yield beam.pvalue.TaggedOutput(READ, (self.source, n))
+
+
+def _judge(doc: files.Document, rules: clean.SourceRules) -> Iterator[dict]:
+    """The document's ledger entry (one per document; the ledger check counts on it)."""
+    yield clean.judge(doc, rules)
+
+
+def _write_read_counts(counts: list[tuple[str, int]], out_dir: str) -> None:
+    (epath.Path(out_dir) / clean.READ_COUNTS).write_text(json.dumps(dict(sorted(counts)), indent=1))
 
 
 def _resolve_exact(item: tuple[str, Iterable[dict]]) -> Iterator[dict]:
@@ -130,7 +156,7 @@ def _write_ledger(item: tuple[tuple[str, int], Iterable[dict]], out_dir: str) ->
 def _decontamination_ngrams(patterns: tuple[str, ...], n: int) -> frozenset:
     grams: set[str] = set()
     for pattern in patterns:
-        for doc in corpus.file_source("eval", pattern):
+        for doc in files.file_source("eval", pattern):
             if doc.text:
                 grams |= filters.ngrams(doc.text, n)
     return frozenset(grams)
@@ -162,21 +188,24 @@ def run(d: DataConfig, out_dir: epath.Path, workers: int = 1) -> None:
     out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     with beam.Pipeline(options=pipeline_options(workers, d.beam_options)) as p:
-        judged = []
+        judged, read_counts = [], []
         for s in d.sources:
-            r = rules[s.name]
             if s.type == "files":
-                units, read = corpus.source_files(s.path), beam.FlatMap(corpus.read_file, s.name, s.text_field)
+                units, reader = files.matches(s.path), _Read(s.name, files.read_path, s.name, s.text_field)
             elif s.type == "embedded":
-                units, read = corpus.embedded_units(s.name), beam.FlatMap(corpus.read_embedded_unit, s.name)
+                units, reader = corpus.embedded_units(s.name), _Read(s.name, corpus.read_embedded_unit, s.name)
             else:
                 spec = {"name": s.name, "dataset": s.dataset, "split": s.split, "data_dir": s.data_dir,
                         "text_field": s.text_field}
-                units, read = corpus.tfds_ranges(s.dataset, s.split, s.data_dir), beam.FlatMap(_read_tfds, spec)
+                units, reader = corpus.tfds_ranges(s.dataset, s.split, s.data_dir), _Read(s.name, _read_tfds, spec)
             # Reshuffles spread the units, then the documents, over the workers (a Create is one bundle).
-            docs = (p | f"List {s.name}" >> beam.Create(units) | f"Spread {s.name}" >> beam.Reshuffle()
-                    | f"Read {s.name}" >> read | f"Spread docs {s.name}" >> beam.Reshuffle())
-            judged.append(docs | f"Judge {s.name}" >> beam.Map(clean.judge, r))
+            read = (p | f"List {s.name}" >> beam.Create(units) | f"Spread {s.name}" >> beam.Reshuffle()
+                    | f"Read {s.name}" >> beam.ParDo(reader).with_outputs(READ, main="docs"))
+            read_counts.append(read[READ])
+            docs = read.docs | f"Spread docs {s.name}" >> beam.Reshuffle()
+            judged.append(docs | f"Judge {s.name}" >> beam.FlatMap(_judge, rules[s.name]))
+        _ = (read_counts | "All counts" >> beam.Flatten() | "Count per source" >> beam.CombinePerKey(sum)
+             | "Counts" >> beam.combiners.ToList() | "Write counts" >> beam.Map(_write_read_counts, str(out_dir)))
         entries = judged | "All sources" >> beam.Flatten()
         kept = entries | "Kept" >> beam.Filter(lambda e: e["bucket"] == "kept")
         done = [entries | "Not kept" >> beam.Filter(lambda e: e["bucket"] != "kept")]

@@ -8,18 +8,20 @@ import json
 from etils import epath
 from matplotlib.figure import Figure
 
-BUCKETS = ("kept", "removed", "duplicate", "unreadable", "capped")
+BUCKETS = ("kept", "removed", "duplicate", "unreadable", "skipped", "capped")
 
 
 def _new() -> dict:
     return {"input_docs": 0, "input_bytes": 0, "kept_docs": 0, "kept_bytes": 0, "eval_docs": 0,
             "removed": collections.Counter(), "removed_bytes": collections.Counter(),
             "duplicates": collections.Counter(), "duplicate_bytes": 0, "unreadable": collections.Counter(),
-            "capped_docs": 0, "pii_replaced": 0, "repaired_utf8": 0, "examples": {}}
+            "skipped": collections.Counter(), "capped_docs": 0, "pii_replaced": 0, "repaired_utf8": 0, "examples": {}}
 
 
-def build(ledger_files: list[epath.Path], sources: list[str]) -> dict:
-    """Aggregate the ledger; `accounted` must equal `input_docs` for every source."""
+def build(ledger_files: list[epath.Path], sources: list[str], read_counts: dict[str, int] | None = None) -> dict:
+    """Aggregate the ledger. Per source, `input_docs` counts ledger lines, `accounted` their buckets and
+    `read` the ledger lines the readers counted from the raw input (independent of the ledger): all
+    three must agree."""
     report = {s: _new() for s in sources}
     for path in ledger_files:
         with path.open() as f:
@@ -46,12 +48,16 @@ def build(ledger_files: list[epath.Path], sources: list[str]) -> dict:
                 elif bucket == "unreadable":
                     r["unreadable"][reason] += 1
                     r["examples"].setdefault(f"unreadable:{reason}", e["id"])
+                elif bucket == "skipped":
+                    r["skipped"][reason] += 1
+                    r["examples"].setdefault(f"skipped:{reason}", e["id"])
                 elif bucket == "capped":
                     r["capped_docs"] += 1
-    for r in report.values():
+    for name, r in report.items():
         r["accounted"] = (r["kept_docs"] + sum(r["removed"].values()) + sum(r["duplicates"].values())
-                          + sum(r["unreadable"].values()) + r["capped_docs"])
-        for key in ("removed", "removed_bytes", "duplicates", "unreadable"):
+                          + sum(r["unreadable"].values()) + sum(r["skipped"].values()) + r["capped_docs"])
+        r["read"] = (read_counts or {}).get(name, 0)
+        for key in ("removed", "removed_bytes", "duplicates", "unreadable", "skipped"):
             r[key] = dict(sorted(r[key].items()))
     return report
 
@@ -67,13 +73,14 @@ def write(report: dict, out_dir: epath.Path) -> None:
 def markdown(report: dict) -> str:
     lines = ["# Curation report", "",
              "| source | input docs | input MB | kept docs | kept MB | held out | removed | duplicates | unreadable "
-             "| capped | PII replaced |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| skipped | capped | PII replaced |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in report.items():
         lines.append(
             f"| {name} | {r['input_docs']} | {r['input_bytes'] / 1e6:.2f} | {r['kept_docs']} | {r['kept_bytes'] / 1e6:.2f} "
             f"| {r['eval_docs']} | {sum(r['removed'].values())} | {sum(r['duplicates'].values())} "
-            f"| {sum(r['unreadable'].values())} | {r['capped_docs']} | {r['pii_replaced']} |")
+            f"| {sum(r['unreadable'].values())} | {sum(r['skipped'].values())} | {r['capped_docs']} "
+            f"| {r['pii_replaced']} |")
     for name, r in report.items():
         lines += ["", f"## {name}", "", "| outcome | docs | MB | example |", "|---|---:|---:|---|"]
         for rule, n in r["removed"].items():
@@ -82,7 +89,10 @@ def markdown(report: dict) -> str:
             lines.append(f"| duplicate ({kind}) | {n} | | {r['examples'].get(kind + '_duplicate', '')} |")
         for reason, n in r["unreadable"].items():
             lines.append(f"| unreadable: {reason} | {n} | | {r['examples'].get('unreadable:' + reason, '')} |")
+        for reason, n in r["skipped"].items():
+            lines.append(f"| skipped: {reason} | {n} | | {r['examples'].get('skipped:' + reason, '')} |")
         lines.append(f"| accounted / input | {r['accounted']} / {r['input_docs']} | | |")
+        lines.append(f"| counted when read | {r['read']} | | |")
     return "\n".join(lines) + "\n"
 
 
@@ -90,7 +100,8 @@ def chart(report: dict, file) -> None:
     """Documents and bytes removed per rule (duplicates and unreadable included), one bar group per source."""
     def outcome_counts(r: dict) -> dict:
         return {**r["removed"], **{f"duplicate:{k}": n for k, n in r["duplicates"].items()},
-                **{f"unreadable:{k}": n for k, n in r["unreadable"].items()}}
+                **{f"unreadable:{k}": n for k, n in r["unreadable"].items()},
+                **{f"skipped:{k}": n for k, n in r["skipped"].items()}}
 
     outcomes = sorted({k for r in report.values() for k in outcome_counts(r)})
     fig = Figure(figsize=(12, max(3, 0.35 * len(outcomes) + 1.5)))  # no pyplot: no global backend state

@@ -1,8 +1,12 @@
 """Data stages as library calls: corpus -> clean -> tokenizer -> token shards.
 
-Each stage takes its own config sections and the run directory, writes into
-the run directory and is skipped when its output is already there, so
-re-running a pipeline resumes instead of redoing work.
+Each stage takes its own config sections and the run directory and is atomic
+(`jaxtrain.data.stages`): built aside, published with one rename, and marked
+done last with the inputs it was built from. A stage whose marker is there
+with the same inputs is skipped, so re-running resumes instead of redoing
+work; one whose marker is missing (killed at any point) or records other
+inputs (a new or changed source, other tokenizer settings) is built again,
+and so is every stage that read it.
 """
 
 from __future__ import annotations
@@ -12,114 +16,160 @@ import time
 
 from etils import epath
 
-from jaxtrain.data import clean, corpus, curate, curation_report, shards
+from jaxtrain.data import clean, curate, curation_report, files, shards, stages
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.data.config import DataConfig, TokenizerConfig
-from jaxtrain.errors import ConfigError
+from jaxtrain.errors import ConfigError, JaxtrainError
 from jaxtrain.rundir import RunDir
 from jaxtrain.utils import log
 
 
 def missing_stages(run: RunDir) -> list[str]:
-    """The data stages whose output the run directory lacks."""
-    run = RunDir(run)
-    outputs = {"prepare": run.curation_report, "tokenizer": run.tokenizer, "tokenize": run.token_counts}
-    return [stage for stage, path in outputs.items() if not path.exists()]
+    """The commands of the data stages the run directory has not finished (no marker)."""
+    return [stages.COMMANDS[s] for s in ("curation", "tokenizer", "shards") if stages.marker(run, s) is None]
 
 
-def check_sources(d: DataConfig) -> None:
-    """Refuse sources that cannot produce anything, before any work starts."""
+class AccountingError(JaxtrainError):
+    """Curation's ledger does not account for every input unit the readers counted."""
+
+
+def check_inputs(d: DataConfig, t: TokenizerConfig | None = None, run: RunDir | None = None) -> None:
+    """Refuse sources and files that cannot produce anything, before any work starts (the source
+    globs only while curation still has to run: a finished corpus does not need them)."""
+    if t is not None:
+        check_tokenizer_file(t)
+    if run is not None and stages.done(run, "curation", d.curation_inputs()):
+        return
     for i, s in enumerate(d.sources):
-        if s.type == "files" and not corpus.source_files(s.path):
+        if s.type == "files" and not files.readable_matches(s.path):
             raise ConfigError(
                 f"data.sources[{i}].path: glob {s.path!r} (source {s.name!r}) matches no files; "
                 "check the path or quote the glob."
             )
     for pattern in d.decontaminate:
-        if not corpus.source_files(pattern):
+        if not files.readable_matches(pattern):
             raise ConfigError(f"data.decontaminate: glob {pattern!r} matches no files; check the path.")
+
+
+def check_tokenizer_file(t: TokenizerConfig) -> None:
+    if t.model_file and not epath.Path(t.model_file).exists():
+        raise ConfigError(f"tokenizer.model_file: {t.model_file} does not exist; give the path of a sentencepiece "
+                          ".model file, or leave it empty to train one.")
+
+
+def check_accounting(report: dict, where: epath.Path) -> None:
+    """Every source's ledger lines equal the count its readers took from the raw input."""
+    for name, r in report.items():
+        if not r["read"] == r["input_docs"] == r["accounted"]:
+            raise AccountingError(
+                f"curation lost input of source {name!r}: reading counted {r['read']} lines, rows and files, "
+                f"the ledger has {r['input_docs']} entries ({r['accounted']} in known buckets); nothing was "
+                f"published (see {where / 'report.md'}). This is a bug: please report it."
+            )
 
 
 def prepare_corpus(d: DataConfig, run: RunDir) -> dict:
     """Curate (Beam pipeline) into data/clean: per-source JSONL splits, ledger and report."""
-    out_dir = RunDir(run).clean
-    report_path = RunDir(run).curation_report
-    if report_path.exists():
-        log(f"[prepare] reusing cleaned corpus in {out_dir}")
-        return json.loads(report_path.read_text())
-    check_sources(d)
-    tmp_dir = out_dir.with_name("clean.partial")
-    if tmp_dir.exists():
-        tmp_dir.rmtree()
+    run = RunDir(run)
+    inputs = d.curation_inputs()
+    if stages.done(run, "curation", inputs):
+        log(f"[prepare] reusing cleaned corpus in {run.clean}")
+        return json.loads(run.curation_report.read_text())
+    check_inputs(d)
     start = time.perf_counter()
     log(f"[prepare] curating {len(d.sources)} sources (Apache Beam, {d.curate_workers} worker(s))")
-    curate.run(d, tmp_dir, d.curate_workers)
-    report = curation_report.build(clean.ledger_files(tmp_dir), d.source_names)
-    curation_report.write(report, tmp_dir)
-    for s in d.sources:
-        r = report[s.name]
-        if r["accounted"] != r["input_docs"]:
-            raise RuntimeError(f"curation lost documents of {s.name!r}: {r['accounted']} accounted of {r['input_docs']}")
-        log(f"[prepare] {s.name}: {r['input_docs']} in, {r['kept_docs']} kept ({r['kept_bytes'] / 1e6:.1f} MB, "
-            f"{r['eval_docs']} held out), duplicates {r['duplicates']}, removed {sum(r['removed'].values())} "
-            f"{_top(r['removed'])}, unreadable {sum(r['unreadable'].values())}, {r['capped_docs']} over max_bytes, "
-            f"{r['pii_replaced']} PII replaced")
-        if r["kept_docs"] - r["eval_docs"] <= 0 or r["eval_docs"] <= 0:
-            raise ConfigError(
-                f"data.sources: source {s.name!r} kept {r['kept_docs']} documents ({r['eval_docs']} held out); "
-                f"both the train and validation splits need at least one (see {tmp_dir / 'report.md'}). "
-                "Raise max_bytes, loosen data.min_chars or the source's filters."
-            )
-    if out_dir.exists():
-        out_dir.rmtree()
-    tmp_dir.rename(out_dir)
-    log(f"[prepare] done in {time.perf_counter() - start:.1f}s -> {out_dir} (report.md, report.png)")
+    report: dict = {}
+
+    def write(tmp_dir: epath.Path) -> str:
+        curate.run(d, tmp_dir, d.curate_workers)
+        stages.fault_point("curation", "pipeline_done")
+        counts = json.loads((tmp_dir / clean.READ_COUNTS).read_text())
+        report.update(curation_report.build(clean.ledger_files(tmp_dir), d.source_names, counts))
+        curation_report.write(report, tmp_dir)
+        check_accounting(report, tmp_dir)
+        for s in d.sources:
+            _log_source(s.name, report[s.name])
+            r = report[s.name]
+            if r["kept_docs"] - r["eval_docs"] <= 0 or r["eval_docs"] <= 0:
+                raise ConfigError(
+                    f"data.sources: source {s.name!r} kept {r['kept_docs']} documents ({r['eval_docs']} held out); "
+                    f"both the train and validation splits need at least one (see {tmp_dir / 'report.md'}). "
+                    "Raise max_bytes, loosen data.min_chars or the source's filters."
+                )
+        return stages.file_digest(tmp_dir / "report.json", tmp_dir / clean.READ_COUNTS)
+
+    stages.build(run, "curation", inputs, write)
+    log(f"[prepare] done in {time.perf_counter() - start:.1f}s -> {run.clean} (report.md, report.png)")
     return report
+
+
+def _log_source(name: str, r: dict) -> None:
+    log(f"[prepare] {name}: {r['input_docs']} in, {r['kept_docs']} kept ({r['kept_bytes'] / 1e6:.1f} MB, "
+        f"{r['eval_docs']} held out), duplicates {r['duplicates']}, removed {sum(r['removed'].values())} "
+        f"{_top(r['removed'])}, unreadable {sum(r['unreadable'].values())}, skipped {sum(r['skipped'].values())}, "
+        f"{r['capped_docs']} over max_bytes, {r['pii_replaced']} PII replaced")
 
 
 def _top(counter: dict, n: int = 4) -> dict:
     return dict(sorted(counter.items(), key=lambda kv: -kv[1])[:n])
 
 
-def prepare_tokenizer(t: TokenizerConfig, d: DataConfig, model_vocab_size: int, run: RunDir) -> epath.Path:
-    path = RunDir(run).tokenizer
-    if path.exists():
-        log(f"[tokenizer] reusing {path} (fingerprint {tok.fingerprint(path)})")
-        return path
-    start = time.perf_counter()
+def tokenizer_inputs(t: TokenizerConfig, run: RunDir) -> dict:
+    """What the tokenizer depends on: its settings, and the cleaned corpus or the supplied file."""
     if t.model_file:
-        path = tok.install_tokenizer(t.model_file, RunDir(run).tokenizer_dir)
+        return {"tokenizer": t.inputs(), "model_file": tok.fingerprint(t.model_file)}
+    return {"tokenizer": t.inputs(), "corpus": stages.upstream_digest(run, "curation")}
+
+
+def prepare_tokenizer(t: TokenizerConfig, d: DataConfig, model_vocab_size: int, run: RunDir) -> epath.Path:
+    run = RunDir(run)
+    check_tokenizer_file(t)
+    inputs = tokenizer_inputs(t, run)
+    if stages.done(run, "tokenizer", inputs):
+        log(f"[tokenizer] reusing {run.tokenizer} (fingerprint {tok.fingerprint(run.tokenizer)})")
     else:
-        files = [f for name in d.source_names for f in clean.split_files(RunDir(run).clean, name, "train")]
-        log(f"[tokenizer] training {t.model_type} vocab={t.vocab_size} on <= {t.sample_bytes / 1e6:.1f} MB")
-        path = tok.train_tokenizer(
-            files,
-            path.parent,
-            vocab_size=t.vocab_size,
-            model_type=t.model_type,
-            byte_fallback=t.byte_fallback,
-            sample_bytes=t.sample_bytes,
-            special_tokens=t.special_tokens,
-        )
-    tokenizer = tok.load(path)
-    if tokenizer.vocab_size > model_vocab_size:
-        raise ConfigError(
-            f"tokenizer: {path} has {tokenizer.vocab_size} tokens but model.vocab_size={model_vocab_size}; "
-            f"set model.vocab_size={tokenizer.vocab_size}."
-        )
-    log(f"[tokenizer] {path} in {time.perf_counter() - start:.1f}s (fingerprint {tok.fingerprint(path)}, "
-        f"BOS {tokenizer.bos_id}, EOS {tokenizer.eos_id})")
-    return path
+        start = time.perf_counter()
+
+        def write(tmp_dir: epath.Path) -> str:
+            if t.model_file:
+                path = tok.install_tokenizer(t.model_file, tmp_dir)
+            else:
+                train = [f for name in d.source_names for f in clean.split_files(run.clean, name, "train")]
+                log(f"[tokenizer] training {t.model_type} vocab={t.vocab_size} on <= {t.sample_bytes / 1e6:.1f} MB")
+                path = tok.train_tokenizer(train, tmp_dir, vocab_size=t.vocab_size, model_type=t.model_type,
+                                           byte_fallback=t.byte_fallback, sample_bytes=t.sample_bytes,
+                                           special_tokens=t.special_tokens)
+            if not t.model_file and tok.keep_existing_if_same(run.tokenizer, path):
+                log(f"[tokenizer] the rebuilt model equals {run.tokenizer} (pieces and settings): kept that file")
+            return tok.fingerprint(path)
+
+        stages.build(run, "tokenizer", inputs, write)
+        tokenizer = tok.load(run.tokenizer)
+        log(f"[tokenizer] {run.tokenizer} in {time.perf_counter() - start:.1f}s "
+            f"(fingerprint {tok.fingerprint(run.tokenizer)}, BOS {tokenizer.bos_id}, EOS {tokenizer.eos_id})")
+    pieces = tok.load(run.tokenizer).vocab_size
+    if pieces > model_vocab_size:
+        raise ConfigError(f"tokenizer: {run.tokenizer} has {pieces} tokens but model.vocab_size={model_vocab_size}; "
+                          f"set model.vocab_size={pieces}.")
+    return run.tokenizer
 
 
 def prepare_shards(d: DataConfig, run: RunDir) -> dict:
     run = RunDir(run)
-    if run.token_counts.exists():
+    inputs = {"corpus": stages.upstream_digest(run, "curation"), "tokenizer": stages.upstream_digest(run, "tokenizer"),
+              "sources": d.source_names}
+    if stages.done(run, "shards", inputs):
         log(f"[tokenize] reusing token shards in {run.tfds}")
-        return json.loads(run.token_counts.read_text())
+        return shards.token_counts(run)
     start = time.perf_counter()
     log("[tokenize] encoding the cleaned corpus into ArrayRecord shards (TFDS builder)")
-    counts = shards.build_shards(run, d.source_names)
+
+    def write(tmp_dir: epath.Path) -> str:
+        shards.build_shards(run, d.source_names, tmp_dir)
+        return stages.file_digest(tmp_dir / run.token_counts.name)
+
+    stages.build(run, "shards", inputs, write)
+    counts = shards.token_counts(run)
     total = sum(c["tokens"] for c in counts.values())
     nbytes = sum(c["bytes"] for c in counts.values())
     log(f"[tokenize] {total:,} tokens from {nbytes / 1e6:.1f} MB in {time.perf_counter() - start:.1f}s")

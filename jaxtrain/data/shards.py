@@ -18,11 +18,12 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from jaxtrain.data import clean
+from jaxtrain.data import clean, stages
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.rundir import RunDir
 
 DATASET_NAME = "jaxtrain_tokens"
+DOC_LENGTHS_DIR = "doc_lengths"  # tokens per document in stored order, for random-access packing
 ENCODE_BATCH = 256
 
 
@@ -92,47 +93,59 @@ class TokenShards(tfds.core.GeneratorBasedBuilder, skip_registration=True):
             yield record["id"], {"tokens": tokens}
 
 
-def build_shards(run: RunDir, sources: list[str]) -> dict:
-    """Encode the run's clean corpus with its tokenizer; write the shards and token_counts.json."""
+def build_shards(run: RunDir, sources: list[str], data_dir: epath.Path | None = None) -> dict:
+    """Encode the run's clean corpus with its tokenizer; write the shards and token_counts.json into
+    data_dir (default: the run's tfds directory; the shards stage passes its staging directory)."""
     run = RunDir(run)
+    data_dir = epath.Path(data_dir or run.tfds)
     tfds.disable_progress_bar()  # our own log lines report progress
     builder = TokenShards(
         clean_dir=run.clean,
         tokenizer_path=run.tokenizer,
         sources=sources,
-        data_dir=str(run.tfds),
+        data_dir=str(data_dir),
         file_format="array_record",
     )
     builder.download_and_prepare(download_config=tfds.download.DownloadConfig(verify_ssl=False))
     for split in ("train", "validation"):  # TFDS decides the stored order, so the lengths are read back once
         for source in sources:
-            save_doc_lengths(run, split, source)
-    run.token_counts.write_text(json.dumps(builder.counts, indent=2))
+            _save_doc_lengths(data_dir, split, source)
+    stages.fault_point("shards", "tfds_written")  # shards on disk, token_counts.json not yet
+    (data_dir / run.token_counts.name).write_text(json.dumps(builder.counts, indent=2))
     return builder.counts
 
 
 def data_source(run: RunDir, split: str, source: str):
     """Random-access ArrayRecord source for one split of one source."""
-    return tfds.data_source(DATASET_NAME, split=split_name(split, source), data_dir=str(RunDir(run).tfds))
+    return _data_source(RunDir(run).tfds, split, source)
 
 
-def _scan_doc_lengths(run: RunDir, split: str, source: str) -> np.ndarray:
-    src = data_source(run, split, source)
+def _data_source(data_dir: epath.Path, split: str, source: str):
+    return tfds.data_source(DATASET_NAME, split=split_name(split, source), data_dir=str(data_dir))
+
+
+def _scan_doc_lengths(data_dir: epath.Path, split: str, source: str) -> np.ndarray:
+    src = _data_source(data_dir, split, source)
     return np.asarray([len(src[i]["tokens"]) for i in range(len(src))], dtype=np.int32)
 
 
-def save_doc_lengths(run: RunDir, split: str, source: str) -> None:
-    path = RunDir(run).doc_lengths(split_name(split, source))
+def _doc_lengths_file(data_dir: epath.Path, split: str, source: str) -> epath.Path:
+    """Beside the shards (RunDir.doc_lengths names it for a published run)."""
+    return epath.Path(data_dir) / DOC_LENGTHS_DIR / f"{split_name(split, source)}.npy"
+
+
+def _save_doc_lengths(data_dir: epath.Path, split: str, source: str) -> None:
+    path = _doc_lengths_file(data_dir, split, source)
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("wb") as f:
-        np.save(f, _scan_doc_lengths(run, split, source))
+        np.save(f, _scan_doc_lengths(data_dir, split, source))
 
 
 def doc_lengths(run: RunDir, split: str, source: str) -> np.ndarray:
     """Tokens of every document of a split, in stored order (read back from the shards if never recorded)."""
     path = RunDir(run).doc_lengths(split_name(split, source))
     if not path.exists():  # shards written by an older jaxtrain
-        return _scan_doc_lengths(run, split, source)
+        return _scan_doc_lengths(RunDir(run).tfds, split, source)
     with path.open("rb") as f:
         return np.load(f)
 

@@ -12,22 +12,31 @@ Everything that tokenizes (token shards, task scoring, lm-eval, sampling,
 export) goes through `Tokenizer`: `encode` gives the ids of the text alone,
 and the special-token ids (`bos_id`, `eos_id`) come from the tokenizer
 itself, never from constants. A tokenizer without BOS or EOS is refused.
+
+Fingerprints. A run's checkpoints record `fingerprint(tokenizer.model)`, the hash of the file.
+The model is written straight from memory (sentencepiece's `model_writer`), so the file holds
+only the pieces and the settings (no temporary `model_prefix` path, which a file-based training
+stores): training again on the same text gives the same bytes and the same fingerprint. The
+hash stays a plain file hash so that tokenizers written before this (with a stored path) keep
+the fingerprint their checkpoints recorded; when such a tokenizer is rebuilt and comes out the
+same apart from that path, `keep_existing_if_same` keeps the existing file.
 """
 
 from __future__ import annotations
 
 import abc
 import hashlib
+import io
 import itertools
 import json
 import os
 import pathlib
-import tempfile
 from typing import Iterator, Sequence
 
 import sentencepiece as spm
 import tokenizers
 from etils import epath
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from jaxtrain.errors import JaxtrainError
 from jaxtrain.rundir import HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, SENTENCEPIECE_FILE
@@ -280,19 +289,21 @@ def train_tokenizer(
 ) -> epath.Path:
     out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory() as tmp:  # sentencepiece writes local files only; out_dir may be gs://
-        prefix = pathlib.Path(tmp) / "tokenizer"
-        _train(train_files, prefix, vocab_size, model_type, byte_fallback, sample_bytes, num_threads, special_tokens)
-        for suffix in (".model", ".vocab"):
-            (out_dir / f"tokenizer{suffix}").write_bytes(prefix.with_suffix(suffix).read_bytes())
+    model = io.BytesIO()  # in memory: no temporary path stored in the model, and out_dir may be gs://
+    _train(train_files, model, vocab_size, model_type, byte_fallback, sample_bytes, num_threads, special_tokens)
+    (out_dir / SENTENCEPIECE_FILE).write_bytes(model.getvalue())
+    sp = spm.SentencePieceProcessor(model_proto=model.getvalue())
+    (out_dir / "tokenizer.vocab").write_text(  # sentencepiece's .vocab layout: piece TAB score
+        "".join(f"{sp.id_to_piece(i)}\t{sp.get_score(i):g}\n" for i in range(sp.get_piece_size())), encoding="utf-8")
     return out_dir / SENTENCEPIECE_FILE
 
 
-def _train(train_files, prefix, vocab_size, model_type, byte_fallback, sample_bytes, num_threads, special_tokens) -> None:
+def _train(train_files, model_writer, vocab_size, model_type, byte_fallback, sample_bytes, num_threads,
+           special_tokens) -> None:
     spm.SentencePieceTrainer.train(
         user_defined_symbols=list(special_tokens),
         sentence_iterator=_lines(train_files, sample_bytes),
-        model_prefix=str(prefix),
+        model_writer=model_writer,
         vocab_size=vocab_size,
         model_type=model_type,
         byte_fallback=byte_fallback,
@@ -307,3 +318,46 @@ def _train(train_files, prefix, vocab_size, model_type, byte_fallback, sample_by
         num_threads=num_threads,
         minloglevel=2,
     )
+
+
+def _prefix_free_model_class():
+    """A ModelProto message class that knows only trainer_spec.model_prefix (the rest of the model
+    round-trips as unknown fields). sentencepiece's own generated module needs protobuf gencode
+    7.36, newer than the pinned runtime (6.33), so the two fields are declared here."""
+    field = descriptor_pb2.FieldDescriptorProto
+    proto = descriptor_pb2.FileDescriptorProto(name="jaxtrain_sentencepiece_prefix.proto", package="jaxtrain_spm",
+                                               syntax="proto2")
+    proto.message_type.add(name="TrainerSpec").field.add(
+        name="model_prefix", number=2, type=field.TYPE_STRING, label=field.LABEL_OPTIONAL)
+    proto.message_type.add(name="ModelProto").field.add(
+        name="trainer_spec", number=2, type=field.TYPE_MESSAGE, type_name=".jaxtrain_spm.TrainerSpec",
+        label=field.LABEL_OPTIONAL)
+    pool = descriptor_pool.DescriptorPool()
+    pool.Add(proto)
+    return message_factory.GetMessageClass(pool.FindMessageTypeByName("jaxtrain_spm.ModelProto"))
+
+
+_PrefixFreeModel = _prefix_free_model_class()
+
+
+def same_model(a: bytes, b: bytes) -> bool:
+    """Whether two serialized models have the same pieces and settings (a stored model_prefix aside)."""
+    def canonical(data: bytes) -> bytes:
+        model = _PrefixFreeModel.FromString(data)
+        model.trainer_spec.ClearField("model_prefix")
+        return model.SerializeToString(deterministic=True)
+
+    return a == b or canonical(a) == canonical(b)
+
+
+def keep_existing_if_same(existing: pathlib.Path, built: pathlib.Path) -> bool:
+    """Replace a freshly built model by the existing file when they differ only in a stored path, so
+    the fingerprint every checkpoint recorded still holds. True when it did."""
+    existing, built = epath.Path(existing), epath.Path(built)
+    if not existing.exists():
+        return False
+    old = existing.read_bytes()
+    if old == built.read_bytes() or not same_model(old, built.read_bytes()):
+        return False
+    built.write_bytes(old)
+    return True

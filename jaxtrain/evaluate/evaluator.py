@@ -19,6 +19,7 @@ from jaxtrain.data import tokenizer as tok
 from jaxtrain.evaluate import evaluation, tasks
 from jaxtrain.evaluate.report import write_eval
 from jaxtrain.parallel import mesh as mesh_lib
+from jaxtrain.train.loss import make_loss_fn
 from jaxtrain.train.metrics import MetricsWriter
 from jaxtrain.train.step import make_eval_step, make_forward
 from jaxtrain.train.trainer import Trainer
@@ -51,7 +52,8 @@ class Evaluator:
     def eval_step(self):
         """Summed losses of a batch on the training mesh; the text-only sums leave out end-of-document."""
         t = self.trainer
-        step = make_eval_step(make_forward(t.spec.graphdef, t.mesh, mesh_lib.RULES), self.tokenizer.eos_id)
+        loss_fn = make_loss_fn(t.spec.graphdef, t.mesh, mesh_lib.RULES, self.cfg.train.loss_chunk)
+        step = make_eval_step(loss_fn, self.tokenizer.eos_id)
         return jax.jit(step, in_shardings=(t.shardings.params, None), out_shardings=mesh_lib.replicated(t.mesh))
 
     @functools.cached_property

@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxtrain.data import clean
+from jaxtrain.data import clean, stages
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.data.loader import whole_rows
 from jaxtrain.rundir import RunDir
@@ -118,12 +118,20 @@ def builtin_task_paths(run: RunDir) -> list[pathlib.Path]:
 
 
 def prepare_tasks(run: RunDir, examples: int, seed: int) -> None:
-    """The built-in tasks from the run's held-out documents, unless they are already there."""
+    """The built-in tasks from the run's held-out documents: an atomic stage (jaxtrain.data.stages),
+    redone when the cleaned corpus, the example count or the seed changed."""
     run = RunDir(run)
-    if all(p.exists() for p in builtin_task_paths(run)):
+    inputs = {"corpus": stages.upstream_digest(run, "curation"), "examples": examples, "seed": seed}
+    if stages.done(run, "tasks", inputs):
         return
-    paths = build_tasks(run.clean, run.tasks, examples, seed)
-    sizes = {name: len(p.read_text().splitlines()) for name, p in paths.items()}
+    sizes = {}
+
+    def write(tmp_dir) -> str:
+        paths = build_tasks(run.clean, tmp_dir, examples, seed)
+        sizes.update({name: len(p.read_text().splitlines()) for name, p in paths.items()})
+        return stages.file_digest(*(paths[name] for name in BUILTIN_TASKS))
+
+    stages.build(run, "tasks", inputs, write)
     log(f"[tasks] built from held-out text: {sizes} examples in {run.tasks}")
 
 

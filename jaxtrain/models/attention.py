@@ -1,9 +1,15 @@
 """Attention implementations, chosen by name; all causal and packed-document aware.
 
   xla     the reference: materializes the L x L scores. Numerical ground truth.
-  jax     `jax.nn.dot_product_attention`: cuDNN flash attention on NVIDIA GPUs, XLA elsewhere.
-  splash  Pallas splash attention (TPU). Runs on CPU in Pallas interpret mode for tests.
-  auto    splash on TPU, jax on GPU, xla on CPU.
+  jax     `jax.nn.dot_product_attention` with a dense mask (it has no segment ids, so on GPU
+          cuDNN declines the mask and XLA runs: kept for comparison, not chosen by auto).
+  flash   Pallas (Triton) flash attention on NVIDIA GPUs with segment ids and grouped-query
+          heads, no L x L mask (models/flash_gpu.py).
+  splash  Pallas splash attention on TPU, native grouped-query (models/splash_tpu.py).
+  auto    splash on TPU, flash on NVIDIA GPUs, xla on CPU (and on ROCm, where Triton
+          kernels from this module are untested).
+
+The Pallas kernels run on CPU in interpret mode for tests (model.attention_interpret).
 """
 
 from __future__ import annotations
@@ -12,24 +18,19 @@ import functools
 
 import jax
 import jax.numpy as jnp
-from jax.experimental.pallas.ops.tpu.splash_attention import (
-    splash_attention_kernel as splash,
-)
-from jax.experimental.pallas.ops.tpu.splash_attention import (
-    splash_attention_mask as masks,
-)
 from jax.sharding import PartitionSpec
 
+from jaxtrain.models import flash_gpu, splash_tpu
 from jaxtrain.parallel.constraints import active_mesh_and_rules, logical_to_spec
 
-IMPLEMENTATIONS = ("auto", "xla", "jax", "splash")
+IMPLEMENTATIONS = ("auto", "xla", "jax", "splash", "flash")
 
 
 def resolve(name: str, platform: str | None = None) -> str:
     if name != "auto":
         return name
     platform = platform or jax.default_backend()
-    return {"tpu": "splash", "gpu": "jax", "cuda": "jax", "rocm": "jax"}.get(platform, "xla")
+    return {"tpu": "splash", "gpu": "flash", "cuda": "flash"}.get(platform, "xla")
 
 
 def attention_mask(segment_ids_BxL: jax.Array) -> jax.Array:
@@ -78,42 +79,45 @@ def cached_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, cache_k_BxSxGxK, cache_v_B
 
 
 def jax_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL) -> jax.Array:
+    """`jax.nn.dot_product_attention` with a dense mask: it takes no segment ids, so cuDNN declines and XLA runs."""
     mask_Bx1xLxL = attention_mask(segment_ids_BxL)[:, None]
     return jax.nn.dot_product_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, mask=mask_Bx1xLxL)
 
 
-def _splash_local(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL, *, interpret: bool) -> jax.Array:
-    """Splash on one device's shard: vmapped over batch, GQA by repeating K/V heads."""
-    B, L, H, K = q_BxLxHxK.shape
-    G = k_BxLxGxK.shape[2]
-    q = jnp.transpose(q_BxLxHxK * (K**-0.5), (0, 2, 1, 3))  # splash does not scale
-    k = jnp.repeat(jnp.transpose(k_BxLxGxK, (0, 2, 1, 3)), H // G, axis=1)
-    v = jnp.repeat(jnp.transpose(v_BxLxGxK, (0, 2, 1, 3)), H // G, axis=1)
-    block = min(512, L)
-    sizes = splash.BlockSizes(
-        block_q=block, block_kv=block, block_kv_compute=block,
-        block_q_dkv=block, block_kv_dkv=block, block_kv_dkv_compute=block,
-        block_q_dq=block, block_kv_dq=block,
-    )
-    mask = masks.MultiHeadMask([masks.CausalMask((L, L)) for _ in range(H)])
-    kernel = splash.make_splash_mha(mask, block_sizes=sizes, head_shards=1, q_seq_shards=1, interpret=interpret)
-    segments = splash.SegmentIds(q=segment_ids_BxL, kv=segment_ids_BxL)
-    out_BxHxLxK = jax.vmap(kernel)(q, k, v, segment_ids=segments)
-    return jnp.transpose(out_BxHxLxK, (0, 2, 1, 3)).astype(q_BxLxHxK.dtype)
+def check_seq_len(implementation: str, seq_len: int, platform: str | None = None) -> None:
+    """Refuse a sequence length the chosen kernel cannot tile (ConfigError naming data.seq_len), before any work.
+
+    With platform None only explicitly named kernels are checked (config load time); `auto`
+    is checked once the mesh's platform is known.
+    """
+    if implementation == "auto" and platform is None:
+        return
+    impl = resolve(implementation, platform)
+    if impl == "splash":
+        splash_tpu.block_size_for(seq_len)
+    elif impl == "flash":
+        flash_gpu.tiles_for(seq_len)
 
 
-def splash_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL, *, interpret: bool = False) -> jax.Array:
-    """Pallas kernels are not partitioned by XLA: under a mesh, run per shard with shard_map."""
-    local = functools.partial(_splash_local, interpret=interpret)
+def _sharded(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL, *, impl: str, interpret: bool) -> jax.Array:
+    """Pallas kernels are not partitioned by XLA: under a mesh they run per shard (batch and heads split)."""
     active = active_mesh_and_rules()
+    if impl == "splash":
+        if active is None:
+            return splash_tpu.splash_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL, interpret=interpret)
+        mesh, rules = active
+        spec = logical_to_spec(("batch", "length", "heads", "head_dim"), rules)
+        return splash_tpu.splash_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL, mesh=mesh,
+                                           batch_axes=spec[0], head_axis=spec[2], interpret=interpret)
+    local = functools.partial(flash_gpu.flash_attention, interpret=interpret)
     if active is None:
         return local(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL)
     mesh, rules = active
     qkv_spec = logical_to_spec(("batch", "length", "heads", "head_dim"), rules)
     kv_spec = logical_to_spec(("batch", "length", "kv_heads", "head_dim"), rules)
-    seg_spec = PartitionSpec(qkv_spec[0], None)
     return jax.shard_map(
-        local, mesh=mesh, in_specs=(qkv_spec, kv_spec, kv_spec, seg_spec), out_specs=qkv_spec, check_vma=False
+        local, mesh=mesh, in_specs=(qkv_spec, kv_spec, kv_spec, PartitionSpec(qkv_spec[0], None)),
+        out_specs=qkv_spec, check_vma=False,
     )(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL)
 
 
@@ -127,7 +131,7 @@ def dot_product_attention(
         return xla_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL)
     if impl == "jax":
         return jax_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL)
-    if impl == "splash":
-        return splash_attention(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL, interpret=interpret)
+    if impl in ("splash", "flash"):
+        return _sharded(q_BxLxHxK, k_BxLxGxK, v_BxLxGxK, segment_ids_BxL, impl=impl, interpret=interpret)
     raise ValueError(f"attention implementation {implementation!r}: choose one of {IMPLEMENTATIONS}")
 

@@ -61,7 +61,7 @@ class ModelConfig:
     init_std: float = 0.02
     dtype: str = "float32"  # compute dtype
     param_dtype: str = "float32"  # master weights
-    attention: Literal["auto", "xla", "jax", "splash"] = "auto"
+    attention: Literal["auto", "xla", "jax", "splash", "flash"] = "auto"
     attention_interpret: bool = False  # Pallas interpret mode (tests on CPU)
     scan_layers: bool = True  # one compiled layer body under lax.scan: flat compile time in depth
     remat: Literal["none", "full", "save_dots", "offload_dots"] = "none"
@@ -86,6 +86,9 @@ class ModelConfig:
                   f"model.rope_high_freq_factor={self.rope_high_freq_factor}.")
             check(self.rope_original_max_len > 0,
                   f"model.rope_original_max_len: must be positive, got {self.rope_original_max_len}.")
+        for key in ("dtype", "param_dtype"):
+            check(_is_float_dtype(getattr(self, key)), f"model.{key}: {getattr(self, key)!r} is not a floating-point "
+                  "dtype; use float32, bfloat16 or float16.")
 
     @property
     def resolved_head_dim(self) -> int:
@@ -100,6 +103,13 @@ class ModelConfig:
             "vocab": (self.vocab_size, "model.vocab_size"),
             "embed": (self.embed_dim, "model.embed_dim"),
         }
+
+
+def _is_float_dtype(name: str) -> bool:
+    try:
+        return bool(jnp.issubdtype(jnp.dtype(name), jnp.floating))
+    except TypeError:  # numpy: "data type 'bfloat6' not understood"
+        return False
 
 
 def _param(rngs: nnx.Rngs, shape: tuple[int, ...], axes: tuple[str | None, ...], std: float, dtype) -> nnx.Param:
@@ -249,6 +259,18 @@ class Block(nnx.Module):
         return x_BxLxD + self.mlp(self.mlp_norm(x_BxLxD)), cache
 
 
+def project_logits(x_BxLxD: Array, head_DxV: Array) -> Array:
+    """Float32 logits from final hidden states: the head runs in the compute dtype with float32 accumulation.
+
+    A float32 model gets exactly the float32 product; a bfloat16 model feeds the
+    matmul units bf16 operands (as PyTorch autocast and MaxText do) instead of
+    running the largest matmul of a small model in float32.
+    """
+    logits_BxLxV = jnp.einsum("bld,dv->blv", x_BxLxD, head_DxV.astype(x_BxLxD.dtype),
+                              preferred_element_type=jnp.float32)
+    return constrain(logits_BxLxV, ("batch", "length", "vocab"))
+
+
 class Transformer(nnx.Module):
     """Decoder-only LM: tokens_BxL -> float32 logits_BxLxV."""
 
@@ -285,9 +307,21 @@ class Transformer(nnx.Module):
             positions_BxL = jnp.broadcast_to(jnp.arange(L, dtype=jnp.int32), (B, L))
         if segment_ids_BxL is None:
             segment_ids_BxL = jnp.ones((B, L), jnp.int32)
+        return project_logits(self.hidden_states(tokens_BxL, positions_BxL, segment_ids_BxL), self.head_weight())
+
+    def hidden_states(self, tokens_BxL: Array, positions_BxL: Array, segment_ids_BxL: Array) -> Array:
+        """The final-normed hidden states that the output head reads (compute dtype).
+
+        With `head_weight()` this is what a chunked loss needs instead of the full
+        [B, L, V] logits (jaxtrain.train.loss).
+        """
         x_BxLxD = self._embed(tokens_BxL, positions_BxL)
         x_BxLxD = self.apply_blocks(x_BxLxD, positions_BxL, segment_ids_BxL)
-        return self._logits(x_BxLxD)
+        return self.final_norm(x_BxLxD)
+
+    def head_weight(self) -> Array:
+        """The output head as D x V (the embedding table transposed when tied)."""
+        return self.embed_VxD[...].T if self.head_DxV is None else self.head_DxV[...]
 
     def _embed(self, tokens_BxL: Array, positions_BxL: Array) -> Array:
         cfg = self.cfg
@@ -301,11 +335,6 @@ class Transformer(nnx.Module):
             x_BxLxD = x_BxLxD + jnp.take(self.pos_embed_LxD[...], positions_BxL, axis=0).astype(dt)
         return constrain(x_BxLxD, ("batch", "length", "embed"))
 
-    def _logits(self, x_BxLxD: Array) -> Array:
-        x_BxLxD = self.final_norm(x_BxLxD).astype(jnp.float32)
-        head_DxV = self.embed_VxD[...].T if self.head_DxV is None else self.head_DxV[...]
-        logits_BxLxV = x_BxLxD @ head_DxV.astype(jnp.float32)
-        return constrain(logits_BxLxV, ("batch", "length", "vocab"))
 
     def init_cache(self, batch: int, max_len: int) -> dict:
         """Empty key/value cache for `decode`: one slot per position, per layer."""
@@ -340,7 +369,7 @@ class Transformer(nnx.Module):
 
         x_BxLxD, (k_new, v_new) = jax.lax.scan(layer, x_BxLxD, (stacked, cache["k"], cache["v"]))
         new_cache = {"k": k_new, "v": v_new, "index": index + L, "valid": valid_BxS}
-        return self._logits(x_BxLxD), new_cache
+        return project_logits(self.final_norm(x_BxLxD), self.head_weight()), new_cache
 
 
     def apply_blocks(self, x_BxLxD: Array, positions_BxL: Array, segment_ids_BxL: Array) -> Array:

@@ -3,8 +3,10 @@
 With libtpu installed (`pip install -e .[tpu]`), `jax.experimental.topologies`
 describes a slice's devices without owning one; the train step is lowered
 with abstract (shape-only) state and batch on a mesh of those devices and
-compiled by the TPU compiler. The report says whether it fits in HBM and how
-many FLOPs a step costs, before anyone rents the slice.
+compiled by the TPU compiler, with the attention kernel the slice would run
+(`auto` resolves for the target: splash). The report says whether it fits in
+HBM with HBM_HEADROOM to spare, how many FLOPs a step costs and the tokens/s
+per chip an assumed MFU would give, before anyone rents the slice.
 """
 
 from __future__ import annotations
@@ -21,10 +23,14 @@ from jax.experimental import topologies
 from jaxtrain import hardware
 from jaxtrain.config import RunConfig
 from jaxtrain.errors import ConfigError
+from jaxtrain.models import attention
 from jaxtrain.scaling import flops
 from jaxtrain.train.trainer import build_trainer
 
 AOT_GENERATIONS = ("v4", "v5e", "v5p", "v6e")  # the TPU generations libtpu describes for AOT compilation
+# "Fits" leaves this fraction of HBM spare: the runtime, fragmentation and the checkpoint's device-to-host
+# copies need room that the compiler's static count does not see (a 0.01 GiB margin is not a fit).
+HBM_HEADROOM = 0.05
 
 
 def topology_name(accelerator: str) -> tuple[str, str]:
@@ -62,21 +68,39 @@ class CompileReport:
     compiler_flops_per_chip: float
     model_flops_per_step: float
     compile_seconds: float
+    attention: str = "xla"  # the kernel the step was compiled with (what `auto` resolves to on the target)
+    pallas_kernels: int = 0  # Mosaic custom calls in the compiled program (splash forward and backward)
+    flops_per_token: float = 0.0  # model FLOPs, 6N + causal attention
+    peak_flops_per_chip: float = 0.0
+    assumed_mfu: float = hardware.ASSUMED_MFU
     compiler_error: str | None = None  # the TPU compiler refused the program (out of HBM)
 
     @property
     def fits(self) -> bool:
-        return self.compiler_error is None and self.bytes_per_chip <= self.hbm_per_chip
+        return self.compiler_error is None and self.bytes_per_chip <= (1 - HBM_HEADROOM) * self.hbm_per_chip
+
+    @property
+    def spare_bytes(self) -> int:
+        return self.hbm_per_chip - self.bytes_per_chip
+
+    @property
+    def projected_tokens_per_s_per_chip(self) -> float:
+        """Tokens/s per chip if the step ran at the assumed MFU: MFU x peak / FLOPs per token."""
+        return self.assumed_mfu * self.peak_flops_per_chip / self.flops_per_token if self.flops_per_token else 0.0
 
     def render(self) -> str:
         return "\n".join(
             [
                 f"topology        {self.topology} ({self.num_chips} x {self.device_kind})",
                 f"HBM per chip    {_size(self.bytes_per_chip)} of {_size(self.hbm_per_chip)} "
-                f"({self.bytes_per_chip / self.hbm_per_chip:.1%}) -> {'fits' if self.fits else 'DOES NOT FIT'}",
+                f"({self.bytes_per_chip / self.hbm_per_chip:.1%}, {_size(self.spare_bytes)} spare) -> "
+                + ("fits" if self.fits else f"DOES NOT FIT (needs {HBM_HEADROOM:.0%} of HBM spare)"),
                 f"  state+batch   {_size(self.arguments_bytes)}   temporaries {_size(self.temp_bytes)}",
+                f"attention       {self.attention} ({self.pallas_kernels} Pallas kernel calls in the program)",
                 f"FLOPs per step  {self.model_flops_per_step:.3e} (model, 6N + causal attention)",
                 f"                compiler: {self.compiler_flops_per_chip:.3e} per chip (a scanned layer counted once)",
+                f"projected       {self.projected_tokens_per_s_per_chip:,.0f} tokens/s per chip at an assumed "
+                f"{self.assumed_mfu:.0%} MFU ({self.peak_flops_per_chip / 1e12:.0f} TFLOP/s peak)",
                 f"compile time    {self.compile_seconds:.1f}s",
             ]
             + ([f"compiler        {self.compiler_error}"] if self.compiler_error else [])
@@ -87,7 +111,8 @@ def _size(n: float) -> str:
     return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
 
 
-def compile_for_topology(cfg: RunConfig, accelerator: str, num_slices: int = 1) -> CompileReport:
+def compile_for_topology(cfg: RunConfig, accelerator: str, num_slices: int = 1,
+                         assumed_mfu: float = hardware.ASSUMED_MFU) -> CompileReport:
     gen, name = topology_name(accelerator)
     kwargs = {"chip_config_name": "megacore"} if gen in ("v4", "v5p") else {}
     if num_slices > 1:
@@ -117,10 +142,12 @@ def compile_for_topology(cfg: RunConfig, accelerator: str, num_slices: int = 1) 
         used = mem.argument_size_in_bytes + mem.output_size_in_bytes - mem.alias_size_in_bytes + temp
         used += mem.generated_code_size_in_bytes
         compiler_flops = float(cost.get("flops", 0.0))
+        kernels = compiled.as_text().count("custom_call_target=\"tpu_custom_call\"")
     else:
         match = re.search(r"temporaries \(([\d.]+)G\)", error)
         temp = int(float(match.group(1)) * 2**30) if match else 0
-        used, compiler_flops = arguments + temp, 0.0
+        used, compiler_flops, kernels = arguments + temp, 0.0, 0
+    per_token = flops.flops_per_token(cfg.model, trainer.seq_len)
     return CompileReport(
         topology=name if num_slices == 1 else f"{num_slices} x {name}",
         device_kind=devices[0].device_kind,
@@ -130,8 +157,13 @@ def compile_for_topology(cfg: RunConfig, accelerator: str, num_slices: int = 1) 
         arguments_bytes=int(arguments),
         temp_bytes=int(temp),
         compiler_flops_per_chip=compiler_flops,
-        model_flops_per_step=flops.flops_per_token(cfg.model, trainer.seq_len) * trainer.tokens_per_step,
+        model_flops_per_step=per_token * trainer.tokens_per_step,
         compile_seconds=seconds,
+        attention=attention.resolve(cfg.model.attention, devices[0].platform),
+        pallas_kernels=kernels,
+        flops_per_token=per_token,
+        peak_flops_per_chip=hardware.TPUS[gen].peak_flops,
+        assumed_mfu=assumed_mfu,
         compiler_error=error,
     )
 

@@ -18,6 +18,7 @@ from jax.sharding import Mesh
 
 from jaxtrain.parallel.constraints import activation_sharding
 from jaxtrain.train import guard as guard_lib
+from jaxtrain.train.loss import LossFn
 
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
@@ -30,19 +31,6 @@ class TrainState:
     opt_state: Any
     rng: jax.Array  # raw uint32 key data: checkpointable, for stochastic layers and sampling
     guard: dict  # rolling loss / grad-norm history and skip counters
-
-
-def cross_entropy(
-    logits_BxLxV: jax.Array, targets_BxL: jax.Array, mask_BxL: jax.Array, z_loss: float = 0.0
-) -> tuple[jax.Array, jax.Array]:
-    """Sum of masked token losses (with optional PaLM z-loss) and the token count."""
-    logz_BxL = jax.nn.logsumexp(logits_BxLxV, axis=-1)
-    target_logit_BxL = jnp.take_along_axis(logits_BxLxV, targets_BxL[..., None], axis=-1)[..., 0]
-    nll_BxL = logz_BxL - target_logit_BxL
-    if z_loss:
-        nll_BxL = nll_BxL + z_loss * jnp.square(logz_BxL)
-    mask = mask_BxL.astype(jnp.float32)
-    return jnp.sum(nll_BxL * mask), jnp.sum(mask)
 
 
 def batch_checksum(batch: Batch) -> jax.Array:
@@ -68,7 +56,7 @@ def make_forward(graphdef: nnx.GraphDef, mesh: Mesh | None, rules: dict | None) 
 
 
 def make_train_step(
-    forward: Callable,
+    loss_fn: LossFn,
     tx: optax.GradientTransformation,
     z_loss: float = 0.0,
     microbatches: int = 1,
@@ -89,11 +77,10 @@ def make_train_step(
     guard = guard or guard_lib.GuardConfig()
 
     def loss_sum_fn(params: Any, batch: Batch):
-        logits = forward(params, batch)
         mask = batch["loss_mask"]
         if "loss_scale" in batch:
             mask = mask * batch["loss_scale"][:, None]
-        loss_sum, _ = cross_entropy(logits, batch["targets"], mask, z_loss)
+        loss_sum, _ = loss_fn(params, batch, mask, z_loss)
         return loss_sum, jnp.sum(batch["loss_mask"])
 
     grad_fn = jax.value_and_grad(loss_sum_fn, has_aux=True)
@@ -148,17 +135,16 @@ def make_train_step(
     return train_step
 
 
-def make_eval_step(forward: Callable, eos_id: int | None = None) -> Callable[[Any, Batch], Metrics]:
+def make_eval_step(loss_fn: LossFn, eos_id: int | None = None) -> Callable[[Any, Batch], Metrics]:
     """Summed loss and tokens; with eos_id, also the loss and tokens of the text alone (targets other than
     the end-of-document token): what bits per byte divide by the text's bytes."""
 
     def eval_step(params: Any, batch: Batch) -> Metrics:
-        logits = forward(params, batch)
-        loss_sum, count = cross_entropy(logits, batch["targets"], batch["loss_mask"])
-        out = {"loss_sum": loss_sum, "tokens": count}
-        if eos_id is not None:
-            text_mask = batch["loss_mask"] * (batch["targets"] != eos_id)
-            out["text_loss_sum"], out["text_tokens"] = cross_entropy(logits, batch["targets"], text_mask)
-        return out
+        if eos_id is None:
+            loss_sum, count = loss_fn(params, batch, batch["loss_mask"], 0.0)
+            return {"loss_sum": loss_sum, "tokens": count}
+        text_mask = batch["loss_mask"] * (batch["targets"] != eos_id)
+        sums, counts = loss_fn(params, batch, jnp.stack([batch["loss_mask"], text_mask]), 0.0)  # one forward pass
+        return {"loss_sum": sums[0], "tokens": counts[0], "text_loss_sum": sums[1], "text_tokens": counts[1]}
 
     return eval_step

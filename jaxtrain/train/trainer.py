@@ -18,17 +18,15 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtrain.config import RunConfig
 from jaxtrain.data.loader import BATCH_FIELDS
+from jaxtrain.models.attention import check_seq_len
 from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.rundir import RunDir
 from jaxtrain.train import checkpoint as ckpt_lib
+from jaxtrain.train import optimizer
 from jaxtrain.train import state as state_lib
 from jaxtrain.train.guard import GuardConfig
-from jaxtrain.train import optimizer
-from jaxtrain.train.step import (
-    TrainState,
-    make_forward,
-    make_train_step,
-)
+from jaxtrain.train.loss import make_loss_fn
+from jaxtrain.train.step import TrainState, make_train_step
 
 
 @dataclasses.dataclass
@@ -130,8 +128,10 @@ class Trainer:
 
 def build_mesh(cfg: RunConfig, devices: list | None = None) -> Mesh:
     """The run's mesh, after the checks that need the device count (see parallel.mesh.build_mesh)."""
-    return mesh_lib.build_mesh(cfg.mesh, devices, axis_sizes=cfg.model.axis_sizes(),
+    mesh = mesh_lib.build_mesh(cfg.mesh, devices, axis_sizes=cfg.model.axis_sizes(),
                                batch_size=cfg.train.batch_size, microbatches=cfg.train.microbatches)
+    check_seq_len(cfg.model.attention, cfg.data.seq_len, mesh.devices.flat[0].platform)  # what `auto` resolves to
+    return mesh
 
 
 def build_trainer(cfg: RunConfig, run_dir: str | RunDir, *, devices: list | None = None,
@@ -141,11 +141,11 @@ def build_trainer(cfg: RunConfig, run_dir: str | RunDir, *, devices: list | None
     tx = optimizer.make_optimizer(cfg.optimizer, cfg.train.steps, lr_hold)
     shardings = state_lib.state_shardings(spec, tx, mesh)
     batch_sharding = mesh_lib.batch_sharding(mesh)
-    forward = make_forward(spec.graphdef, mesh, mesh_lib.RULES)
-    replicated = mesh_lib.replicated(mesh)
     t = cfg.train
+    loss_fn = make_loss_fn(spec.graphdef, mesh, mesh_lib.RULES, t.loss_chunk)
+    replicated = mesh_lib.replicated(mesh)
     train_step = jax.jit(
-        make_train_step(forward, tx, t.z_loss, t.microbatches,
+        make_train_step(loss_fn, tx, t.z_loss, t.microbatches,
                         GuardConfig(t.spike_zscore, t.spike_window, t.spike_min_history, t.spike_loss_margin,
                                     t.spike_grad_margin, start_step=cfg.optimizer.warmup_steps)),
         in_shardings=(shardings, None),  # the batch arrives as global arrays already placed by to_global
