@@ -17,7 +17,8 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxtrain.config import RunConfig, save_config, to_dict
+from jaxtrain import runconfig
+from jaxtrain.config import RunConfig, to_dict
 from jaxtrain.data import loader, shards
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.rundir import RunDir
@@ -75,6 +76,7 @@ def run(trainer: Trainer, *, evaluate: EvalHook | None = None, metrics: MetricsW
         max_steps_this_run: int | None = None, fault_injector: FaultInjector | None = None) -> dict:
     """Resume (or start) the run of `trainer` and train; returns step, state, last eval, trainer, rollbacks."""
     cfg, run_dir = trainer.cfg, trainer.run
+    runconfig.check(cfg, run_dir)  # the recorded data and tokenizer, if training already started on them
     fingerprint = tok.fingerprint(run_dir.tokenizer)
     data_iter, weights = data_iterator(trainer)
     checkpointer = trainer.checkpointer()
@@ -98,7 +100,7 @@ def run(trainer: Trainer, *, evaluate: EvalHook | None = None, metrics: MetricsW
         state = trainer.init_state()
         log("[train] no checkpoint found: starting from step 0")
     if jax.process_index() == 0:  # only now: a refused resume leaves the run's config as it was
-        save_config(cfg, run_dir.config)
+        runconfig.record(cfg, run_dir)
     metrics = metrics or MetricsWriter.for_run(cfg, run_dir)
     # Lines written after a resume may repeat steps already logged (the steps since the checkpoint):
     # each carries the resume count, so readers keep the latest line of each step.
