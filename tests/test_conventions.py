@@ -76,17 +76,29 @@ def test_export_error_is_one_line_on_the_command_line(tmp_path, capsys):
 
 
 def _imported_distributions() -> set[str]:
-    """Distributions that jaxtrain's own code imports (module level or inside functions)."""
+    """Distributions that jaxtrain's own code imports (module level or inside functions).
+
+    A namespace package (``google``) is shared by many distributions; the one meant is the one whose
+    files hold the imported subpackage (``google.protobuf`` -> protobuf, not googleapis-common-protos).
+    """
     modules = set()
     for path in (ROOT / "jaxtrain").rglob("*.py"):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Import):
-                modules |= {a.name.split(".")[0] for a in node.names}
+                modules |= {a.name for a in node.names}
             elif isinstance(node, ast.ImportFrom) and not node.level:
-                modules.add(node.module.split(".")[0])
-    modules -= set(sys.stdlib_module_names) | {"jaxtrain"}
+                modules.add(node.module)
+    modules = {m for m in modules if m.split(".")[0] not in set(sys.stdlib_module_names) | {"jaxtrain"}}
     by_module = importlib.metadata.packages_distributions()
-    return {_norm(d) for m in modules for d in by_module[m]}
+    found = set()
+    for module in modules:
+        candidates = by_module[module.split(".")[0]]
+        if len(candidates) > 1 and "." in module:
+            prefix = "/".join(module.split(".")[:2])
+            candidates = [d for d in candidates
+                          if any(str(f).startswith(prefix) for f in importlib.metadata.files(d) or ())]
+        found |= {_norm(d) for d in candidates}
+    return found
 
 
 def _norm(name: str) -> str:
