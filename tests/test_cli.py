@@ -41,7 +41,8 @@ def test_whole_pipeline_then_resume_eval_and_sample(tmp_path):
                  "checkpoints/12", "checkpoints/6"):
         assert (run_dir / path).exists(), path
 
-    again = _jaxtrain("train", *common, "train.steps=14")
+    # extending a finished cosine run keeps its curve explicitly (the rate stays at its floor past step 12)
+    again = _jaxtrain("train", *common, "train.steps=14", "optimizer.decay_steps=12")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from checkpoint step 12" in again.stdout and "step     14/14" in again.stdout
 

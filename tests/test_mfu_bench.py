@@ -46,6 +46,7 @@ def test_mfu_benchmark_with_torch_compile(tmp_path):
     assert figures["torch"]["torch_compile"] is True
 
 
+@pytest.mark.slow  # 15 s; the benchmark itself is run by hand (BENCHMARKS.md)
 def test_loop_overhead_benchmark_measures_every_part(prepared_run):
     import importlib.util
 

@@ -39,6 +39,7 @@ def mp_run(prepared_run, tmp_path):
     return run
 
 
+@pytest.mark.slow  # tests/test_pod.py and test_pod_resume.py train, save and restore on 2 and 4 processes
 def test_two_processes_train_save_and_restore(mp_run):
     codes, outs = _wait(_launch(mp_run, steps=4, port=portpicker.pick_unused_port()))
     assert codes == [0, 0], outs[0][-3000:] + outs[1][-3000:]
@@ -69,6 +70,7 @@ def test_a_dead_peer_makes_the_other_exit_with_an_error(mp_run):
     assert waited < 90, f"survivor took {waited:.0f}s to exit"
 
 
+@pytest.mark.slow  # 70 s; the default suite's launcher runs are tests/test_pod*.py
 def test_launcher_restarts_the_job_after_a_crash_and_it_resumes(mp_run):
     import psutil
 

@@ -62,7 +62,7 @@ def _kill_and_resume_matches_uninterrupted(prepared: pathlib.Path, tmp_path: pat
 
 
 def test_sigkill_at_random_points_then_resume_is_bit_identical(prepared_run, tmp_path):
-    _kill_and_resume_matches_uninterrupted(prepared_run, tmp_path, trials=2, seed=0)
+    _kill_and_resume_matches_uninterrupted(prepared_run, tmp_path, trials=1, seed=0)  # the soak below: 10
 
 
 @pytest.mark.slow
@@ -85,7 +85,8 @@ def test_sigterm_saves_the_current_step_and_resume_continues(prepared_run, tmp_p
     saved = int(re.search(r"checkpoint of step (\d+) committed", out).group(1))
     assert saved >= 3 and (run / "checkpoints" / str(saved)).exists()
     resumed = subprocess.run(
-        [sys.executable, "-m", "jaxtrain.cli", "train", "--run-dir", str(run), "train.steps=" + str(saved + 2)],
+        [sys.executable, "-m", "jaxtrain.cli", "train", "--run-dir", str(run), "train.steps=" + str(saved + 2),
+         "optimizer.decay_steps=500"],  # stop early on the preempted run's curve
         capture_output=True, text=True,
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]

@@ -85,6 +85,7 @@ def test_lm_eval_adapter_offline(fresh_run):
     assert "jaxtrain" in lm_eval.api.registry.MODEL_REGISTRY
 
 
+@pytest.mark.slow  # tests/test_lm_eval_parity.py runs simple_evaluate on a local task in the default suite
 def test_lm_eval_simple_evaluate_runs_a_local_task(fresh_run, tmp_path, monkeypatch):
     lm_eval = pytest.importorskip("lm_eval")
     from lm_eval.tasks import TaskManager

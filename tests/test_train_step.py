@@ -51,10 +51,11 @@ def test_loss_drops_on_a_fixed_batch():
 @pytest.mark.parametrize(
     "shape",
     [
-        {"data": 8, "fsdp": 1, "tensor": 1},
-        {"data": 1, "fsdp": 8, "tensor": 1},
+        # data, fsdp and tensor alone are also proven across processes by tests/test_pod.py
+        pytest.param({"data": 8, "fsdp": 1, "tensor": 1}, marks=pytest.mark.slow),
+        pytest.param({"data": 1, "fsdp": 8, "tensor": 1}, marks=pytest.mark.slow),
         {"data": 1, "fsdp": 4, "tensor": 2},
-        {"data": 2, "fsdp": 2, "tensor": 2},
+        pytest.param({"data": 2, "fsdp": 2, "tensor": 2}, marks=pytest.mark.slow),
         {"dcn": 2, "data": 1, "fsdp": 2, "tensor": 2},
     ],
     ids=["data8", "fsdp8", "fsdp4xtensor2", "2x2x2", "multislice2x(fsdp2xtensor2)"],
@@ -66,9 +67,9 @@ def test_sharded_step_matches_single_device(shape):
 @pytest.mark.parametrize(
     "variant",
     [
-        {"cfg": dataclasses.replace(CFG, scan_layers=False)},
+        pytest.param({"cfg": dataclasses.replace(CFG, scan_layers=False)}, marks=pytest.mark.slow),
         {"cfg": dataclasses.replace(CFG, remat="full")},
-        {"cfg": dataclasses.replace(CFG, remat="save_dots", scan_layers=False)},
+        pytest.param({"cfg": dataclasses.replace(CFG, remat="save_dots", scan_layers=False)}, marks=pytest.mark.slow),
         {"microbatches": 2},
     ],
     ids=["unrolled", "remat-full", "remat-save_dots-unrolled", "grad-accum-2"],

@@ -95,8 +95,10 @@ def saved_plan(meta: dict) -> LrPlan:
 def continue_plan(saved: LrPlan, current: LrPlan, step: int) -> tuple[int, float] | None:
     """Resuming at `step` with `current` after `saved`: None (the current plan continues the curve), a WSD
     hold (step, rate) that does, or ScheduleChange when only the user can decide."""
-    if saved.horizon() == current.horizon():
-        return None  # same curve (a changed peak is the user's explicit change: logged by the loop)
+    if step == 0 or saved.horizon() == current.horizon():
+        # the same curve (a changed peak is the user's explicit change: logged by the loop), or none of the
+        # saved curve was run yet (an imported model's step-0 checkpoint)
+        return None
     before, after = lr_at(saved, step), lr_at(current, step)
     if current.kind == "wsd":
         return None if math.isclose(before, after, rel_tol=1e-9) else (step, before)
