@@ -57,7 +57,7 @@ def _documents(n: int) -> list[str]:
 def bench_minhash(texts: list[str], repeats: int) -> dict:
     from datasketch import MinHash, MinHashLSH
 
-    from jaxtrain.data.minhash import MinHasher, band_keys
+    from jaxtrain.data.minhash import MinHasher
 
     mb = sum(len(t.encode()) for t in texts) / 1e6
     hasher = MinHasher(num_perm=112, ngram=5)

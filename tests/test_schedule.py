@@ -1,7 +1,6 @@
 """Learning-rate schedules that continue: WSD extends without a jump; cosine refuses a silent one."""
 
 import json
-import shutil
 
 import numpy as np
 import optax

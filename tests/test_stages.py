@@ -2,7 +2,6 @@
 uninterrupted run (hook that raises in-process; a real SIGKILL of a subprocess for tokenize)."""
 
 import hashlib
-import json
 import shutil
 import signal
 import subprocess
