@@ -162,6 +162,7 @@ class _Loop:
         stage_starts = {stage.step for stage in cfg.data.mixture_schedule}
         while self.step < end_step:
             if self.step in stage_starts:  # a new mixture: its loss level is a change, not a spike
+                self._report_mixture()  # the stage that ends, against its own target
                 self.state = self.state.replace(guard=guard_lib.reset_history(self.state.guard))
                 log(f"[train] step {self.step}: mixture stage begins; the stability guard's history starts over")
             metrics = self._train_step(restart_time - run_start)
@@ -245,13 +246,20 @@ class _Loop:
                                                 self.rollbacks, self.cfg.train.max_rollbacks, metrics)
         self.rollbacks += 1
 
+    def _report_mixture(self) -> None:
+        """Realized token shares since the last report, against the stage that trained them (a report
+        is also made when a stage ends, so a report never spans two targets)."""
+        if not self.mixture.since_report.any():
+            return
+        stages = [s for s in self.cfg.data.mixture_schedule if s.step < self.step]
+        target = [w / sum(stages[-1].weights) for w in stages[-1].weights] if stages else self.weights
+        log("[data] realized mixture (target tokens since the last report): " + self.mixture.report(target))
+
     def _evaluate(self) -> None:
         if self.evaluate is None:
             return
         self.last_eval = self.evaluate(self.state.params, self.step)
-        stages = [s for s in self.cfg.data.mixture_schedule if s.step <= self.step]
-        target = [w / sum(stages[-1].weights) for w in stages[-1].weights] if stages else self.weights
-        log("[data] realized mixture (target tokens since the last report): " + self.mixture.report(target))
+        self._report_mixture()
         self.metrics.write({"step": self.step, **self.last_eval})
         self.throughput.restart()
 

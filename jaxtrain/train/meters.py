@@ -51,12 +51,13 @@ class MixtureMeter:
         self.since_report = np.zeros(len(self.sources), np.int64)
 
     def add(self, batch: dict) -> None:
-        self.window += realized_mixture(batch, len(self.sources))
+        tokens = realized_mixture(batch, len(self.sources))
+        self.window += tokens
+        self.since_report += tokens
 
     def window_shares(self) -> dict[str, float]:
         """`mix/<source>` shares of the tokens since the last call; the window then starts again."""
         shares = {f"mix/{s}": float(n / max(self.window.sum(), 1)) for s, n in zip(self.sources, self.window)}
-        self.since_report += self.window
         self.window[:] = 0
         return shares
 
