@@ -23,11 +23,19 @@ With `pack=False` a row is one document, truncated to `seq_len` and padded.
 
 from __future__ import annotations
 
+import collections
+import threading
+
 import numpy as np
 from grain.experimental import index_shuffle
 
 from jaxtrain.data import shards
 from jaxtrain.rundir import RunDir
+
+# Decoded documents kept per reader: a row reads 1-3 documents whole (a record is one document), so without
+# a cache each row re-decodes a long document for `seq_len` of its tokens. 64 MiB holds a small corpus
+# entirely and the recently touched long documents of a large one.
+DOC_CACHE_BYTES = 64 * 2**20
 
 
 class RowReader:
@@ -43,6 +51,8 @@ class RowReader:
         self.num_docs = len(pairs)
         self._unit = seq_len if pack else 1  # what a row advances through the stream: pairs, or documents
         self._stream = self.total_pairs if pack else self.num_docs
+        self._cache: collections.OrderedDict[int, np.ndarray] = collections.OrderedDict()
+        self._cache_bytes, self._lock = 0, threading.Lock()  # Grain may read rows from several threads
 
     def num_rows(self) -> int:
         """Rows that start within one ordered pass of the stream (the last one padded by `row`)."""
@@ -78,7 +88,18 @@ class RowReader:
         return set(range(first, last + 1)) if wraps == 0 else set(range(first, self.num_docs)) | set(range(0, last + 1))
 
     def _tokens(self, doc: int) -> np.ndarray:
-        return np.asarray(self._docs[doc]["tokens"], dtype=np.int32)
+        with self._lock:
+            if doc in self._cache:
+                self._cache.move_to_end(doc)
+                return self._cache[doc]
+        tokens = np.asarray(self._docs[doc]["tokens"], dtype=np.int32)
+        tokens.setflags(write=False)  # shared by every row that reads this document
+        with self._lock:
+            if doc not in self._cache:
+                self._cache[doc], self._cache_bytes = tokens, self._cache_bytes + tokens.nbytes
+                while self._cache_bytes > DOC_CACHE_BYTES and len(self._cache) > 1:
+                    self._cache_bytes -= self._cache.popitem(last=False)[1].nbytes
+        return tokens
 
     def row(self, c: int, wrap: bool = False) -> dict:
         """Row c of the stream; without wrap, a row past the end of one pass is padded instead."""
