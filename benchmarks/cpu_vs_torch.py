@@ -75,50 +75,15 @@ def run_jax(size: dict, steps: int, warmup: int, dtype: str = "float32") -> list
 
 
 def run_torch(size: dict, steps: int, warmup: int, dtype: str = "float32") -> list[float]:
-    import math
-
     import torch
-    import torch.nn as nn
     import torch.nn.functional as F
 
+    from torch_gpt import GPT  # the same PyTorch peer as quality_vs_torch.py (benchmarks/ is on sys.path)
+
     torch.manual_seed(0)
-    D, H, L, V = size["width"], size["heads"], size["ctx"], size["vocab"]
-
-    class Block(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.ln1, self.ln2 = nn.LayerNorm(D), nn.LayerNorm(D)
-            self.qkv, self.proj = nn.Linear(D, 3 * D), nn.Linear(D, D)
-            self.fc, self.out = nn.Linear(D, 4 * D), nn.Linear(4 * D, D)
-
-        def forward(self, x):
-            B = x.shape[0]
-            q, k, v = self.qkv(self.ln1(x)).split(D, dim=2)
-            q, k, v = (t.view(B, L, H, D // H).transpose(1, 2) for t in (q, k, v))
-            att = (q @ k.transpose(-2, -1)) / math.sqrt(D // H)
-            att = att.masked_fill(torch.ones(L, L, dtype=torch.bool).tril().logical_not(), float("-inf"))
-            y = (att.softmax(-1) @ v).transpose(1, 2).reshape(B, L, D)
-            x = x + self.proj(y)
-            return x + self.out(F.gelu(self.fc(self.ln2(x)), approximate="tanh"))
-
-    class GPT(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.wte, self.wpe = nn.Embedding(V, D), nn.Embedding(L, D)
-            self.blocks = nn.ModuleList(Block() for _ in range(size["layers"]))
-            self.ln_f = nn.LayerNorm(D)
-
-        def forward(self, idx):
-            x = self.wte(idx) + self.wpe(torch.arange(L))
-            for b in self.blocks:
-                x = b(x)
-            return self.ln_f(x) @ self.wte.weight.T
-
-    model = GPT()
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "wte" not in n and "wpe" not in n]
-    other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "wte" not in n and "wpe" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": WD}, {"params": other, "weight_decay": 0.0}],
-                            lr=LR, betas=BETAS)
+    V = size["vocab"]
+    model = GPT(V, size["layers"], size["width"], size["heads"], size["ctx"])
+    opt = model.optimizer(LR, BETAS, WD)
     inputs, targets = _batches(size, steps + warmup)
     times = []
     for i in range(steps + warmup):
