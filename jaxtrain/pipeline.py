@@ -30,7 +30,7 @@ from jaxtrain.evaluate.tasks import prepare_tasks
 from jaxtrain.rundir import RunDir
 from jaxtrain.train import loop
 from jaxtrain.train.metrics import MetricsWriter
-from jaxtrain.train.trainer import Trainer, build_mesh, build_trainer, load_params
+from jaxtrain.train.trainer import ModelSession, build_mesh, build_session, load_params
 from jaxtrain.utils import log
 
 
@@ -76,10 +76,10 @@ def train(cfg: RunConfig, run_dir: str | RunDir, *, devices: list | None = None,
     mesh = build_mesh(cfg, devices)
     if prepare_data:
         prepare(cfg, run_dir)
-    trainer = build_trainer(cfg, run_dir, mesh=mesh)
-    writer = MetricsWriter.for_run(cfg, trainer.run)
-    evaluator = Evaluator(trainer, writer)
-    result = loop.run(trainer, evaluate=evaluator, metrics=writer, max_steps_this_run=max_steps_this_run,
+    session = build_session(cfg, run_dir, mesh=mesh)  # the Trainer is built by the loop, once its plan is known
+    writer = MetricsWriter.for_run(cfg, session.run)
+    evaluator = Evaluator(session, writer)
+    result = loop.run(session, evaluate=evaluator, metrics=writer, max_steps_this_run=max_steps_this_run,
                       fault_injector=fault_injector)
     return {**result, "evaluator": evaluator}
 
@@ -100,9 +100,9 @@ def run(cfg: RunConfig, run_dir: str | RunDir, *, max_steps_this_run: int | None
 
 def evaluate_checkpoint(cfg: RunConfig, run_dir: str | RunDir, step: int | None = None) -> dict:
     """`jaxtrain eval`: a checkpoint's held-out loss and tasks, recorded as an offline eval."""
-    trainer, params, step = load_params(cfg, run_dir, step)
-    writer = MetricsWriter.for_run(cfg, trainer.run)
-    evaluator = Evaluator(trainer, writer)
+    session, params, step = load_params(cfg, run_dir, step)
+    writer = MetricsWriter.for_run(cfg, session.run)
+    evaluator = Evaluator(session, writer)
     results = evaluator(params, step, kind="offline")
     writer.close()
     unigram = evaluator.unigram_baseline()
@@ -110,14 +110,14 @@ def evaluate_checkpoint(cfg: RunConfig, run_dir: str | RunDir, step: int | None 
     return results
 
 
-def print_samples(trainer: Trainer, params: Any, step: int, prompts: list[str], *, tokens: int | None = None,
+def print_samples(session: ModelSession, params: Any, step: int, prompts: list[str], *, tokens: int | None = None,
                   temperature: float | None = None, top_k: int | None = None, top_p: float | None = None,
                   seed: int = 0) -> None:
     """Sample from params already in memory (shared by `sample` and the end of `run`)."""
-    e = trainer.cfg.eval
-    tokenizer = tok.load(trainer.run.tokenizer)
+    e = session.cfg.eval
+    tokenizer = tok.load(session.run.tokenizer)
     outputs = generate(
-        trainer.spec.graphdef, params, [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts],
+        session.spec.graphdef, params, [[tokenizer.bos_id, *tokenizer.encode(p)] for p in prompts],
         max_new_tokens=tokens or e.sample_tokens,
         temperature=e.temperature if temperature is None else temperature,
         top_k=e.top_k if top_k is None else top_k,
@@ -129,8 +129,8 @@ def print_samples(trainer: Trainer, params: Any, step: int, prompts: list[str], 
 
 
 def sample(cfg: RunConfig, run_dir: str | RunDir, prompts: list[str], step: int | None = None, **options) -> None:
-    trainer, params, step = load_params(cfg, run_dir, step)
-    print_samples(trainer, params, step, prompts or [cfg.eval.sample_prompt], **options)
+    session, params, step = load_params(cfg, run_dir, step)
+    print_samples(session, params, step, prompts or [cfg.eval.sample_prompt], **options)
 
 
 __all__ = ["evaluate_checkpoint", "prepare", "print_samples", "run", "sample", "train"]

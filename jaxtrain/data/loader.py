@@ -28,9 +28,12 @@ import grain
 import numpy as np
 
 from jaxtrain.data import shards
+from jaxtrain.data.config import DataConfig
 from jaxtrain.data.rows import RowReader
 from jaxtrain.data.schedule import MixtureSchedule, document_probabilities, row_stages
 from jaxtrain.rundir import RunDir
+
+REMOTE_READ_THREADS = 16  # rows read in flight when the token shards are on gs:// (data.read_threads=0)
 
 # The batch every step consumes (each [batch, seq_len]): the one description that the
 # train and eval steps, AOT compilation, empty batches and the task scorers build on.
@@ -143,9 +146,11 @@ def train_iterator(
     pack: bool = True,
     schedule: Sequence[tuple[int, Sequence[float]]] = (),
     read_threads: int = 0,
+    counts: dict | None = None,
 ) -> TrainBatches:
-    """Endless, shuffled, mixed, packed batches: this process's `rows` (default: all) of each global batch."""
-    counts = shards.token_counts(run)
+    """Endless, shuffled, mixed, packed batches: this process's `rows` (default: all) of each global batch.
+    counts: `shards.token_counts(run)`, when the caller has read it already."""
+    counts = shards.token_counts(run) if counts is None else counts
     per_source = [source_rows(run, "train", s, seq_len=seq_len, source_index=i, pack=pack, seed=seed + i)
                   for i, s in enumerate(sources)]
     step_weights = [(0, list(weights)), *[(step, list(w)) for step, w in schedule]]
@@ -155,6 +160,22 @@ def train_iterator(
     mixed = grain.MapDataset.select_from_datasets(per_source, MixtureSchedule(row_stages(step_weights, batch_size)))
     return TrainBatches(mixed, batch_size, range(batch_size) if rows is None else rows,
                         read_threads=read_threads, prefetch=num_threads)
+
+
+def training_batches(data: DataConfig, run: RunDir, *, batch_size: int, rows: Sequence[int] | None = None
+                     ) -> tuple[TrainBatches, list[float]]:
+    """The training input of a run, from its data config: this process's `rows` of every global batch of
+    `batch_size` sequences, and the resolved mixture weights (the one entry point the training loop uses)."""
+    counts = shards.token_counts(run)
+    weights = mixture_weights(counts, data.source_names, [s.weight for s in data.sources],
+                              temperature=data.mixture_temperature)
+    iterator = train_iterator(
+        run, data.source_names, weights, seq_len=data.seq_len, batch_size=batch_size, rows=rows,
+        seed=data.shuffle_seed, num_threads=data.num_threads, pack=data.pack,
+        schedule=[(s.step, s.weights) for s in data.mixture_schedule],
+        # Object storage answers each read in milliseconds: read ahead in threads unless told otherwise.
+        read_threads=data.read_threads or (REMOTE_READ_THREADS if RunDir(run).is_remote else 0), counts=counts)
+    return iterator, weights
 
 
 def empty_batch(batch_size: int, seq_len: int) -> dict:

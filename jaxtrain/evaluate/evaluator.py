@@ -1,8 +1,9 @@
 """The Evaluator: held-out loss per source, downstream tasks, and where their results go.
 
-It owns what evaluation needs (the task scorer, the tokenizer, the metrics
-writer) and borrows the Trainer's compiled eval step and mesh, so in-loop and
-offline evaluation compute exactly the same numbers. The training loop calls
+It owns what evaluation needs (the eval step, the task scorer, the tokenizer,
+the metrics writer) and borrows a ModelSession's mesh and shardings (a
+Trainer is one), so in-loop and offline evaluation compute exactly the same
+numbers; offline evaluation never builds an optimizer. The training loop calls
 it as a plain function of (params, step); `jaxtrain.train` never imports this
 module.
 """
@@ -22,7 +23,7 @@ from jaxtrain.parallel import mesh as mesh_lib
 from jaxtrain.train.loss import make_loss_fn
 from jaxtrain.train.metrics import MetricsWriter
 from jaxtrain.train.step import make_eval_step, make_forward
-from jaxtrain.train.trainer import Trainer
+from jaxtrain.train.trainer import ModelSession
 from jaxtrain.utils import log
 
 
@@ -37,11 +38,11 @@ def format_eval(results: dict[str, float]) -> str:
 
 
 class Evaluator:
-    def __init__(self, trainer: Trainer, writer: MetricsWriter | None = None):
-        self.trainer = trainer
-        self.cfg = trainer.cfg
-        self.run = trainer.run
-        self.writer = writer or MetricsWriter(trainer.run, enabled=jax.process_index() == 0)
+    def __init__(self, session: ModelSession, writer: MetricsWriter | None = None):
+        self.session = session
+        self.cfg = session.cfg
+        self.run = session.run
+        self.writer = writer or MetricsWriter(session.run, enabled=jax.process_index() == 0)
 
     @functools.cached_property
     def tokenizer(self) -> tok.Tokenizer:
@@ -51,15 +52,15 @@ class Evaluator:
     @functools.cached_property
     def eval_step(self):
         """Summed losses of a batch on the training mesh; the text-only sums leave out end-of-document."""
-        t = self.trainer
+        t = self.session
         loss_fn = make_loss_fn(t.spec.graphdef, t.mesh, mesh_lib.RULES, self.cfg.train.loss_chunk)
         step = make_eval_step(loss_fn, self.tokenizer.eos_id)
-        return jax.jit(step, in_shardings=(t.shardings.params, None), out_shardings=mesh_lib.replicated(t.mesh))
+        return jax.jit(step, in_shardings=(t.param_shardings, None), out_shardings=mesh_lib.replicated(t.mesh))
 
     @functools.cached_property
     def scorer(self):
         """Task scoring on the training mesh: the same program on every process of a pod."""
-        t = self.trainer
+        t = self.session
         return tasks.make_scorer(make_forward(t.spec.graphdef, t.mesh, mesh_lib.RULES), t.seq_len, t.batch_size,
                                  place=t.place_full_batch, out_sharding=mesh_lib.replicated(t.mesh))
 
@@ -78,7 +79,7 @@ class Evaluator:
         return results
 
     def held_out(self, params: Any) -> dict[str, float]:
-        t = self.trainer
+        t = self.session
         return evaluation.evaluate(
             self.eval_step, params, self.run, t.sources,
             seq_len=t.seq_len, batch_size=t.batch_size, rows=t.rows, max_batches=self.cfg.eval.max_batches,
@@ -98,6 +99,6 @@ class Evaluator:
 
     def unigram_baseline(self) -> float:
         """Cross-entropy of train-split unigram frequencies on the eval tokens: the bar to clear."""
-        t = self.trainer
+        t = self.session
         return evaluation.unigram_baseline(self.run, t.sources, self.cfg.model.vocab_size, seq_len=t.seq_len,
                                            batch_size=t.batch_size, max_batches=self.cfg.eval.max_batches)

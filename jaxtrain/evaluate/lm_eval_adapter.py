@@ -47,7 +47,7 @@ class JaxtrainLM(TemplateLM):
         del device
         run = RunDir(run_dir)
         cfg = load_run_config(run.root, ["mesh.dcn=1", "mesh.data=-1", "mesh.fsdp=1", "mesh.tensor=1"])
-        self.trainer, self.params, self.step = load_params(cfg, run, step)
+        self.session, self.params, self.step = load_params(cfg, run, step)
         self.tokenizer = tok.load(run.tokenizer)
         self._max_length = int(max_length or cfg.model.max_seq_len)
         self._max_gen_toks = int(max_gen_toks)
@@ -55,7 +55,7 @@ class JaxtrainLM(TemplateLM):
         self.max_batch_size = int(max_batch_size)
         self.batch_size = "auto" if str(batch_size).startswith("auto") else int(batch_size)
         self._auto_batch: dict[int, int] = {}  # row length -> detected batch size
-        self._score = make_scorer(make_forward(self.trainer.spec.graphdef, None, None), self._max_length,
+        self._score = make_scorer(make_forward(self.session.spec.graphdef, None, None), self._max_length,
                                   self.max_batch_size if self.batch_size == "auto" else self.batch_size)
 
     @property
@@ -157,7 +157,7 @@ class JaxtrainLM(TemplateLM):
             max_new = int(kwargs.get("max_gen_toks", self.max_gen_toks))
             ids = self.tok_encode(context, left_truncate_len=max(self.max_length - max_new, 1))
             temperature = float(kwargs.get("temperature", 0.0)) if kwargs.get("do_sample", False) else 0.0
-            new = generate(self.trainer.spec.graphdef, self.params, [ids], max_new_tokens=max_new,
+            new = generate(self.session.spec.graphdef, self.params, [ids], max_new_tokens=max_new,
                            temperature=temperature, eos_id=self.eot_token_id)[0]
             text = self.tok_decode(new)
             for stop in until:

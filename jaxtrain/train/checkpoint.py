@@ -112,6 +112,17 @@ class Checkpointer:
             data_iterator.set_state(data_state)
         return restored["state"], restored["meta"]
 
+    def restore_params(self, step: int, abstract_params: Any) -> Any:
+        """The parameters alone, onto the shardings carried by `abstract_params`: Orbax's partial restore
+        of the `state` item (the optimizer state is never read)."""
+        restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_params)
+        with ocp.PyTreeCheckpointer() as reader:
+            restored = reader.restore(self.directory / str(step) / "state",
+                                      args=ocp.args.PyTreeRestore(item={"params": abstract_params},
+                                                                  restore_args={"params": restore_args},
+                                                                  partial_restore=True))
+        return restored["params"]
+
     def data_state(self, step: int) -> dict | None:
         """The data position saved with a step (None for an imported checkpoint, which has none).
 

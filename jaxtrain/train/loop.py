@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxtrain import runconfig
 from jaxtrain.config import RunConfig, to_dict
-from jaxtrain.data import loader, shards
+from jaxtrain.data import loader
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.rundir import RunDir
 from jaxtrain.scaling import flops
@@ -31,17 +31,17 @@ from jaxtrain.train.metrics import MetricsWriter
 from jaxtrain.train.preemption import Preempted, PreemptionWatcher
 from jaxtrain.train.profiler import StepProfiler
 from jaxtrain.train.resume import TrainingDiverged
-from jaxtrain.train.trainer import Trainer, build_trainer
+from jaxtrain.train.trainer import ModelSession, Trainer, build_session, build_trainer
 from jaxtrain.utils import format_duration, log
 
 __all__ = ["EvalHook", "FaultInjector", "TrainingDiverged", "run", "train"]
 
 # A test hook: index of the batch drawn from the data iterator (0, 1, ...; it never rewinds) -> loss
-# scale for that batch (None: untouched). Models bad data: used to inject spikes and NaNs.
+# scale for that batch (None: untouched). Models bad data: used to inject spikes and NaNs. Only a run
+# given one adds the `loss_scale` field to its batches (and so to its compiled step).
 FaultInjector = Callable[[int], float | None]
 # (params, step) -> eval results; the hook logs and records them itself (jaxtrain.evaluate.Evaluator).
 EvalHook = Callable[[Any, int], dict[str, float]]
-REMOTE_READ_THREADS = 16  # ArrayRecord reads in flight when the token shards are on gs:// (data.read_threads=0)
 
 
 def _bar(fraction: float, width: int = 20) -> str:
@@ -53,36 +53,36 @@ def train(cfg: RunConfig, run_dir: str | RunDir, *, evaluate: EvalHook | None = 
           metrics: MetricsWriter | None = None, max_steps_this_run: int | None = None, devices: list | None = None,
           fault_injector: FaultInjector | None = None) -> dict:
     """Train to cfg.train.steps (or stop after max_steps_this_run, as an interruption would)."""
-    return run(build_trainer(cfg, run_dir, devices=devices), evaluate=evaluate, metrics=metrics,
+    return run(build_session(cfg, run_dir, devices=devices), evaluate=evaluate, metrics=metrics,
                max_steps_this_run=max_steps_this_run, fault_injector=fault_injector)
 
 
-def data_iterator(trainer: Trainer) -> tuple[Any, list[float]]:
-    """This process's share of the training batches, and the resolved mixture weights."""
-    d = trainer.cfg.data
-    weights = loader.mixture_weights(shards.token_counts(trainer.run), trainer.sources, [s.weight for s in d.sources],
-                                     temperature=d.mixture_temperature)
-    iterator = loader.train_iterator(
-        trainer.run, trainer.sources, weights,
-        seq_len=trainer.seq_len, batch_size=trainer.batch_size, rows=trainer.rows, seed=d.shuffle_seed,
-        num_threads=d.num_threads, pack=d.pack, schedule=[(s.step, s.weights) for s in d.mixture_schedule],
-        # Object storage answers each read in milliseconds: read ahead in threads unless told otherwise.
-        read_threads=d.read_threads or (REMOTE_READ_THREADS if trainer.run.is_remote else 0),
-    )
-    return iterator, weights
-
-
-def run(trainer: Trainer, *, evaluate: EvalHook | None = None, metrics: MetricsWriter | None = None,
+def run(session: ModelSession, *, evaluate: EvalHook | None = None, metrics: MetricsWriter | None = None,
         max_steps_this_run: int | None = None, fault_injector: FaultInjector | None = None) -> dict:
-    """Resume (or start) the run of `trainer` and train; returns step, state, last eval, trainer, rollbacks."""
-    cfg, run_dir = trainer.cfg, trainer.run
+    """Resume (or start) the run of `session` and train; returns step, state, last eval, trainer, rollbacks.
+
+    The Trainer is built once, after the checkpoint to resume from has said which learning-rate plan
+    continues its curve (a Trainer passed in is used as it is when its plan is the one needed)."""
+    cfg, run_dir = session.cfg, session.run
     runconfig.check(cfg, run_dir)  # the recorded data and tokenizer, if training already started on them
     fingerprint = tok.fingerprint(run_dir.tokenizer)
-    data_iter, weights = data_iterator(trainer)
-    checkpointer = trainer.checkpointer()
+    data_iter, weights = loader.training_batches(cfg.data, run_dir, batch_size=session.batch_size, rows=session.rows)
+    trainers: dict = {}
+    if isinstance(session, Trainer):
+        trainers[(session.lr_plan.hold_step, session.lr_plan.hold_lr) if session.lr_plan.hold_step >= 0 else None] = session
+
+    def trainer_for(meta: dict | None, step: int) -> Trainer:
+        """The Trainer whose learning-rate plan continues the checkpoint's curve (built once per plan)."""
+        hold = None if meta is None else _schedule_hold(cfg, meta, step)
+        if hold not in trainers:
+            trainers[hold] = build_trainer(cfg, run_dir, session=session, lr_hold=hold)
+        return trainers[hold]
+
+    checkpointer = session.checkpointer()
     t0 = time.perf_counter()
     try:
-        restored = resume.restore_latest_valid(checkpointer, trainer.abstract_state(), data_iter, cfg, fingerprint)
+        restored = resume.restore_latest_valid(checkpointer, lambda meta, step: trainer_for(meta, step).abstract_state(),
+                                               data_iter, cfg, fingerprint)
     except BaseException:
         checkpointer.close()
         raise
@@ -90,13 +90,11 @@ def run(trainer: Trainer, *, evaluate: EvalHook | None = None, metrics: MetricsW
     if restored is not None:
         state, meta, step = restored
         resumes = int(meta.get("resumes", 0)) + 1
-        try:
-            trainer = _continue_schedule(trainer, meta, step)
-        except BaseException:
-            checkpointer.close()
-            raise
+        trainer = trainer_for(meta, step)
+        _log_schedule(trainer, meta, step)
         log(f"[train] resuming from checkpoint step {step} in {checkpointer.directory} ({time.perf_counter() - t0:.1f}s)")
     else:
+        trainer = trainer_for(None, 0)
         state = trainer.init_state()
         log("[train] no checkpoint found: starting from step 0")
     if jax.process_index() == 0:  # only now: a refused resume leaves the run's config as it was
@@ -114,18 +112,20 @@ def run(trainer: Trainer, *, evaluate: EvalHook | None = None, metrics: MetricsW
         checkpointer.close()
 
 
-def _continue_schedule(trainer: Trainer, meta: dict, step: int) -> Trainer:
-    """The learning rate must not jump on a resume: continue the curve, or refuse (optimizer.continue_plan)."""
-    saved = optimizer.saved_plan(meta)
-    hold = optimizer.continue_plan(saved, trainer.lr_plan, step)
-    if hold is not None:
-        trainer = trainer.with_lr_hold(hold)
-        log(f"[train] the schedule was extended after its decay began: the learning rate holds at {hold[1]:.3g} "
-            f"from step {step} and decays to {trainer.lr_plan.floor:.3g} by step {trainer.lr_plan.decay_end}")
-    before, now = optimizer.lr_at(saved, step), optimizer.lr_at(trainer.lr_plan, step)
+def _schedule_hold(cfg: RunConfig, meta: dict, step: int) -> tuple[int, float] | None:
+    """The learning rate must not jump on a resume: the hold that continues the checkpoint's curve under
+    this config's plan (None: the plan continues it as it is), or ScheduleChange (optimizer.continue_plan)."""
+    return optimizer.continue_plan(optimizer.saved_plan(meta), optimizer.plan(cfg.optimizer, cfg.train.steps), step)
+
+
+def _log_schedule(trainer: Trainer, meta: dict, step: int) -> None:
+    plan, saved = trainer.lr_plan, optimizer.saved_plan(meta)
+    if plan.hold_step >= 0:
+        log(f"[train] the schedule was extended after its decay began: the learning rate holds at {plan.hold_lr:.3g} "
+            f"from step {step} and decays to {plan.floor:.3g} by step {plan.decay_end}")
+    before, now = optimizer.lr_at(saved, step), optimizer.lr_at(plan, step)
     if not math.isclose(before, now, rel_tol=1e-6):  # a changed peak: the user's explicit choice
         log(f"[train] learning rate at step {step}: {now:.3g} (the checkpoint's schedule was at {before:.3g})")
-    return trainer
 
 
 class _Loop:
@@ -142,6 +142,7 @@ class _Loop:
         self.batches_drawn = 0
         self.rollbacks = 0
         self.compiled = None
+        self.compile_s = 0.0
         self.last_eval: dict[str, float] = {}
         self.last_save_time = time.perf_counter()
         devices = trainer.mesh.devices.flat
@@ -160,28 +161,40 @@ class _Loop:
             log(f"[train] already at step {self.step} of {total}: nothing to train.")
         run_start = time.perf_counter()
         stage_starts = {stage.step for stage in cfg.data.mixture_schedule}
+        pending = None  # the previous step's metrics, whose streak flag has not been read yet
         while self.step < end_step:
             if self.step in stage_starts:  # a new mixture: its loss level is a change, not a spike
                 self._report_mixture()  # the stage that ends, against its own target
                 self.state = self.state.replace(guard=guard_lib.reset_history(self.state.guard))
                 log(f"[train] step {self.step}: mixture stage begins; the stability guard's history starts over")
             metrics = self._train_step(restart_time - run_start)
-            if self.step % cfg.train.log_every == 0 or self.step == end_step:
-                metrics = self._log(metrics)
-            # Every step: one scalar to the host (the loop waits for the step; the next batch is read after).
-            if int(jax.device_get(metrics["bad_streak"])) >= cfg.train.max_bad_steps:
-                self._rollback(jax.device_get(metrics))
+            log_due = self.step % cfg.train.log_every == 0 or self.step == end_step
+            evaluate = self.step % cfg.eval.every_steps == 0 or self.step == total
+            save = self._save_due(end_step)
+            # The guard's streak flag goes to the host without stalling the device: the previous step's is read
+            # while this one runs. A step that waits anyway (log, eval, save, the last step) is read at once.
+            waits = log_due or evaluate or save or self.step == end_step
+            checks = ([] if pending is None else [pending]) + ([(self.step, metrics)] if waits else [])
+            pending = None if waits else (self.step, metrics)
+            if log_due:
+                self._log(metrics)
+            if self._bad_streak(checks):
+                pending = None
                 end_step = total if max_steps_this_run is None else end_step
                 continue
             if self.watcher.should_stop(self.step, self.checkpointer.manager):
+                if pending is not None and self._bad_streak([pending]):  # never save a step that rolls back
+                    pending = None
+                    end_step = total if max_steps_this_run is None else end_step
+                    continue
                 self._save()
                 self.checkpointer.wait()
                 log(f"[train] {self.watcher.signal_name or 'preemption notice'}: checkpoint of step {self.step} "
                     "committed; exiting")
                 raise Preempted(self.step)
-            if self.step % cfg.eval.every_steps == 0 or self.step == total:
+            if evaluate:
                 self._evaluate()
-            if self._save_due(end_step):
+            if save:
                 self._save()
                 self.last_save_time = time.perf_counter()
         self.profiler.close(self.state)
@@ -190,7 +203,7 @@ class _Loop:
         log(f"[train] stopped at step {self.step} after {format_duration(time.perf_counter() - run_start)}; "
             f"checkpoints in {self.checkpointer.directory}")
         return {"step": self.step, "state": self.state, "eval": self.last_eval, "trainer": self.trainer,
-                "rollbacks": self.rollbacks}
+                "rollbacks": self.rollbacks, "compile_s": self.compile_s}
 
     def _log_header(self) -> None:
         t, device = self.trainer, self.trainer.mesh.devices.flat[0]
@@ -205,14 +218,16 @@ class _Loop:
         batch = next(self.data_iter)
         self.mixture.add(batch)
         del batch["source_ids"]
-        scale = self.fault_injector(self.batches_drawn) if self.fault_injector else None
+        if self.fault_injector is not None:  # tests only: production batches carry no such field
+            scale = self.fault_injector(self.batches_drawn)
+            batch["loss_scale"] = np.full((batch["inputs"].shape[0],), 1.0 if scale is None else scale, np.float32)
         self.batches_drawn += 1
-        batch["loss_scale"] = np.full((batch["inputs"].shape[0],), 1.0 if scale is None else scale, np.float32)
         batch = self.trainer.to_global(batch)
         if self.compiled is None:
             t = time.perf_counter()
             self.compiled = self.trainer.train_step.lower(self.state, batch).compile()
-            log(f"[train] compiled train step in {time.perf_counter() - t:.1f}s "
+            self.compile_s = time.perf_counter() - t
+            log(f"[train] compiled train step in {self.compile_s:.1f}s "
                 f"(restart to first step: {restart_offset + time.perf_counter():.1f}s)")
             self.throughput.restart()
         self.state, metrics = self.compiled(self.state, batch)
@@ -241,10 +256,17 @@ class _Loop:
                             **self.mixture.window_shares()})
         return metrics
 
-    def _rollback(self, metrics: dict) -> None:
-        self.state, self.step = resume.rollback(self.checkpointer, self.trainer.abstract_state(), self.step,
-                                                self.rollbacks, self.cfg.train.max_rollbacks, metrics)
-        self.rollbacks += 1
+    def _bad_streak(self, checks: list[tuple[int, dict]]) -> bool:
+        """Roll back when one of these (step, metrics), oldest first, ends a streak of max_bad_steps skipped
+        updates. The state may be one step past that step (its update is dropped with the rollback)."""
+        for step, metrics in checks:
+            if int(jax.device_get(metrics["bad_streak"])) >= self.cfg.train.max_bad_steps:
+                self.state, self.step = resume.rollback(self.checkpointer, self.trainer.abstract_state(), step,
+                                                        self.rollbacks, self.cfg.train.max_rollbacks,
+                                                        jax.device_get(metrics))
+                self.rollbacks += 1
+                return True
+        return False
 
     def _report_mixture(self) -> None:
         """Realized token shares since the last report, against the stage that trained them (a report

@@ -157,9 +157,12 @@ def _read(what: str, where: str, read: Callable[[], Any]) -> tuple[int, Any]:
 
 
 def restore_latest_valid(
-    checkpointer: Checkpointer, abstract_state: Any, data_iterator: Any, cfg: RunConfig, fingerprint: str
+    checkpointer: Checkpointer, abstract_state: Callable[[dict, int], Any], data_iterator: Any, cfg: RunConfig,
+    fingerprint: str
 ) -> tuple[Any, dict, int] | None:
-    """(state, meta, step) of the newest readable, compatible checkpoint; None when there is none."""
+    """(state, meta, step) of the newest readable, compatible checkpoint; None when there is none.
+    abstract_state(meta, step): the state to restore into, given the checkpoint's metadata (read first, so
+    the caller can build its Trainer for the checkpoint's learning-rate plan before any array is read)."""
     steps = _agreed_steps(checkpointer)
     hint = ("A setting that shapes the training state changed (train.spike_window or the optimizer's structure, "
             "e.g. optimizer.grad_clip switched on or off): resume with the run's saved value, or start a new run "
@@ -169,10 +172,11 @@ def restore_latest_valid(
         verdict, meta = _read("metadata", where, lambda: checkpointer.restore_meta(step))
         if verdict == OK:
             check_compatible(meta, cfg, fingerprint, where)  # wrong run: refuse, do not fall back
+            target = abstract_state(meta, step)
             verdict, saved_tree = _read("array metadata", where, lambda: checkpointer.state_metadata(step))
         if verdict == OK:
-            check_structure(saved_tree, abstract_state, where, hint)
-            verdict, restored = _read("arrays", where, lambda: checkpointer.restore(step, abstract_state, data_iterator))
+            check_structure(saved_tree, target, where, hint)
+            verdict, restored = _read("arrays", where, lambda: checkpointer.restore(step, target, data_iterator))
         if verdict == UNREADABLE:
             moved = checkpointer.quarantine(step)
             log(f"[ckpt] checkpoint {where} is corrupt or truncated (unreadable); moved to {moved}; "

@@ -1,8 +1,11 @@
-"""The Trainer: builds the compiled pieces of a run and places batches on the mesh.
+"""The compiled pieces of a run: a ModelSession (parameters side) and a Trainer (training side).
 
-Mesh, model spec, optimizer, shardings and the jitted train and eval steps,
-shared by the training loop, the evaluator, sampling and AOT compilation, so
-all of them see exactly the same state layout. Evaluation itself lives in
+`ModelSession`: mesh, model spec, parameter and batch shardings, batch
+placement and a parameters-only restore; what evaluation, sampling, export
+and the lm-eval adapter need, with no optimizer and no train step.
+`Trainer`: a ModelSession plus the optimizer, the train-state shardings and
+the jitted train step, shared by the training loop and AOT compilation, so
+every user sees exactly the same state layout. Evaluation itself lives in
 `jaxtrain.evaluate.evaluator`; the loop in `jaxtrain.train.loop`.
 """
 
@@ -30,23 +33,15 @@ from jaxtrain.train.step import TrainState, make_train_step
 
 
 @dataclasses.dataclass
-class Trainer:
-    """The compiled pieces of a run, shared by train, eval, sample and AOT compilation."""
+class ModelSession:
+    """A run's model on a mesh, parameters only: what eval, sample, export and lm-eval need."""
 
     cfg: RunConfig
     run: RunDir
     mesh: Mesh
     spec: state_lib.ModelSpec
-    tx: Any
-    shardings: TrainState
+    param_shardings: Any  # the parameters' NamedShardings, from their logical axes and mesh_lib.RULES
     batch_sharding: NamedSharding
-    train_step: Any
-    lr_plan: optimizer.LrPlan
-
-    def with_lr_hold(self, hold: tuple[int, float]) -> "Trainer":
-        """The same trainer with its learning-rate schedule continuing from `hold` (a WSD run extended after
-        its decay began); the optimizer state's structure is unchanged."""
-        return build_trainer(self.cfg, self.run, mesh=self.mesh, lr_hold=hold)
 
     @property
     def sources(self) -> list[str]:
@@ -99,19 +94,17 @@ class Trainer:
         shape = (self.batch_size, self.seq_len)
         return {k: jax.ShapeDtypeStruct(shape, dtype, sharding=self.batch_sharding) for k, dtype in BATCH_FIELDS.items()}
 
+    def abstract_params(self) -> Any:
+        return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                            self.spec.abstract_params, self.param_shardings)
+
     def checkpointer(self) -> ckpt_lib.Checkpointer:
         c = self.cfg.checkpoint
         return ckpt_lib.Checkpointer(self.run, c.keep, c.async_save, c.permanent_every)
 
-    def abstract_state(self) -> TrainState:
-        return state_lib.abstract_state(self.spec, self.tx, self.shardings, self.cfg.train.spike_window)
-
-    def init_state(self) -> TrainState:
-        t = self.cfg.train
-        return state_lib.init_state(self.cfg.model, self.tx, self.shardings, t.seed, t.spike_window)
-
     def load_params(self, step: int | None = None) -> tuple[Any, int]:
-        """A checkpoint's parameters (latest by default), restored into this mesh's shardings."""
+        """A checkpoint's parameters (latest by default), restored into this mesh's shardings; the optimizer
+        state is not read."""
         checkpointer = self.checkpointer()
         try:
             steps = checkpointer.all_steps()
@@ -120,10 +113,28 @@ class Trainer:
                 raise FileNotFoundError(f"{checkpointer.directory}: no checkpoints; run `jaxtrain train` first.")
             if step not in steps:
                 raise FileNotFoundError(f"{checkpointer.directory}: no checkpoint for step {step}; have {steps}.")
-            state, _ = checkpointer.restore(step, self.abstract_state())
+            params = checkpointer.restore_params(step, self.abstract_params())
         finally:
             checkpointer.close()
-        return state.params, step
+        return params, step
+
+
+@dataclasses.dataclass
+class Trainer(ModelSession):
+    """A ModelSession with the optimizer (its learning-rate plan fixed), the train-state shardings and the
+    jitted train step. Built once per training invocation, after the checkpoint's plan is known."""
+
+    tx: Any = None
+    shardings: TrainState = None
+    train_step: Any = None
+    lr_plan: optimizer.LrPlan = None
+
+    def abstract_state(self) -> TrainState:
+        return state_lib.abstract_state(self.spec, self.tx, self.shardings, self.cfg.train.spike_window)
+
+    def init_state(self) -> TrainState:
+        t = self.cfg.train
+        return state_lib.init_state(self.cfg.model, self.tx, self.shardings, t.seed, t.spike_window)
 
 
 def build_mesh(cfg: RunConfig, devices: list | None = None) -> Mesh:
@@ -134,31 +145,39 @@ def build_mesh(cfg: RunConfig, devices: list | None = None) -> Mesh:
     return mesh
 
 
-def build_trainer(cfg: RunConfig, run_dir: str | RunDir, *, devices: list | None = None,
-                  mesh: Mesh | None = None, lr_hold: tuple[int, float] | None = None) -> Trainer:
+def build_session(cfg: RunConfig, run_dir: str | RunDir, *, devices: list | None = None,
+                  mesh: Mesh | None = None) -> ModelSession:
+    """The parameters side of a run on its mesh: no optimizer, no train step."""
     mesh = mesh if mesh is not None else build_mesh(cfg, devices)
     spec = state_lib.model_spec(cfg.model)
+    return ModelSession(cfg, RunDir(run_dir), mesh, spec, mesh_lib.shardings_for(spec.logical_axes, mesh),
+                        mesh_lib.batch_sharding(mesh))
+
+
+def build_trainer(cfg: RunConfig, run_dir: str | RunDir, *, devices: list | None = None, mesh: Mesh | None = None,
+                  lr_hold: tuple[int, float] | None = None, session: ModelSession | None = None) -> Trainer:
+    """The Trainer: from `session` when given (its mesh and model spec are reused), else from scratch."""
+    session = session if session is not None else build_session(cfg, run_dir, devices=devices, mesh=mesh)
     tx = optimizer.make_optimizer(cfg.optimizer, cfg.train.steps, lr_hold)
-    shardings = state_lib.state_shardings(spec, tx, mesh)
-    batch_sharding = mesh_lib.batch_sharding(mesh)
+    shardings = state_lib.state_shardings(session.spec, tx, session.mesh)
     t = cfg.train
-    loss_fn = make_loss_fn(spec.graphdef, mesh, mesh_lib.RULES, t.loss_chunk)
-    replicated = mesh_lib.replicated(mesh)
+    loss_fn = make_loss_fn(session.spec.graphdef, session.mesh, mesh_lib.RULES, t.loss_chunk)
     train_step = jax.jit(
         make_train_step(loss_fn, tx, t.z_loss, t.microbatches,
                         GuardConfig(t.spike_zscore, t.spike_window, t.spike_min_history, t.spike_loss_margin,
                                     t.spike_grad_margin, start_step=cfg.optimizer.warmup_steps)),
         in_shardings=(shardings, None),  # the batch arrives as global arrays already placed by to_global
-        out_shardings=(shardings, replicated),
+        out_shardings=(shardings, mesh_lib.replicated(session.mesh)),
         donate_argnums=0,
     )
-    return Trainer(cfg, RunDir(run_dir), mesh, spec, tx, shardings, batch_sharding, train_step,
-                   optimizer.plan(cfg.optimizer, cfg.train.steps, lr_hold))
+    fields = {f.name: getattr(session, f.name) for f in dataclasses.fields(ModelSession)}
+    return Trainer(**fields, tx=tx, shardings=shardings, train_step=train_step,
+                   lr_plan=optimizer.plan(cfg.optimizer, cfg.train.steps, lr_hold))
 
 
 def load_params(cfg: RunConfig, run_dir: str | RunDir, step: int | None = None,
-                devices: list | None = None) -> tuple[Trainer, Any, int]:
-    """Restore a checkpoint's parameters (latest by default) onto a fresh mesh."""
-    trainer = build_trainer(cfg, run_dir, devices=devices)
-    params, step = trainer.load_params(step)
-    return trainer, params, step
+                devices: list | None = None) -> tuple[ModelSession, Any, int]:
+    """Restore a checkpoint's parameters (latest by default) onto a fresh mesh; no optimizer is built."""
+    session = build_session(cfg, run_dir, devices=devices)
+    params, step = session.load_params(step)
+    return session, params, step
