@@ -176,6 +176,26 @@ def test_every_block_is_a_known_kind_and_every_marker_names_a_reason():
     assert len(SHELL_BLOCKS) >= 10, "the docs lost their command examples?"
 
 
+def test_every_test_the_docs_name_exists():
+    """`tests/test_x.py::test_y` and a bare `test_z` after it (same file) name a test that exists, so "tested"
+    claims follow renames; tests/README.md names every test file."""
+    named = 0
+    for path in [*DOCS, ROOT / "tests" / "README.md"]:
+        current = None
+        for m in re.finditer(r"(?:tests/)?(test_\w+\.py)(?:::(test_\w+))?|`(test_\w+)`", path.read_text()):
+            file, func = (m.group(1), m.group(2)) if m.group(1) else (current, m.group(3))
+            assert file, f"{path.name}: `{func}` names no file; write tests/test_x.py::{func}"
+            current = file
+            assert (ROOT / "tests" / file).exists(), f"{path.name}: tests/{file} does not exist"
+            if func:
+                assert re.search(rf"^def {func}\(", (ROOT / "tests" / file).read_text(), re.M), (
+                    f"{path.name}: tests/{file}::{func} does not exist")
+                named += 1
+    assert named >= 40
+    listed = set(re.findall(r"^\| `(test_\w+\.py)` \|", (ROOT / "tests" / "README.md").read_text(), re.M))
+    assert listed == {p.name for p in (ROOT / "tests").glob("test_*.py")}, "tests/README.md: one row per test file"
+
+
 @pytest.mark.parametrize("block", SHELL_BLOCKS, ids=[b[0] for b in SHELL_BLOCKS])
 def test_shell_block(block, work, prepared_run):
     block_id, _, marker, lines = block
