@@ -1,6 +1,7 @@
 """Documentation that cannot drift: every shell block in README.md and docs/*.md is run, on the tiny config.
 
-A shell block is a fence whose language is bash, sh, shell or console. The line right before it may say
+A shell block is a fence whose language is bash, sh, shell or console; a python block is run too (exec, in the
+same directory). The line right before either may say
     <!-- docs-test: skip (why) -->         not run: it needs what a CPU test cannot have (a TPU VM, gcloud, a GPU,
                                            the network, a downloaded checkpoint) or is the test suite itself
     <!-- docs-test: parse-only (why) -->   its `jaxtrain` commands go through the CLI's own parser and config
@@ -155,6 +156,7 @@ def work(prepared_run, tmp_path_factory):
 
 
 SHELL_BLOCKS = [b for b in blocks() if b[1] in SHELL]
+PYTHON_BLOCKS = [b for b in blocks() if b[1] == "python"]
 
 
 def test_every_block_is_a_known_kind_and_every_marker_names_a_reason():
@@ -162,7 +164,7 @@ def test_every_block_is_a_known_kind_and_every_marker_names_a_reason():
     sits right before a shell block."""
     for block_id, lang, marker, lines in blocks():
         assert lang, f"{block_id}: a fence without a language; say bash for commands, text for output"
-        if lang not in SHELL:
+        if lang not in SHELL | {"python"}:
             assert marker is None, f"{block_id}: a docs-test marker on a {lang} block"
             assert not any(re.match(r"\s*(\.venv/bin/)?(jaxtrain|python3? dev\.py) ", l) for l in lines), (
                 f"{block_id}: commands in a {lang} block; make it a bash block")
@@ -174,6 +176,13 @@ def test_every_block_is_a_known_kind_and_every_marker_names_a_reason():
                 assert n + 1 < len(lines) and FENCE.match(lines[n + 1]), (
                     f"{path.name}:{n + 1}: a marker must sit on the line right before a fence")
     assert len(SHELL_BLOCKS) >= 10, "the docs lost their command examples?"
+
+
+def test_every_local_link_points_at_a_file():
+    for path in [*DOCS, ROOT / "tests" / "README.md"]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", path.read_text()):
+            if not re.match(r"[a-z]+:", target) and target.split("#")[0]:
+                assert (path.parent / target.split("#")[0]).exists(), f"{path.name}: a link to {target}, which is not there"
 
 
 def test_every_test_the_docs_name_exists():
@@ -225,3 +234,13 @@ def test_shell_block(block, work, prepared_run):
                 assert proc.returncode == 0, f"{block_id}: `{shlex.join(argv)}`: exit {proc.returncode}\n{proc.stderr}"
             ran += 1
     assert ran == len(argvs)
+
+
+@pytest.mark.parametrize("block", PYTHON_BLOCKS, ids=[b[0] for b in PYTHON_BLOCKS])
+def test_python_block(block, work):
+    block_id, _, marker, lines = block
+    if marker:
+        assert marker[0] == "skip", f"{block_id}: python blocks are run or skipped"
+        pytest.skip(f"{block_id}: {marker[1]}")
+    with chdir(work):
+        exec(compile("\n".join(lines), block_id, "exec"), {"__name__": "__docs__"})
