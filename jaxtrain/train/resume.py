@@ -29,13 +29,11 @@ from jax.experimental import multihost_utils
 
 from jaxtrain.config import RunConfig, to_dict
 from jaxtrain.errors import JaxtrainError
-from jaxtrain.models.transformer import ModelConfig
+from jaxtrain.models.transformer import ModelConfig, execution_fields
 from jaxtrain.train.checkpoint import Checkpointer
 from jaxtrain.utils import log
 from jaxtrain.yamlconf import to_dict as section_dict
 
-# Model fields that change how the model runs, not what it computes or stores.
-EXECUTION_ONLY = {"dtype", "attention", "attention_interpret", "scan_layers", "remat"}
 RESTORE_ATTEMPTS = 4  # a transient storage error gets three more tries, 1 s, 2 s and 4 s apart
 _sleep: Callable[[float], None] = time.sleep  # tests replace it
 
@@ -96,7 +94,7 @@ def check_compatible(meta: dict, cfg: RunConfig, fingerprint: str, where: str) -
     # default to the computation as it was before them (e.g. rope_scaling: none).
     saved = {**section_dict(ModelConfig()), **(meta.get("config") or {}).get("model", {})}
     current = to_dict(cfg)["model"]
-    diff = sorted(k for k in current if k not in EXECUTION_ONLY and saved.get(k) != current[k])
+    diff = sorted(k for k in current.keys() - execution_fields() if saved.get(k) != current[k])
     if diff:
         detail = ", ".join(f"model.{k}: checkpoint {saved.get(k)!r} vs config {current[k]!r}" for k in diff)
         raise IncompatibleCheckpoint(
