@@ -155,7 +155,6 @@ def export_run(cfg: RunConfig, run_dir: str | RunDir, out_dir: pathlib.Path, ste
     tensors = hf.to_hf_tensors(cfg.model, jax.device_get(params))
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v for k, v in tensors.items() if not (cfg.model.tie_embeddings and k == "lm_head.weight")}
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt", "jaxtrain_step": str(step)})
     tokenizer = export_tokenizer(run, out_dir, cfg.model.max_seq_len)
     (out_dir / "config.json").write_text(json.dumps(hf.hf_config(cfg.model, tokenizer.bos_id, tokenizer.eos_id),

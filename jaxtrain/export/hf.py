@@ -38,7 +38,7 @@ class LlamaTensor(NamedTuple):
     side. transformers stores a Linear weight as [outputs, inputs] with each side flattened, so the tensor is
     jaxtrain's reshaped to (inputs, outputs) and transposed; inputs=0: stored as it is (norms, embedding)."""
 
-    hf: str  # name in the state dict; per-layer names follow "model.layers.{i}."
+    hf_name: str  # name in the state dict; per-layer names follow "model.layers.{i}."
     path: tuple[str, ...]  # key path in jaxtrain's pure-dict params (under "blocks" for a layer's tensors)
     axes: str
     inputs: int
@@ -57,11 +57,8 @@ LLAMA_LAYER = (
     LlamaTensor("post_attention_layernorm.weight", ("mlp_norm", "scale"), "D", 0),
 )
 LLAMA_EMBED = LlamaTensor("model.embed_tokens.weight", ("embed_VxD",), "VD", 0)
-LLAMA_GLOBAL = (
-    LLAMA_EMBED,
-    LlamaTensor("model.norm.weight", ("final_norm", "scale"), "D", 0),
-    LlamaTensor("lm_head.weight", ("head_DxV",), "DV", 1),  # only when the embeddings are not tied
-)
+LLAMA_HEAD = LlamaTensor("lm_head.weight", ("head_DxV",), "DV", 1)  # stored only when the embeddings are not tied
+LLAMA_GLOBAL = (LLAMA_EMBED, LlamaTensor("model.norm.weight", ("final_norm", "scale"), "D", 0), LLAMA_HEAD)
 
 
 def _dims(cfg: ModelConfig) -> dict[str, int]:
@@ -72,8 +69,8 @@ def _dims(cfg: ModelConfig) -> dict[str, int]:
 def llama_layout(cfg: ModelConfig) -> list[tuple[str, LlamaTensor, int | None]]:
     """(state-dict name, table row, layer index or None) for every tensor of this config's checkpoint."""
     rows: list[tuple[str, LlamaTensor, int | None]] = [
-        (t.hf, t, None) for t in LLAMA_GLOBAL if not (cfg.tie_embeddings and t.hf == "lm_head.weight")]
-    rows += [(f"model.layers.{i}.{t.hf}", t, i) for i in range(cfg.num_layers) for t in LLAMA_LAYER]
+        (t.hf_name, t, None) for t in LLAMA_GLOBAL if not (cfg.tie_embeddings and t is LLAMA_HEAD)]
+    rows += [(f"model.layers.{i}.{t.hf_name}", t, i) for i in range(cfg.num_layers) for t in LLAMA_LAYER]
     return rows
 
 
@@ -193,9 +190,7 @@ def to_hf_tensors(cfg: ModelConfig, params: dict) -> dict[str, np.ndarray]:
     if architecture(cfg) == "llama":
         for name, t, layer in llama_layout(cfg):
             x = _get(b, t.path)[layer] if layer is not None else _get(p, t.path)
-            out[name] = _to_hf(t, x)
-        if cfg.tie_embeddings:
-            out["lm_head.weight"] = p[LLAMA_EMBED.path[0]]
+            out[name] = _to_hf(t, x)  # a tied model stores no lm_head.weight: transformers ties it on load
     else:
         out["transformer.wte.weight"] = p["embed_VxD"]
         out["transformer.wpe.weight"] = p["pos_embed_LxD"]
@@ -363,11 +358,12 @@ def check_llama_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray]) -> Non
     a tied model's lm_head.weight may be stored and must equal the embedding."""
     expected = llama_tensor_shapes(cfg)
     present = {k for k in tensors if not k.endswith("rotary_emb.inv_freq")}
-    if cfg.tie_embeddings and "lm_head.weight" in present:
-        if not np.array_equal(np.asarray(tensors["lm_head.weight"]), np.asarray(tensors["model.embed_tokens.weight"])):
-            raise ExportError("model.safetensors: lm_head.weight differs from model.embed_tokens.weight although "
-                              "config.json says tie_word_embeddings=true.")
-        present.discard("lm_head.weight")
+    head, embed = LLAMA_HEAD.hf_name, LLAMA_EMBED.hf_name
+    if cfg.tie_embeddings and head in present:
+        if not np.array_equal(np.asarray(tensors[head]), np.asarray(tensors[embed])):
+            raise ExportError(f"model.safetensors: {head} differs from {embed} although config.json says "
+                              "tie_word_embeddings=true.")
+        present.discard(head)
     missing, extra = sorted(set(expected) - present), sorted(present - set(expected))
     if missing or extra:
         raise ExportError(f"model.safetensors: tensors missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
@@ -388,7 +384,7 @@ def from_hf_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray]) -> dict:
         if layer is None:
             _put(params, t.path, _from_hf(t, np.asarray(tensors[name], np.float32), dims))
     for t in LLAMA_LAYER:
-        layers = [np.asarray(tensors[f"model.layers.{i}.{t.hf}"], np.float32) for i in range(cfg.num_layers)]
+        layers = [np.asarray(tensors[f"model.layers.{i}.{t.hf_name}"], np.float32) for i in range(cfg.num_layers)]
         _put(params, ("blocks", *t.path), np.stack([_from_hf(t, w, dims) for w in layers]))
     return params
 

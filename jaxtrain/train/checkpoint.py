@@ -41,7 +41,9 @@ class CheckpointDamaged(JaxtrainError, ValueError):
 
 
 def storage_status(error: BaseException) -> str | None:
-    """The absl status code a bare ValueError (TensorStore) or OSError carries at the start of its message."""
+    """The absl status code at the start of a bare ValueError's message (TensorStore), or of a bare OSError's
+    (a status re-raised as an I/O error: none of the libraries read here does so, but tests/test_restore.py
+    stands a GCS outage in that way). Subclasses (JSONDecodeError, FileNotFoundError, ...) never carry one."""
     match = _STATUS_PREFIX.match(str(error)) if type(error) in (ValueError, OSError) else None
     return match.group(1) if match else None
 
@@ -125,7 +127,8 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> tuple[Any, dict]:
         """Restore onto the shardings carried by `abstract_state` (ShapeDtypeStructs), and the data position."""
-        restored = self._restore_items(step, state=ocp.args.StandardRestore(abstract_state), meta=ocp.args.JsonRestore())
+        restored = self._restore_items(step, state=ocp.args.StandardRestore(abstract_state),
+                                       meta=ocp.args.JsonRestore())
         data_state = self.data_state(step) if data_iterator is not None else None
         if data_state is not None:
             data_iterator.set_state(data_state)
@@ -178,7 +181,8 @@ class Checkpointer:
         try:
             return self.manager.restore(step, args=ocp.args.Composite(**items))
         except (json.JSONDecodeError, UnicodeDecodeError) as e:  # Orbax reads meta and _METADATA with json.loads
-            raise CheckpointDamaged(f"{self.directory}/{step}: a file does not decode ({type(e).__name__}: {e}).") from e
+            raise CheckpointDamaged(f"{self.directory}/{step}: a file does not decode ({type(e).__name__}: {e}).") \
+                from e
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
