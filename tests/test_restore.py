@@ -1,6 +1,7 @@
 """Restore that tells the truth: only the unreadable is set aside, transient errors are retried, a checkpoint
 that does not fit the new settings is refused with the differing keys and left in place (config untouched)."""
 
+import dataclasses
 import json
 import shutil
 
@@ -11,6 +12,8 @@ import orbax.checkpoint as ocp
 import pytest
 
 from jaxtrain import pipeline
+from jaxtrain.config import to_dict
+from jaxtrain.models.transformer import execution_fields
 from jaxtrain.train import resume
 from jaxtrain.train import trainer as trainer_lib
 from jaxtrain.rundir import RunDir
@@ -191,3 +194,15 @@ def test_a_transient_error_while_reading_array_metadata_is_not_damage(tiny_check
         ckpt.state_metadata(1)
     ckpt.close()
     assert resume.classify(raised.value) == resume.UNAVAILABLE
+
+
+def test_only_the_model_fields_marked_execution_may_differ_from_the_checkpoint():
+    cfg = tiny_config()
+    meta = {"tokenizer_fingerprint": "fp", "config": to_dict(cfg)}
+    changed = {"dtype": "bfloat16", "attention": "xla", "attention_interpret": True, "scan_layers": False,
+               "remat": "full"}
+    assert set(changed) == execution_fields()
+    resume.check_compatible(meta, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changed)), "fp", "c")
+    stored = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, param_dtype="bfloat16"))  # what it stores
+    with pytest.raises(resume.IncompatibleCheckpoint, match="model.param_dtype"):
+        resume.check_compatible(meta, stored, "fp", "c")
