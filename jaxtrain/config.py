@@ -176,6 +176,11 @@ class RunConfig:
         check_divisible(self.mesh.shape(), m.axis_sizes())  # axes of known size; the rest when the mesh is built
         check_seq_len(m.attention, d.seq_len)  # a named kernel's tiling; `auto` once the platform is known
 
+    @property
+    def tokens_per_step(self) -> int:
+        """Tokens in one optimizer step: the global batch (train.batch_size sequences) of data.seq_len tokens."""
+        return self.train.batch_size * self.data.seq_len
+
 
 def to_dict(cfg: RunConfig) -> dict:
     return yamlconf.to_dict(cfg)

@@ -15,6 +15,8 @@ from etils import epath
 SENTENCEPIECE_FILE = "tokenizer.model"
 HF_TOKENIZER_FILE = "tokenizer.json"
 HF_TOKENIZER_CONFIG = "tokenizer_config.json"  # names the special tokens of a tokenizer.json
+# The files beside a tokenizer.json that name its special tokens (the older special_tokens_map.json second).
+HF_TOKENIZER_SIDE_FILES = (HF_TOKENIZER_CONFIG, "special_tokens_map.json")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -34,8 +34,7 @@ def rung_config(base: RunConfig, layers: int, width: int, budget: float, run_dir
         base.model, num_layers=layers, embed_dim=width, num_heads=heads, num_kv_heads=heads, head_dim=0,
         mlp_dim=4 * width,
     )
-    tokens_per_step = base.train.batch_size * base.data.seq_len
-    steps = max(1, round(budget / (flops_per_token(model, base.data.seq_len) * tokens_per_step)))
+    steps = max(1, round(budget / (flops_per_token(model, base.data.seq_len) * base.tokens_per_step)))
     return dataclasses.replace(
         base,
         name=f"{base.name}-C{budget:.0e}-L{layers}-D{width}",
@@ -69,7 +68,7 @@ def run_sweep(
                     shutil.copytree(src, dst)
             log(f"[sweep] budget {budget:.2e} FLOPs: {layers} layers x {width} wide, {cfg.train.steps} steps")
             result = pipeline.train(cfg, run_dir)
-            tokens = cfg.train.steps * cfg.train.batch_size * cfg.data.seq_len
+            tokens = cfg.train.steps * cfg.tokens_per_step
             record = {
                 "flops": budget, "layers": layers, "width": width, "params": matmul_params(cfg.model),
                 "tokens": tokens, "steps": cfg.train.steps, "loss": result["eval"]["eval/loss"],

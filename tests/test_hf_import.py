@@ -8,6 +8,7 @@ position encoding decides the logits.
 import dataclasses
 import json
 
+import jax
 import numpy as np
 import pytest
 from flax import nnx
@@ -140,6 +141,22 @@ def test_tensors_must_be_exactly_those_the_config_implies():
         hf.from_hf_tensors(cfg, {k: v for k, v in tensors.items() if k != "lm_head.weight"})
     with pytest.raises(hf.ExportError, match="shape"):
         hf.from_hf_tensors(cfg, {**tensors, "model.norm.weight": np.zeros(17, np.float32)})
+
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_export_and_import_read_one_table_and_invert_each_other(tied):
+    """Grouped-query heads with head_dim * heads != width: every reshape and transposition is exercised."""
+    cfg = ModelConfig(vocab_size=97, num_layers=2, embed_dim=48, num_heads=4, num_kv_heads=2, head_dim=16, mlp_dim=80,
+                      tie_embeddings=tied)
+    params = nnx.to_pure_dict(nnx.state(Transformer(cfg, rngs=nnx.Rngs(0)), nnx.Param))
+    tensors = hf.to_hf_tensors(cfg, params)
+    assert {k: v.shape for k, v in tensors.items()} == hf.llama_tensor_shapes(cfg)
+    assert ("lm_head.weight" in tensors) is not tied
+    q = np.asarray(params["blocks"]["attn"]["wq_DxHxK"][1])  # [D, H, K]: transformers' q_proj is [H * K, D]
+    np.testing.assert_array_equal(tensors["model.layers.1.self_attn.q_proj.weight"][2 * 16 + 3], q[:, 2, 3])
+    back = hf.from_hf_tensors(cfg, tensors)
+    assert jax.tree.structure(back) == jax.tree.structure(params)
+    jax.tree.map(lambda a, b: np.testing.assert_array_equal(np.asarray(a), b), params, back)
 
 
 def test_cli_prints_a_refused_import_as_one_line(tmp_path, capsys):

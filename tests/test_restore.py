@@ -1,16 +1,23 @@
 """Restore that tells the truth: only the unreadable is set aside, transient errors are retried, a checkpoint
 that does not fit the new settings is refused with the differing keys and left in place (config untouched)."""
 
+import dataclasses
 import json
 import shutil
 
+import jax
+import jax.numpy as jnp
 import optax
+import orbax.checkpoint as ocp
 import pytest
 
 from jaxtrain import pipeline
+from jaxtrain.config import to_dict
+from jaxtrain.models.transformer import execution_fields
 from jaxtrain.train import resume
 from jaxtrain.train import trainer as trainer_lib
-from jaxtrain.train.checkpoint import Checkpointer
+from jaxtrain.rundir import RunDir
+from jaxtrain.train.checkpoint import CheckpointDamaged, Checkpointer
 
 from conftest import tiny_config
 
@@ -103,3 +110,99 @@ def test_lines_written_after_a_resume_carry_the_resume_count(run):
     pipeline.train(tiny_config(*BASE, "train.steps=6"), run)
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert {r["step"]: r["resume"] for r in rows if "loss" in r} == {1: 0, 2: 0, 3: 0, 4: 0, 5: 1, 6: 1}
+
+
+def _orbax_wrapped(cause: BaseException) -> Exception:
+    """What Orbax raises when a shard read fails: a bare Exception raised from TensorStore's error."""
+    try:
+        raise Exception("Encountered error while reading array index: (slice(0, 64, 1),).") from cause
+    except Exception as e:
+        return e
+
+
+@pytest.mark.parametrize("error, verdict", [
+    # words that once decided, in exceptions that are not storage errors (a bug): not retried, nothing moved
+    (RuntimeError("checkpoint is corrupt or truncated: HTTP 500 from the bucket"), resume.FAILED),
+    (ValueError("corrupt batch: Error reading row 503, Unexpected end"), resume.FAILED),
+    (KeyError('Item "meta" was not found'), resume.FAILED),
+    (RuntimeError("UNAVAILABLE: a bug that prints a status code"), resume.FAILED),
+    # storage errors by type
+    (ConnectionError("reset by peer"), resume.UNAVAILABLE),
+    (TimeoutError(), resume.UNAVAILABLE),
+    (FileNotFoundError("gone"), resume.UNREADABLE),
+    (CheckpointDamaged("ckpt/4: its metadata describes no arrays."), resume.UNREADABLE),
+    # TensorStore: a bare ValueError whose status code is the message's prefix
+    (ValueError("UNAVAILABLE: HTTP response code: 503 with body: ..."), resume.UNAVAILABLE),
+    (ValueError("DATA_LOSS: Error decoding manifest"), resume.UNREADABLE),
+    (ValueError("PERMISSION_DENIED: HTTP response code: 403"), resume.FAILED),
+    (_orbax_wrapped(ValueError("OUT_OF_RANGE: Requested byte range [0, 10356) is not valid")), resume.UNREADABLE),
+    (_orbax_wrapped(ValueError("DEADLINE_EXCEEDED: read timed out")), resume.UNAVAILABLE),
+])
+def test_the_verdict_comes_from_the_exception_type_not_its_words(error, verdict):
+    assert resume.classify(error) == verdict
+
+
+@pytest.fixture(scope="module")
+def tiny_checkpoint(tmp_path_factory):
+    """One step of a two-array state, saved by the run's Checkpointer (no training)."""
+    root = tmp_path_factory.mktemp("tiny") / "run"
+    ckpt = Checkpointer(RunDir(root), keep=2, async_save=False)
+    ckpt.save(1, {"w": jnp.arange(4096, dtype=jnp.float32).reshape(64, 64), "b": jnp.ones(64)}, None, {"step": 1})
+    ckpt.close()
+    return root
+
+
+def _largest_file(step_dir):
+    return max((f for f in (step_dir / "state").rglob("*") if f.is_file()), key=lambda f: f.stat().st_size)
+
+
+@pytest.mark.parametrize("damage", ["metadata_not_json", "metadata_deleted", "state_deleted", "meta_deleted",
+                                    "array_file_truncated"])
+def test_real_damage_reads_as_unreadable(tiny_checkpoint, tmp_path, damage):
+    """Damage done to a real checkpoint: the first read that fails (in restore_latest_valid's order) says so."""
+    root = tmp_path / "run"
+    shutil.copytree(tiny_checkpoint, root)
+    step_dir = root / "checkpoints" / "1"
+    if damage == "metadata_not_json":
+        (step_dir / "state" / "_METADATA").write_bytes(b"\x00\xffnot json")
+    elif damage == "metadata_deleted":
+        (step_dir / "state" / "_METADATA").unlink()
+    elif damage in ("state_deleted", "meta_deleted"):
+        shutil.rmtree(step_dir / damage.split("_")[0])
+    else:
+        big = _largest_file(step_dir)
+        big.write_bytes(big.read_bytes()[: big.stat().st_size // 2])
+    ckpt = Checkpointer(RunDir(root), keep=2, async_save=False)
+    abstract = {"w": jax.ShapeDtypeStruct((64, 64), jnp.float32), "b": jax.ShapeDtypeStruct((64,), jnp.float32)}
+    with pytest.raises(Exception) as raised:
+        ckpt.restore_meta(1)
+        ckpt.state_metadata(1)
+        ckpt.restore(1, abstract)
+    ckpt.close()
+    assert resume.classify(raised.value) == resume.UNREADABLE, repr(raised.value)
+
+
+def test_a_transient_error_while_reading_array_metadata_is_not_damage(tiny_checkpoint, monkeypatch):
+    """Orbax's own Checkpointer.metadata turns every ValueError into "no metadata"; TensorStore's UNAVAILABLE
+    must stay a storage outage (retried), not become a damaged checkpoint (moved aside)."""
+    def down(self, directory):
+        raise ValueError("UNAVAILABLE: HTTP response code: 503 with body: Service Unavailable")
+
+    monkeypatch.setattr(ocp.StandardCheckpointHandler, "metadata", down)
+    ckpt = Checkpointer(RunDir(tiny_checkpoint), keep=2, async_save=False)
+    with pytest.raises(ValueError) as raised:
+        ckpt.state_metadata(1)
+    ckpt.close()
+    assert resume.classify(raised.value) == resume.UNAVAILABLE
+
+
+def test_only_the_model_fields_marked_execution_may_differ_from_the_checkpoint():
+    cfg = tiny_config()
+    meta = {"tokenizer_fingerprint": "fp", "config": to_dict(cfg)}
+    changed = {"dtype": "bfloat16", "attention": "xla", "attention_interpret": True, "scan_layers": False,
+               "remat": "full"}
+    assert set(changed) == execution_fields()
+    resume.check_compatible(meta, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changed)), "fp", "c")
+    stored = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, param_dtype="bfloat16"))  # what it stores
+    with pytest.raises(resume.IncompatibleCheckpoint, match="model.param_dtype"):
+        resume.check_compatible(meta, stored, "fp", "c")

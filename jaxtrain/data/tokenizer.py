@@ -39,7 +39,7 @@ from etils import epath
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
 from jaxtrain.errors import JaxtrainError
-from jaxtrain.rundir import HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, SENTENCEPIECE_FILE
+from jaxtrain.rundir import HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, HF_TOKENIZER_SIDE_FILES, SENTENCEPIECE_FILE
 
 # The ids jaxtrain gives the special pieces when it trains a sentencepiece model (Llama 2's layout).
 # Only the trainer uses them: a tokenizer a run brings has its own, read from the tokenizer.
@@ -137,7 +137,7 @@ def hf_special_tokens(tokenizer_json: epath.Path) -> dict:
     """bos_token, eos_token and clean_up_tokenization_spaces from the files beside a tokenizer.json
     (tokenizer_config.json, or an older special_tokens_map.json)."""
     found: dict = {}
-    for name in (HF_TOKENIZER_CONFIG, "special_tokens_map.json"):
+    for name in HF_TOKENIZER_SIDE_FILES:
         path = tokenizer_json.parent / name
         if path.exists():
             config = json.loads(path.read_text())
@@ -233,7 +233,7 @@ def install_tokenizer(src: str | os.PathLike, out_dir: str | os.PathLike) -> epa
     out_dir = epath.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if isinstance(tokenizer, HFTokenizer):
-        for name in (HF_TOKENIZER_CONFIG, "special_tokens_map.json"):
+        for name in HF_TOKENIZER_SIDE_FILES:
             if (src.parent / name).exists():
                 (out_dir / name).write_text((src.parent / name).read_text())
         dst = out_dir / HF_TOKENIZER_FILE

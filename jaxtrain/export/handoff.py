@@ -13,7 +13,6 @@ BOS/EOS ids.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import pathlib
 import shutil
@@ -25,9 +24,10 @@ from safetensors.numpy import save_file
 
 from jaxtrain import yamlconf
 from jaxtrain.config import RunConfig, save_config, to_dict
-from jaxtrain.data import clean, shards
+from jaxtrain.data import clean, shards, stages
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.export import hf
+from jaxtrain.models.transformer import execution_fields
 from jaxtrain.rundir import (
     HF_TOKENIZER_CONFIG,
     HF_TOKENIZER_FILE,
@@ -44,15 +44,6 @@ KNOWN_LICENSES = {
 }
 
 
-def _sha256(paths: list[pathlib.Path]) -> str:
-    digest = hashlib.sha256()
-    for path in paths:
-        with path.open("rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
 def provenance(cfg: RunConfig, run_dir: str | RunDir) -> dict:
     run = RunDir(run_dir)
     clean_dir = run.clean
@@ -67,8 +58,8 @@ def provenance(cfg: RunConfig, run_dir: str | RunDir) -> dict:
             "location": s.path or f"embedded:{s.name}",
             "content": s.content,
             "license": KNOWN_LICENSES.get(s.name, "unknown") if s.type == "embedded" else "unknown (user files)",
-            "cleaned_sha256": _sha256([*clean.split_files(clean_dir, s.name, "train"),
-                                       *clean.split_files(clean_dir, s.name, "validation")]),
+            "cleaned_sha256": stages.file_digest(*clean.split_files(clean_dir, s.name, "train"),
+                                                 *clean.split_files(clean_dir, s.name, "validation"), length=64),
             "documents": {
                 "input": r["input_docs"], "unreadable": sum(r["unreadable"].values()),
                 "removed_by_rule": r["removed"], "duplicates": r["duplicates"], "pii_replaced": r["pii_replaced"],
@@ -89,10 +80,6 @@ def _latest_eval(run_dir: str | RunDir) -> dict:
     return evals[-1] if evals else {}
 
 
-def tokens_seen(cfg: RunConfig, step: int) -> int:
-    return step * cfg.train.batch_size * cfg.data.seq_len
-
-
 def tokenizer_description(cfg: RunConfig, run_dir: str | RunDir) -> str:
     path = RunDir(run_dir).tokenizer
     if path.name == HF_TOKENIZER_FILE:
@@ -105,7 +92,7 @@ def tokenizer_description(cfg: RunConfig, run_dir: str | RunDir) -> str:
 def model_card(cfg: RunConfig, run_dir: str | RunDir, step: int, fingerprint: str) -> str:
     prov = provenance(cfg, run_dir)
     ev = _latest_eval(run_dir)
-    seen = tokens_seen(cfg, step)
+    seen = step * cfg.tokens_per_step
     lines = [
         f"# {cfg.name}: jaxtrain base model, step {step}",
         "",
@@ -144,9 +131,7 @@ def export_tokenizer(run: RunDir, out_dir: pathlib.Path, max_len: int) -> tok.To
     otherwise add one (and strip a leading space when decoding)."""
     tokenizer = tok.load(run.tokenizer)
     if isinstance(tokenizer, tok.HFTokenizer):
-        for name in (HF_TOKENIZER_FILE, HF_TOKENIZER_CONFIG, "special_tokens_map.json"):
-            if (run.tokenizer_dir / name).exists():
-                (out_dir / name).write_text((run.tokenizer_dir / name).read_text())
+        tok.install_tokenizer(run.tokenizer, out_dir)  # tokenizer.json and the files naming its special tokens
         return tokenizer
     shutil.copyfile(run.tokenizer, out_dir / SENTENCEPIECE_FILE)
     sp = tokenizer.sp
@@ -170,7 +155,6 @@ def export_run(cfg: RunConfig, run_dir: str | RunDir, out_dir: pathlib.Path, ste
     tensors = hf.to_hf_tensors(cfg.model, jax.device_get(params))
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v for k, v in tensors.items() if not (cfg.model.tie_embeddings and k == "lm_head.weight")}
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt", "jaxtrain_step": str(step)})
     tokenizer = export_tokenizer(run, out_dir, cfg.model.max_seq_len)
     (out_dir / "config.json").write_text(json.dumps(hf.hf_config(cfg.model, tokenizer.bos_id, tokenizer.eos_id),
@@ -178,7 +162,7 @@ def export_run(cfg: RunConfig, run_dir: str | RunDir, out_dir: pathlib.Path, ste
     fingerprint = tokenizer.fingerprint()
     (out_dir / "provenance.json").write_text(json.dumps(
         {**provenance(cfg, run), "tokenizer_fingerprint": fingerprint, "step": step,
-         "tokens_seen": tokens_seen(cfg, step), "latest_eval": _latest_eval(run)},
+         "tokens_seen": step * cfg.tokens_per_step, "latest_eval": _latest_eval(run)},
         indent=2))
     (out_dir / "README.md").write_text(model_card(cfg, run, step, fingerprint))
     return out_dir
@@ -220,9 +204,9 @@ def import_hf(hf_dir: pathlib.Path, base: RunConfig, run_dir: pathlib.Path,
 
     Exact or refused: every config.json field is honoured or named in an ExportError (see
     hf.model_config_from_hf); the tensors must be exactly those the config implies."""
-    model_cfg = hf.model_config_from_hf(read_hf_config(hf_dir), ignore_fields, dtype=base.model.dtype,
-                                        param_dtype=base.model.param_dtype, attention=base.model.attention,
-                                        remat=base.model.remat, scan_layers=base.model.scan_layers)
+    run_choices = {k: getattr(base.model, k) for k in execution_fields()}  # how the base run computes
+    model_cfg = hf.model_config_from_hf(read_hf_config(hf_dir), ignore_fields, param_dtype=base.model.param_dtype,
+                                        **run_choices)
     params_np = hf.from_hf_tensors(model_cfg, load_hf_tensors(hf_dir))
     run = RunDir(run_dir)
     tok_path = tok.install_tokenizer(tok.tokenizer_file(hf_dir), run.tokenizer_dir)
@@ -242,7 +226,7 @@ def import_hf(hf_dir: pathlib.Path, base: RunConfig, run_dir: pathlib.Path,
     params = jax.tree.map(lambda x, sh: jax.device_put(x, sh), params_np, trainer.shardings.params)
     state = fresh.replace(params=params, opt_state=trainer.tx.init(params))
     ckpt = trainer.checkpointer()
-    meta = checkpoint_meta(0, to_dict(cfg), tokenizer.fingerprint(), trainer.tokens_per_step,
+    meta = checkpoint_meta(0, to_dict(cfg), tokenizer.fingerprint(), cfg.tokens_per_step,
                            imported_from=str(hf_dir))
     ckpt.save(0, state, None, meta, force=True)
     ckpt.close()

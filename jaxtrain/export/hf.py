@@ -14,7 +14,8 @@ table under "Hand-off to Hugging Face, and back").
 
 from __future__ import annotations
 
-from typing import Any
+import math
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -28,6 +29,76 @@ class ExportError(JaxtrainError, ValueError):
 
 class MissingFileError(JaxtrainError, FileNotFoundError):
     """A Hugging Face directory without a file import needs."""
+
+
+class LlamaTensor(NamedTuple):
+    """One tensor of a transformers Llama checkpoint and where it lives in jaxtrain's params.
+
+    `axes` name jaxtrain's dimensions (D, H, G, K, F, V); the first `inputs` of them are the matmul's input
+    side. transformers stores a Linear weight as [outputs, inputs] with each side flattened, so the tensor is
+    jaxtrain's reshaped to (inputs, outputs) and transposed; inputs=0: stored as it is (norms, embedding)."""
+
+    hf_name: str  # name in the state dict; per-layer names follow "model.layers.{i}."
+    path: tuple[str, ...]  # key path in jaxtrain's pure-dict params (under "blocks" for a layer's tensors)
+    axes: str
+    inputs: int
+
+
+# The Llama name-and-transposition table: export, import and the shape check all read it.
+LLAMA_LAYER = (
+    LlamaTensor("self_attn.q_proj.weight", ("attn", "wq_DxHxK"), "DHK", 1),
+    LlamaTensor("self_attn.k_proj.weight", ("attn", "wk_DxGxK"), "DGK", 1),
+    LlamaTensor("self_attn.v_proj.weight", ("attn", "wv_DxGxK"), "DGK", 1),
+    LlamaTensor("self_attn.o_proj.weight", ("attn", "wo_HxKxD"), "HKD", 2),
+    LlamaTensor("mlp.gate_proj.weight", ("mlp", "w_gate_DxF"), "DF", 1),
+    LlamaTensor("mlp.up_proj.weight", ("mlp", "w_in_DxF"), "DF", 1),
+    LlamaTensor("mlp.down_proj.weight", ("mlp", "w_out_FxD"), "FD", 1),
+    LlamaTensor("input_layernorm.weight", ("attn_norm", "scale"), "D", 0),
+    LlamaTensor("post_attention_layernorm.weight", ("mlp_norm", "scale"), "D", 0),
+)
+LLAMA_EMBED = LlamaTensor("model.embed_tokens.weight", ("embed_VxD",), "VD", 0)
+LLAMA_HEAD = LlamaTensor("lm_head.weight", ("head_DxV",), "DV", 1)  # stored only when the embeddings are not tied
+LLAMA_GLOBAL = (LLAMA_EMBED, LlamaTensor("model.norm.weight", ("final_norm", "scale"), "D", 0), LLAMA_HEAD)
+
+
+def _dims(cfg: ModelConfig) -> dict[str, int]:
+    return {"D": cfg.embed_dim, "H": cfg.num_heads, "G": cfg.num_kv_heads, "K": cfg.resolved_head_dim,
+            "F": cfg.mlp_dim, "V": cfg.vocab_size}
+
+
+def llama_layout(cfg: ModelConfig) -> list[tuple[str, LlamaTensor, int | None]]:
+    """(state-dict name, table row, layer index or None) for every tensor of this config's checkpoint."""
+    rows: list[tuple[str, LlamaTensor, int | None]] = [
+        (t.hf_name, t, None) for t in LLAMA_GLOBAL if not (cfg.tie_embeddings and t is LLAMA_HEAD)]
+    rows += [(f"model.layers.{i}.{t.hf_name}", t, i) for i in range(cfg.num_layers) for t in LLAMA_LAYER]
+    return rows
+
+
+def _hf_shape(t: LlamaTensor, dims: dict[str, int]) -> tuple[int, ...]:
+    sizes = [dims[a] for a in t.axes]
+    if not t.inputs:
+        return tuple(sizes)
+    return (math.prod(sizes[t.inputs:]), math.prod(sizes[: t.inputs]))
+
+
+def _to_hf(t: LlamaTensor, x: np.ndarray) -> np.ndarray:
+    return x.reshape(math.prod(x.shape[: t.inputs]), -1).T if t.inputs else x
+
+
+def _from_hf(t: LlamaTensor, w: np.ndarray, dims: dict[str, int]) -> np.ndarray:
+    return w.T.reshape([dims[a] for a in t.axes]) if t.inputs else w
+
+
+def _get(tree: dict, path: tuple[str, ...]) -> Any:
+    for key in path:
+        tree = tree[key]
+    return tree
+
+
+def _put(tree: dict, path: tuple[str, ...], value: Any) -> None:
+    for key in path[:-1]:
+        tree = tree.setdefault(key, {})
+    tree[path[-1]] = value
 
 
 def architecture(cfg: ModelConfig) -> str:
@@ -117,20 +188,9 @@ def to_hf_tensors(cfg: ModelConfig, params: dict) -> dict[str, np.ndarray]:
     D, H, G, K = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim
     out: dict[str, np.ndarray] = {}
     if architecture(cfg) == "llama":
-        out["model.embed_tokens.weight"] = p["embed_VxD"]
-        for i in range(cfg.num_layers):
-            pre = f"model.layers.{i}."
-            out[pre + "self_attn.q_proj.weight"] = b["attn"]["wq_DxHxK"][i].reshape(D, H * K).T
-            out[pre + "self_attn.k_proj.weight"] = b["attn"]["wk_DxGxK"][i].reshape(D, G * K).T
-            out[pre + "self_attn.v_proj.weight"] = b["attn"]["wv_DxGxK"][i].reshape(D, G * K).T
-            out[pre + "self_attn.o_proj.weight"] = b["attn"]["wo_HxKxD"][i].reshape(H * K, D).T
-            out[pre + "mlp.gate_proj.weight"] = b["mlp"]["w_gate_DxF"][i].T
-            out[pre + "mlp.up_proj.weight"] = b["mlp"]["w_in_DxF"][i].T
-            out[pre + "mlp.down_proj.weight"] = b["mlp"]["w_out_FxD"][i].T
-            out[pre + "input_layernorm.weight"] = b["attn_norm"]["scale"][i]
-            out[pre + "post_attention_layernorm.weight"] = b["mlp_norm"]["scale"][i]
-        out["model.norm.weight"] = p["final_norm"]["scale"]
-        out["lm_head.weight"] = p["embed_VxD"] if cfg.tie_embeddings else p["head_DxV"].T
+        for name, t, layer in llama_layout(cfg):
+            x = _get(b, t.path)[layer] if layer is not None else _get(p, t.path)
+            out[name] = _to_hf(t, x)  # a tied model stores no lm_head.weight: transformers ties it on load
     else:
         out["transformer.wte.weight"] = p["embed_VxD"]
         out["transformer.wpe.weight"] = p["pos_embed_LxD"]
@@ -287,21 +347,8 @@ def model_config_from_hf(hf: dict, ignore_fields: tuple[str, ...] = (), **overri
 
 def llama_tensor_shapes(cfg: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor a transformers LlamaForCausalLM checkpoint of this config holds, with its shape."""
-    D, H, G, K, F, V = (cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim, cfg.mlp_dim,
-                        cfg.vocab_size)
-    shapes = {"model.embed_tokens.weight": (V, D), "model.norm.weight": (D,)}
-    if not cfg.tie_embeddings:
-        shapes["lm_head.weight"] = (V, D)
-    for i in range(cfg.num_layers):
-        pre = f"model.layers.{i}."
-        shapes.update({
-            pre + "self_attn.q_proj.weight": (H * K, D), pre + "self_attn.k_proj.weight": (G * K, D),
-            pre + "self_attn.v_proj.weight": (G * K, D), pre + "self_attn.o_proj.weight": (D, H * K),
-            pre + "mlp.gate_proj.weight": (F, D), pre + "mlp.up_proj.weight": (F, D),
-            pre + "mlp.down_proj.weight": (D, F),
-            pre + "input_layernorm.weight": (D,), pre + "post_attention_layernorm.weight": (D,),
-        })
-    return shapes
+    dims = _dims(cfg)
+    return {name: _hf_shape(t, dims) for name, t, _ in llama_layout(cfg)}
 
 
 def check_llama_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray]) -> None:
@@ -311,11 +358,12 @@ def check_llama_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray]) -> Non
     a tied model's lm_head.weight may be stored and must equal the embedding."""
     expected = llama_tensor_shapes(cfg)
     present = {k for k in tensors if not k.endswith("rotary_emb.inv_freq")}
-    if cfg.tie_embeddings and "lm_head.weight" in present:
-        if not np.array_equal(np.asarray(tensors["lm_head.weight"]), np.asarray(tensors["model.embed_tokens.weight"])):
-            raise ExportError("model.safetensors: lm_head.weight differs from model.embed_tokens.weight although "
-                              "config.json says tie_word_embeddings=true.")
-        present.discard("lm_head.weight")
+    head, embed = LLAMA_HEAD.hf_name, LLAMA_EMBED.hf_name
+    if cfg.tie_embeddings and head in present:
+        if not np.array_equal(np.asarray(tensors[head]), np.asarray(tensors[embed])):
+            raise ExportError(f"model.safetensors: {head} differs from {embed} although config.json says "
+                              "tie_word_embeddings=true.")
+        present.discard(head)
     missing, extra = sorted(set(expected) - present), sorted(present - set(expected))
     if missing or extra:
         raise ExportError(f"model.safetensors: tensors missing {missing[:4]}{'...' if len(missing) > 4 else ''}, "
@@ -330,32 +378,14 @@ def check_llama_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray]) -> Non
 def from_hf_tensors(cfg: ModelConfig, tensors: dict[str, np.ndarray]) -> dict:
     """transformers Llama state dict -> jaxtrain pure-dict params (stacked layers)."""
     check_llama_tensors(cfg, tensors)
-    D, H, G, K, L = cfg.embed_dim, cfg.num_heads, cfg.num_kv_heads, cfg.resolved_head_dim, cfg.num_layers
-
-    def stack(name: str, fn) -> np.ndarray:
-        return np.stack([fn(np.asarray(tensors[f"model.layers.{i}.{name}"], np.float32)) for i in range(L)])
-
-    params = {
-        "embed_VxD": np.asarray(tensors["model.embed_tokens.weight"], np.float32),
-        "final_norm": {"scale": np.asarray(tensors["model.norm.weight"], np.float32)},
-        "blocks": {
-            "attn": {
-                "wq_DxHxK": stack("self_attn.q_proj.weight", lambda w: w.T.reshape(D, H, K)),
-                "wk_DxGxK": stack("self_attn.k_proj.weight", lambda w: w.T.reshape(D, G, K)),
-                "wv_DxGxK": stack("self_attn.v_proj.weight", lambda w: w.T.reshape(D, G, K)),
-                "wo_HxKxD": stack("self_attn.o_proj.weight", lambda w: w.T.reshape(H, K, D)),
-            },
-            "attn_norm": {"scale": stack("input_layernorm.weight", lambda w: w)},
-            "mlp": {
-                "w_gate_DxF": stack("mlp.gate_proj.weight", lambda w: w.T),
-                "w_in_DxF": stack("mlp.up_proj.weight", lambda w: w.T),
-                "w_out_FxD": stack("mlp.down_proj.weight", lambda w: w.T),
-            },
-            "mlp_norm": {"scale": stack("post_attention_layernorm.weight", lambda w: w)},
-        },
-    }
-    if not cfg.tie_embeddings:
-        params["head_DxV"] = np.asarray(tensors["lm_head.weight"], np.float32).T
+    dims = _dims(cfg)
+    params: dict = {}
+    for name, t, layer in llama_layout(cfg):
+        if layer is None:
+            _put(params, t.path, _from_hf(t, np.asarray(tensors[name], np.float32), dims))
+    for t in LLAMA_LAYER:
+        layers = [np.asarray(tensors[f"model.layers.{i}.{t.hf_name}"], np.float32) for i in range(cfg.num_layers)]
+        _put(params, ("blocks", *t.path), np.stack([_from_hf(t, w, dims) for w in layers]))
     return params
 
 

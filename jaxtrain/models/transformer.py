@@ -31,9 +31,16 @@ from jaxtrain.parallel.constraints import constrain
 Array = jax.Array
 
 
+def _execution(default):
+    """A ModelConfig field that changes how the model runs, not what it computes or stores."""
+    return dataclasses.field(default=default, metadata={"execution": True})
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-    """Architecture only: enough to build the model in a notebook in two lines."""
+    """The model, enough to build it in a notebook in two lines: what it computes and stores, and the fields
+    marked `execution` (`execution_fields()`: compute dtype, attention kernel, layer scan, remat) that only
+    choose how it runs, so a checkpoint restores under any values of them."""
 
     vocab_size: int = 2048
     num_layers: int = 4
@@ -59,12 +66,12 @@ class ModelConfig:
     use_bias: bool = False  # biases on attention and MLP projections (GPT-2)
     tie_embeddings: bool = False
     init_std: float = 0.02
-    dtype: str = "float32"  # compute dtype
+    dtype: str = _execution("float32")  # compute dtype
     param_dtype: str = "float32"  # master weights
-    attention: Literal["auto", "xla", "jax", "splash", "flash"] = "auto"
-    attention_interpret: bool = False  # Pallas interpret mode (tests on CPU)
-    scan_layers: bool = True  # one compiled layer body under lax.scan: flat compile time in depth
-    remat: Literal["none", "full", "save_dots", "offload_dots"] = "none"
+    attention: Literal["auto", "xla", "jax", "splash", "flash"] = _execution("auto")
+    attention_interpret: bool = _execution(False)  # Pallas interpret mode (tests on CPU)
+    scan_layers: bool = _execution(True)  # one compiled layer body under lax.scan: flat compile time in depth
+    remat: Literal["none", "full", "save_dots", "offload_dots"] = _execution("none")
 
     def __post_init__(self) -> None:
         for key in ("vocab_size", "num_layers", "embed_dim", "num_heads", "num_kv_heads", "mlp_dim", "max_seq_len"):
@@ -103,6 +110,11 @@ class ModelConfig:
             "vocab": (self.vocab_size, "model.vocab_size"),
             "embed": (self.embed_dim, "model.embed_dim"),
         }
+
+
+def execution_fields() -> frozenset[str]:
+    """ModelConfig's execution-only fields: a checkpoint or an imported model keeps whatever values the run sets."""
+    return frozenset(f.name for f in dataclasses.fields(ModelConfig) if f.metadata.get("execution"))
 
 
 def _is_float_dtype(name: str) -> bool:

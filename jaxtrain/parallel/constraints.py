@@ -31,7 +31,11 @@ def logical_to_spec(axes: Sequence[str | None], rules: dict[str, str | tuple[str
 
 
 @contextlib.contextmanager
-def activation_sharding(mesh: Mesh, rules: dict) -> Iterator[None]:
+def activation_sharding(mesh: Mesh | None, rules: dict | None) -> Iterator[None]:
+    """`constrain` shards activations on this mesh inside the block; no mesh: the block runs as it is."""
+    if mesh is None:
+        yield
+        return
     token = _ACTIVE.set((mesh, rules))
     try:
         yield

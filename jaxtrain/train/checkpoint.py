@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 from typing import Any
 
 import grain
@@ -23,7 +24,28 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint.checkpoint_managers import preservation_policy as preservation
 
+from jaxtrain.errors import JaxtrainError
 from jaxtrain.rundir import RunDir
+
+# TensorStore (Orbax's array store, with its own GCS client) raises a bare ValueError for every failure and
+# says which only in the message: absl's status code comes first, "DATA_LOSS: ..." (its Python binding,
+# python/tensorstore/status.cc, drops the prefix for INVALID_ARGUMENT alone). HTTP 408, 429 and 5xx from GCS
+# reach Python as UNAVAILABLE once its own retries are spent.
+_STATUS_PREFIX = re.compile(r"([A-Z_]+): ")
+TRANSIENT_STATUS = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED"})
+DAMAGED_STATUS = frozenset({"DATA_LOSS", "NOT_FOUND", "OUT_OF_RANGE", "FAILED_PRECONDITION"})
+
+
+class CheckpointDamaged(JaxtrainError, ValueError):
+    """A checkpoint whose files are missing, truncated or do not decode: it will not read back, however often."""
+
+
+def storage_status(error: BaseException) -> str | None:
+    """The absl status code at the start of a bare ValueError's message (TensorStore), or of a bare OSError's
+    (a status re-raised as an I/O error: none of the libraries read here does so, but tests/test_restore.py
+    stands a GCS outage in that way). Subclasses (JSONDecodeError, FileNotFoundError, ...) never carry one."""
+    match = _STATUS_PREFIX.match(str(error)) if type(error) in (ValueError, OSError) else None
+    return match.group(1) if match else None
 
 
 class _FrozenIteratorState:
@@ -105,8 +127,8 @@ class Checkpointer:
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> tuple[Any, dict]:
         """Restore onto the shardings carried by `abstract_state` (ShapeDtypeStructs), and the data position."""
-        items = {"state": ocp.args.StandardRestore(abstract_state), "meta": ocp.args.JsonRestore()}
-        restored = self.manager.restore(step, args=ocp.args.Composite(**items))
+        restored = self._restore_items(step, state=ocp.args.StandardRestore(abstract_state),
+                                       meta=ocp.args.JsonRestore())
         data_state = self.data_state(step) if data_iterator is not None else None
         if data_state is not None:
             data_iterator.set_state(data_state)
@@ -130,32 +152,48 @@ class Checkpointer:
         process's file serves every process, whatever their number now: Grain's handler would look for
         this process's own `process_i-of-N.json`, which a changed process count does not have."""
         files = sorted((self.directory / str(step) / "data").glob("process_*-of-*.json"))
-        states = [json.loads(f.read_text()) for f in files]
+        try:
+            states = [json.loads(f.read_text()) for f in files]
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CheckpointDamaged(f"{self.directory}/{step}/data: a data position does not decode ({e}).") from e
         if not states:
             return None
         if any(s != states[0] for s in states[1:]):
-            raise ValueError(f"{self.directory}/{step}/data: processes saved different data positions {states}")
+            raise CheckpointDamaged(f"{self.directory}/{step}/data: processes saved different data positions {states}")
         return states[0]
 
     def state_metadata(self, step: int) -> Any:
         """The saved state's tree of array metadata (shapes, dtypes), read without reading any array."""
         state_dir = self.directory / str(step) / "state"
         if not state_dir.exists():
-            raise FileNotFoundError(f'Item "state" was not found in checkpoint {self.directory}/{step}')
-        tree_file = state_dir / "_METADATA"  # Orbax's tree description; it reads a damaged one as an empty tree
-        if tree_file.exists():
-            try:
-                json.loads(tree_file.read_text())
-            except (json.JSONDecodeError, UnicodeDecodeError) as e:
-                raise ValueError(f"DATA_LOSS: {tree_file} is corrupt or truncated ({e})") from e
-        metadata = ocp.StandardCheckpointer().metadata(state_dir).item_metadata
+            raise CheckpointDamaged(f'{self.directory}/{step}: no "state" item (its directory is missing).')
+        # Through the handler: Orbax's Checkpointer.metadata logs these same exceptions and returns no tree,
+        # which would hide a transient storage error as damage.
+        try:
+            metadata = ocp.StandardCheckpointHandler().metadata(state_dir)
+        except (FileNotFoundError, KeyError, ValueError) as e:  # _METADATA missing, short of keys, undecodable
+            if storage_status(e) in TRANSIENT_STATUS:
+                raise
+            raise CheckpointDamaged(f"{state_dir}: its array metadata does not read back ({type(e).__name__}: "
+                                    f"{str(e)[:300]}).") from e
         tree = getattr(metadata, "tree", metadata)
         if not jax.tree.leaves(tree, is_leaf=lambda x: hasattr(x, "shape")):
-            raise ValueError(f"DATA_LOSS: {state_dir} describes no arrays")
+            raise CheckpointDamaged(f"{state_dir}: its metadata describes no arrays.")
         return tree
 
     def restore_meta(self, step: int) -> dict:
-        return self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
+        return self._restore_items(step, meta=ocp.args.JsonRestore())["meta"]
+
+    def _restore_items(self, step: int, **items: Any) -> Any:
+        """Orbax's restore of these items; a missing item, or a JSON file of it that does not decode, is damage."""
+        missing = [name for name in items if not (self.directory / str(step) / name).exists()]
+        if missing:
+            raise CheckpointDamaged(f"{self.directory}/{step}: no {' or '.join(missing)} item (directory missing).")
+        try:
+            return self.manager.restore(step, args=ocp.args.Composite(**items))
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:  # Orbax reads meta and _METADATA with json.loads
+            raise CheckpointDamaged(f"{self.directory}/{step}: a file does not decode ({type(e).__name__}: {e}).") \
+                from e
 
     def wait(self) -> None:
         self.manager.wait_until_finished()

@@ -78,13 +78,8 @@ def make_loss_fn(graphdef: nnx.GraphDef, mesh: Mesh | None, rules: dict | None, 
     def loss_fn(params: Any, batch: Batch, mask_BxL: jax.Array, z_loss: float = 0.0):
         model = nnx.merge(graphdef, params)
 
-        def run():
+        with activation_sharding(mesh, rules):
             hidden_BxLxD = model.hidden_states(batch["inputs"], batch["positions"], batch["segment_ids"])
             return chunked_cross_entropy(hidden_BxLxD, model.head_weight(), batch["targets"], mask_BxL, z_loss, chunk)
-
-        if mesh is None:
-            return run()
-        with activation_sharding(mesh, rules):
-            return run()
 
     return loss_fn

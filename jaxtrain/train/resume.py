@@ -20,6 +20,7 @@ a barrier, so no process is still reading it.
 
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Callable
 
@@ -29,22 +30,44 @@ from jax.experimental import multihost_utils
 
 from jaxtrain.config import RunConfig, to_dict
 from jaxtrain.errors import JaxtrainError
-from jaxtrain.models.transformer import ModelConfig
-from jaxtrain.train.checkpoint import Checkpointer
+from jaxtrain.models.transformer import ModelConfig, execution_fields
+from jaxtrain.train.checkpoint import (
+    DAMAGED_STATUS,
+    TRANSIENT_STATUS,
+    CheckpointDamaged,
+    Checkpointer,
+    storage_status,
+)
 from jaxtrain.utils import log
 from jaxtrain.yamlconf import to_dict as section_dict
 
-# Model fields that change how the model runs, not what it computes or stores.
-EXECUTION_ONLY = {"dtype", "attention", "attention_interpret", "scan_layers", "remat"}
 RESTORE_ATTEMPTS = 4  # a transient storage error gets three more tries, 1 s, 2 s and 4 s apart
 _sleep: Callable[[float], None] = time.sleep  # tests replace it
 
-# How storage errors read: TensorStore, Orbax and GCS clients say what failed in the message.
-_TRANSIENT = ("UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED", "timed out", "Timeout", "onnection reset",
-              "onnection refused", "Temporary failure", " 429", " 500", " 502", " 503", " 504")
-_UNREADABLE = ("DATA_LOSS", "NOT_FOUND", "Error decoding", "Error reading", "error while reading", "was not found",
-               "corrupt", "truncated", "Unexpected end", "No such file")
 OK, UNAVAILABLE, UNREADABLE, FAILED = 0, 1, 2, 3  # verdicts, in order of gravity
+
+# Verdicts by exception type. Damage the run's own code finds is CheckpointDamaged; a file gone is
+# FileNotFoundError (Orbax, etils.epath, gcsfs on HTTP 404). TensorStore's errors carry their kind only as a
+# status code (checkpoint.storage_status). The GCS clients' own types count when their module is loaded (an
+# exception of a module never imported cannot occur), so none of them becomes a dependency.
+_UNAVAILABLE_TYPES = (ConnectionError, TimeoutError)  # aiohttp's and asyncio's timeouts are TimeoutErrors
+_UNREADABLE_TYPES = (CheckpointDamaged, FileNotFoundError)
+_CLIENT_TYPES = {
+    UNAVAILABLE: {
+        "requests.exceptions": ("ConnectionError", "Timeout", "ChunkedEncodingError"),  # gcsfs's transport
+        "aiohttp": ("ClientConnectionError", "ClientPayloadError"),  # gcsfs's async transport
+        "google.auth.exceptions": ("TransportError",),
+        "google.api_core.exceptions": ("TooManyRequests", "InternalServerError", "BadGateway", "ServiceUnavailable",
+                                       "GatewayTimeout", "DeadlineExceeded"),  # google-cloud-storage
+        "tensorflow.python.framework.errors_impl": ("UnavailableError", "DeadlineExceededError", "AbortedError"),
+    },
+    UNREADABLE: {
+        "google.api_core.exceptions": ("NotFound",),
+        # etils.epath reads gs:// through tf.io.gfile when TensorFlow is installed, which raises these
+        "tensorflow.python.framework.errors_impl": ("NotFoundError", "DataLossError", "OutOfRangeError"),
+    },
+}
+_GCSFS_RETRIED = {408, 429, 500, 501, 502, 503, 504}  # gcsfs.retry.HttpError.code it retries, as ints or strings
 
 
 class IncompatibleCheckpoint(JaxtrainError, RuntimeError):
@@ -59,13 +82,28 @@ class TrainingDiverged(JaxtrainError, RuntimeError):
     """Bad steps kept coming after every rollback allowed."""
 
 
+def _client_types(verdict: int) -> tuple[type, ...]:
+    modules = ((sys.modules.get(name), names) for name, names in _CLIENT_TYPES[verdict].items())
+    return tuple(getattr(m, n) for m, names in modules if m is not None for n in names if hasattr(m, n))
+
+
 def classify(error: BaseException) -> int:
-    text = f"{type(error).__name__}: {error}"
-    if isinstance(error, (ConnectionError, TimeoutError)) or any(m in text for m in _TRANSIENT):
+    """The verdict on a failed read, from the exception's type (and, for TensorStore, its status code)."""
+    while type(error) is Exception and error.__cause__ is not None:
+        error = error.__cause__  # Orbax wraps a failed array read in a bare Exception raised from the cause
+    status = storage_status(error)
+    gcsfs = sys.modules.get("gcsfs.retry")
+    if (isinstance(error, _UNAVAILABLE_TYPES + _client_types(UNAVAILABLE)) or status in TRANSIENT_STATUS
+            or (gcsfs is not None and isinstance(error, gcsfs.HttpError) and _http_code(error) in _GCSFS_RETRIED)):
         return UNAVAILABLE
-    if isinstance(error, (FileNotFoundError, KeyError)) or any(m in text for m in _UNREADABLE):
+    if isinstance(error, _UNREADABLE_TYPES + _client_types(UNREADABLE)) or status in DAMAGED_STATUS:
         return UNREADABLE
     return FAILED
+
+
+def _http_code(error: BaseException) -> int | None:
+    code = getattr(error, "code", None)
+    return int(code) if str(code).isdigit() else None
 
 
 def _agreed(verdict: int) -> int:
@@ -96,7 +134,7 @@ def check_compatible(meta: dict, cfg: RunConfig, fingerprint: str, where: str) -
     # default to the computation as it was before them (e.g. rope_scaling: none).
     saved = {**section_dict(ModelConfig()), **(meta.get("config") or {}).get("model", {})}
     current = to_dict(cfg)["model"]
-    diff = sorted(k for k in current if k not in EXECUTION_ONLY and saved.get(k) != current[k])
+    diff = sorted(k for k in current.keys() - execution_fields() if saved.get(k) != current[k])
     if diff:
         detail = ", ".join(f"model.{k}: checkpoint {saved.get(k)!r} vs config {current[k]!r}" for k in diff)
         raise IncompatibleCheckpoint(

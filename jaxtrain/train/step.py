@@ -18,9 +18,8 @@ from jax.sharding import Mesh
 
 from jaxtrain.parallel.constraints import activation_sharding
 from jaxtrain.train import guard as guard_lib
-from jaxtrain.train.loss import LossFn
+from jaxtrain.train.loss import Batch, LossFn
 
-Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
 
 
@@ -47,8 +46,6 @@ def make_forward(graphdef: nnx.GraphDef, mesh: Mesh | None, rules: dict | None) 
 
     def forward(params: Any, batch: Batch) -> jax.Array:
         model = nnx.merge(graphdef, params)
-        if mesh is None:
-            return model(batch["inputs"], batch["positions"], batch["segment_ids"])
         with activation_sharding(mesh, rules):
             return model(batch["inputs"], batch["positions"], batch["segment_ids"])
 
