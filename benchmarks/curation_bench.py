@@ -253,7 +253,7 @@ def bench_tokenizer_and_loader(repeats: int) -> dict:
                 t = time.perf_counter()
                 for _ in range(n_batches):
                     next(it)
-                return n_batches * cfg.train.batch_size * cfg.data.seq_len / (time.perf_counter() - t)
+                return n_batches * cfg.tokens_per_step / (time.perf_counter() - t)
             name = f"loader_tokens_per_s_{'packed' if pack else 'padded'}"
             out[name] = round(statistics.median(drain() for _ in range(repeats)))
     return out

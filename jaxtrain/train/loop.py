@@ -149,7 +149,7 @@ class _Loop:
         self.n_chips = len(devices)
         self.flops_per_token = flops.flops_per_token(self.cfg.model, trainer.seq_len, causal=True)
         self.peak = flops.peak_flops(devices[0].device_kind)
-        self.throughput = Throughput(trainer.tokens_per_step, self.n_chips, self.flops_per_token, self.peak)
+        self.throughput = Throughput(self.cfg.tokens_per_step, self.n_chips, self.flops_per_token, self.peak)
         self.mixture = MixtureMeter(trainer.sources)
         self.profiler = StepProfiler(self.cfg.log, trainer.run)  # log.profile_steps: a jax.profiler trace
 
@@ -263,7 +263,7 @@ class _Loop:
             if int(jax.device_get(metrics["bad_streak"])) >= self.cfg.train.max_bad_steps:
                 self.state, self.step = resume.rollback(self.checkpointer, self.trainer.abstract_state(), step,
                                                         self.rollbacks, self.cfg.train.max_rollbacks,
-                                                        jax.device_get(metrics))
+                                                        jax.device_get(metrics), reached=self.step)
                 self.rollbacks += 1
                 return True
         return False
@@ -292,7 +292,7 @@ class _Loop:
 
     def _save(self) -> None:
         plan = self.trainer.lr_plan
-        meta = checkpoint_meta(self.step, to_dict(self.cfg), self.fingerprint, self.trainer.tokens_per_step,
+        meta = checkpoint_meta(self.step, to_dict(self.cfg), self.fingerprint, self.cfg.tokens_per_step,
                                resumes=self.resumes,
                                lr_hold=[plan.hold_step, plan.hold_lr] if plan.hold_step >= 0 else None)
         t = time.perf_counter()

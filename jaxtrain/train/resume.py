@@ -235,11 +235,12 @@ def restore_latest_valid(
 
 
 def rollback(checkpointer: Checkpointer, abstract_state: Any, step: int, rollbacks: int, max_rollbacks: int,
-             metrics: dict) -> tuple[Any, int]:
-    """Back to the last checkpoint saved before the bad streak began: (state, its step).
+             metrics: dict, reached: int | None = None) -> tuple[Any, int]:
+    """Back to the last checkpoint saved before the bad streak that ended at `step` began: (state, its step).
 
     The data iterator keeps its place, so the batches since then are skipped
-    (PaLM's remedy). Newer checkpoints, on the abandoned branch, are set aside."""
+    (PaLM's remedy); `reached` is the step the loop had dispatched (one past `step` when it read the streak
+    one step late). Newer checkpoints, on the abandoned branch, are set aside."""
     checkpointer.wait()
     streak = int(metrics["bad_streak"])
     good = [s for s in checkpointer.all_steps() if s <= step - streak]  # saved before the streak began
@@ -259,5 +260,5 @@ def rollback(checkpointer: Checkpointer, abstract_state: Any, step: int, rollbac
     state = state.replace(guard={**guard, "bad_streak": guard["bad_streak"] * 0,
                                  "skipped": guard["skipped"] * 0 + int(metrics["skipped_total"])})
     log(f"[train] rollback {rollbacks + 1}: {streak} bad steps in a row at {where}; "
-        f"restored checkpoint {target}, skipping the {step - target} batches since then")
+        f"restored checkpoint {target}, skipping the {(reached or step) - target} batches since then")
     return state, target

@@ -62,10 +62,6 @@ class ModelSession:
         return mesh_lib.local_rows(self.batch_sharding, self.batch_size)
 
     @property
-    def tokens_per_step(self) -> int:
-        return self.batch_size * self.seq_len
-
-    @property
     def row_sharding(self) -> NamedSharding:
         return NamedSharding(self.mesh, PartitionSpec(self.batch_sharding.spec[0]))
 
