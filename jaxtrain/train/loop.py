@@ -53,6 +53,7 @@ def train(cfg: RunConfig, run_dir: str | RunDir, *, evaluate: EvalHook | None = 
           metrics: MetricsWriter | None = None, max_steps_this_run: int | None = None, devices: list | None = None,
           fault_injector: FaultInjector | None = None) -> dict:
     """Train to cfg.train.steps (or stop after max_steps_this_run, as an interruption would)."""
+    runconfig.check(cfg, run_dir)  # the recorded data and tokenizer, if training already started on them
     return run(build_trainer(cfg, run_dir, devices=devices), evaluate=evaluate, metrics=metrics,
                max_steps_this_run=max_steps_this_run, fault_injector=fault_injector)
 
@@ -74,9 +75,9 @@ def data_iterator(trainer: Trainer) -> tuple[Any, list[float]]:
 
 def run(trainer: Trainer, *, evaluate: EvalHook | None = None, metrics: MetricsWriter | None = None,
         max_steps_this_run: int | None = None, fault_injector: FaultInjector | None = None) -> dict:
-    """Resume (or start) the run of `trainer` and train; returns step, state, last eval, trainer, rollbacks."""
+    """Resume (or start) the run of `trainer` and train; returns step, state, last eval, trainer, rollbacks.
+    The caller has checked the config against the run's (`runconfig`: `train` here, `jaxtrain.pipeline`)."""
     cfg, run_dir = trainer.cfg, trainer.run
-    runconfig.check(cfg, run_dir)  # the recorded data and tokenizer, if training already started on them
     fingerprint = tok.fingerprint(run_dir.tokenizer)
     data_iter, weights = data_iterator(trainer)
     checkpointer = trainer.checkpointer()
