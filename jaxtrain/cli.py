@@ -54,14 +54,13 @@ def _simulated_devices_default() -> None:
 def _legacy_positionals(args: argparse.Namespace, *names: str) -> None:
     """The old spellings (`jaxtrain eval RUN`, `jaxtrain export RUN OUT`): leading arguments without `=`
     fill `names` (--run-dir, --out); the command still runs, and a note names the new form."""
+    missing = [name for name in names if not getattr(args, name, None)]
     given = []
-    for name in names:
-        if not (args.overrides and "=" not in args.overrides[0]):
-            break
-        if getattr(args, name, None):
-            flag = "--" + name.replace("_", "-")
-            raise SystemExit(f"give {flag} once: {args.overrides[0]!r} or {flag} {getattr(args, name)!r}")
-        value, args.overrides = args.overrides[0], args.overrides[1:]
+    while args.overrides and "=" not in args.overrides[0]:
+        if not missing:
+            flag = "--" + names[0].replace("_", "-")
+            raise SystemExit(f"give the run directory once: {args.overrides[0]!r} or {flag} {getattr(args, names[0])!r}")
+        name, value, args.overrides = missing.pop(0), args.overrides[0], args.overrides[1:]
         setattr(args, name, value)
         given.append((name, value))
     if given:

@@ -6,8 +6,9 @@
     run(cfg, run)            all of the above, then the unigram comparison and a sample
     evaluate_checkpoint(...) `jaxtrain eval`;  sample(...) `jaxtrain sample`
 
-The mesh is built first, so a config that cannot run on these devices is
-refused before any data work starts.
+Each takes the command's `runconfig.Resolved` (the config read and checked once, as the command
+line passes it) or a plain (cfg, run_dir), which it resolves once itself. The mesh is built
+first, so a config that cannot run on these devices is refused before any data work starts.
 """
 
 from __future__ import annotations

@@ -58,7 +58,9 @@ class Resolved:
 
     def with_inputs_checked(self) -> "Resolved":
         """The data inputs checked, once (a pod does not prepare data: it checks none)."""
-        if not self.inputs_checked and jax.process_count() == 1:
+        if self.inputs_checked:
+            return self
+        if jax.process_count() == 1:
             data_prepare.check_inputs(self.cfg.data, self.cfg.tokenizer, self.run)
         return dataclasses.replace(self, inputs_checked=True)
 
@@ -93,11 +95,11 @@ def resolve(config: str | None, overrides: list[str] | tuple[str, ...], run_dir:
     old = None if values is None else from_dict(copy.deepcopy(values))
     if config is None and run is not None and values is not None:
         cfg = from_dict(yamlconf.apply_overrides(values, overrides))
-    elif config is None and run is not None and (require_recorded or _holds_outputs(run)):
-        what = "has data or checkpoints but no recorded config" if _holds_outputs(run) else "has no recorded config"
-        raise ConfigError(f"--run-dir {run}: the run directory {what} ({run.config}); "
-                          + ("give --config with the config it was made with." if _holds_outputs(run)
-                             else "is it a jaxtrain run directory?"))
+    elif config is None and run is not None and _holds_outputs(run):
+        raise ConfigError(f"--run-dir {run}: the run directory has data or checkpoints but no recorded config "
+                          f"({run.config}); give --config with the config it was made with.")
+    elif config is None and run is not None and require_recorded:
+        raise ConfigError(f"--run-dir {run}: no recorded config ({run.config}); is it a jaxtrain run directory?")
     else:
         cfg = load_config(config or default, overrides)
     if run is None:  # the config names its run directory

@@ -90,4 +90,4 @@ def test_old_spellings_still_work_and_name_the_new_form(tmp_path, monkeypatch, c
     assert "deprecated" not in capsys.readouterr().err
     assert [(c.model.num_layers, str(r), str(o)) for c, r, o in exported] == [(3, str(run), str(out))] * 2
     assert cli.main(["export", "--run-dir", str(tmp_path / "none"), "--out", str(out)]) == 2
-    assert "has no recorded config" in capsys.readouterr().err
+    assert "no recorded config" in capsys.readouterr().err
