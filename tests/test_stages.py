@@ -204,7 +204,7 @@ def test_a_damaged_stage_is_rebuilt_not_trusted(reference, tmp_path, capsys, sta
     cfg, ref = reference
     run = RunDir(tmp_path / "run")
     shutil.copytree(ref.root, run.root)
-    assert stages.marker(run, stage)["files"] == stages.files(ref, stage)  # the marker lists the files
+    assert stages.marker(run, stage)["files"] == stages.stage_files(ref, stage)  # the marker lists the files
     damage(run)
     capsys.readouterr()
     pipeline.prepare(cfg, run)

@@ -76,7 +76,7 @@ def done(run: RunDir, stage: str, inputs: dict, *, quiet: bool = False) -> dict 
     return record
 
 
-def files(run: RunDir, stage: str) -> dict[str, int]:
+def stage_files(run: RunDir, stage: str) -> dict[str, int]:
     """Relative name -> size of every file under the stage's directory, but its marker."""
     run = RunDir(run)
     directory, marker_file = run.stage_dir(stage), run.stage_marker(stage)
@@ -99,7 +99,7 @@ def damage(run: RunDir, stage: str, record: dict) -> str | None:
         return None
     run = RunDir(run)
     where = run.stage_dir(stage).relative_to(run.root)
-    now = files(run, stage)
+    now = stage_files(run, stage)
     for name, size in listed.items():
         if name not in now:
             return f"{where}/{name} is gone since the stage was built"
@@ -136,7 +136,7 @@ def build(run: RunDir, stage: str, inputs: dict, write: Callable[[epath.Path], s
     fault_point(stage, "cleared")
     staging.rename(final)
     fault_point(stage, "published")
-    record = {"stage": stage, "inputs": _normal(inputs), "digest": digest, "files": files(run, stage)}
+    record = {"stage": stage, "inputs": _normal(inputs), "digest": digest, "files": stage_files(run, stage)}
     run.stage_marker(stage).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record
 
