@@ -199,13 +199,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, fn, help_text: str, run_dir_help: str = "run directory (default: the config's run_dir)",
-            description: str | None = None, config_default: str = "demo", run_dir_required: bool = False,
-            positional: tuple[str, str] | None = None):
+            description: str | None = None, run_dir_required: bool = False, positional: tuple[str, str] | None = None):
         p = sub.add_parser(name, help=help_text, description=description or help_text)
         if positional:
             p.add_argument(positional[0], help=positional[1])
-        p.add_argument("--config", "-c", default=None, help=f"preset name in configs/ or a YAML path (default: "
-                       f"{config_default}, or the run directory's saved config)")
+        p.add_argument("--config", "-c", default=None, help="preset name in configs/ or a YAML path (default: demo, "
+                       "or the run directory's saved config)")
         p.add_argument("--run-dir", metavar="RUN", default=None, required=run_dir_required, help=run_dir_help)
         # (also takes the old spelling `jaxtrain CMD RUN ...`: cli._legacy_positionals)
         p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. "
