@@ -8,6 +8,13 @@
     jaxtrain eval     --run-dir runs/demo      held-out loss of a checkpoint
     jaxtrain sample   --run-dir runs/demo --prompt "def "
     jaxtrain compile  --config llama-1b --topology v5p-8   AOT compile for a TPU slice: fits in HBM?
+    jaxtrain export   --run-dir runs/demo --out hf-demo     a Hugging Face model directory
+    jaxtrain import-hf path/to/llama --run-dir runs/cont --config llama-1b
+    jaxtrain scaling  sweep --config tiny --base-run runs/tiny --budgets 1e11 3e11
+
+Every command names its run with `--run-dir RUN` (scaling sweep: `--base-run`) and resolves its config
+once (`jaxtrain.runconfig.resolve`); the old `jaxtrain eval RUN` and `jaxtrain export RUN OUT` still
+work and say so.
 
 Overrides are trailing `key=value` pairs: `jaxtrain train --config tiny model.num_layers=4`.
 """
@@ -44,35 +51,53 @@ def _simulated_devices_default() -> None:
         os.environ["XLA_FLAGS"] = f"{flags} --xla_force_host_platform_device_count={n}".strip()
 
 
-def _resolve(args: argparse.Namespace):
+def _legacy_positionals(args: argparse.Namespace, *names: str) -> None:
+    """The old spellings (`jaxtrain eval RUN`, `jaxtrain export RUN OUT`): leading arguments without `=`
+    fill `names` (--run-dir, --out); the command still runs, and a note names the new form."""
+    missing = [name for name in names if not getattr(args, name, None)]
+    given = []
+    while args.overrides and "=" not in args.overrides[0]:
+        if not missing:
+            flag = "--" + names[0].replace("_", "-")
+            raise SystemExit(f"give the run directory once: {args.overrides[0]!r} or {flag} {getattr(args, names[0])!r}")
+        name, value, args.overrides = missing.pop(0), args.overrides[0], args.overrides[1:]
+        setattr(args, name, value)
+        given.append((name, value))
+    if given:
+        old = " ".join(value for _, value in given)
+        new = " ".join(f"--{name.replace('_', '-')} {value}" for name, value in given)
+        args.deprecated = f"`jaxtrain {args.command} {old}` is deprecated; use `jaxtrain {args.command} {new}`"
+
+
+def _resolve(args: argparse.Namespace, *, run_attr: str = "run_dir", data: bool = False, **options):
+    """The command's config, resolved once (jaxtrain.runconfig.Resolved): every command's one entry.
+    `data`: the command runs data stages, so their inputs are checked too."""
     from jaxtrain import runconfig
 
-    if args.overrides and "=" not in args.overrides[0]:  # `jaxtrain eval RUN ...`: a run directory first
-        if getattr(args, "run_dir", None):
-            raise SystemExit(f"give the run directory once: {args.overrides[0]!r} or --run-dir {args.run_dir!r}")
-        args.run_dir, args.overrides = args.overrides[0], args.overrides[1:]
-    args.resolved_run = getattr(args, "run_dir", None)  # where main() writes a traceback
-    cfg, run = runconfig.resolve(args.config, args.overrides, getattr(args, "run_dir", None))
-    args.resolved_run = run
-    return cfg, run
+    if run_attr == "run_dir":
+        _legacy_positionals(args, "run_dir")
+    args.resolved_run = getattr(args, run_attr, None)  # where main() writes a traceback
+    resolved = runconfig.resolve(args.config, args.overrides, args.resolved_run, data=data, **options)
+    args.resolved_run = resolved.run
+    return resolved
 
 
 def cmd_prepare(args) -> None:
     from jaxtrain import pipeline
 
-    pipeline.prepare(*_resolve(args), through="curation")
+    pipeline.prepare(_resolve(args, data=True), through="curation")
 
 
 def cmd_tokenizer(args) -> None:
     from jaxtrain import pipeline
 
-    pipeline.prepare(*_resolve(args), through="tokenizer")
+    pipeline.prepare(_resolve(args, data=True), through="tokenizer")
 
 
 def cmd_tokenize(args) -> None:
     from jaxtrain import pipeline
 
-    pipeline.prepare(*_resolve(args), through="shards")
+    pipeline.prepare(_resolve(args, data=True), through="shards")
 
 
 def cmd_train(args) -> None:
@@ -80,37 +105,32 @@ def cmd_train(args) -> None:
     from jaxtrain.parallel.distributed import initialize_from_env
 
     initialize_from_env(args.coordinator, args.num_processes, args.process_id, args.heartbeat_timeout, args.distributed)
-    cfg, run = _resolve(args)
-    pipeline.train(cfg, run, prepare_data=True, max_steps_this_run=args.max_steps)
+    pipeline.train(_resolve(args, data=True), prepare_data=True, max_steps_this_run=args.max_steps)
 
 
 def cmd_eval(args) -> None:
     from jaxtrain import pipeline
 
-    cfg, run = _resolve(args)
-    pipeline.evaluate_checkpoint(cfg, run, args.step)
+    pipeline.evaluate_checkpoint(_resolve(args), step=args.step)
 
 
 def cmd_sample(args) -> None:
     from jaxtrain import pipeline
 
-    cfg, run = _resolve(args)
-    pipeline.sample(cfg, run, args.prompt, args.step, tokens=args.tokens, temperature=args.temperature,
+    pipeline.sample(_resolve(args), None, args.prompt, args.step, tokens=args.tokens, temperature=args.temperature,
                     top_k=args.top_k, top_p=args.top_p, seed=args.seed)
 
 
 def cmd_run(args) -> None:
     from jaxtrain import pipeline
 
-    cfg, run = _resolve(args)
-    pipeline.run(cfg, run, max_steps_this_run=args.max_steps)
+    pipeline.run(_resolve(args, data=True), max_steps_this_run=args.max_steps)
 
 
 def cmd_compile(args) -> int:
     from jaxtrain.train.aot import compile_for_topology
 
-    cfg, _ = _resolve(args)
-    report = compile_for_topology(cfg, args.topology, num_slices=args.num_slices, assumed_mfu=args.mfu)
+    report = compile_for_topology(_resolve(args).cfg, args.topology, num_slices=args.num_slices, assumed_mfu=args.mfu)
     print(report.render())
     return 0 if report.fits else 3
 
@@ -127,22 +147,24 @@ def cmd_launch(args) -> int:
 
 
 def cmd_export(args) -> None:
-    from jaxtrain.config import load_run_config
     from jaxtrain.export.handoff import export_run
 
-    cfg = load_run_config(args.run, args.overrides)
-    out = export_run(cfg, args.run, pathlib.Path(args.out), args.step)
+    _legacy_positionals(args, "run_dir", "out")
+    if not args.run_dir or not args.out:
+        raise SystemExit("jaxtrain export: give --run-dir RUN and --out OUT")
+    resolved = _resolve(args, require_recorded=True)
+    out = export_run(resolved.cfg, resolved.run, pathlib.Path(args.out), args.step)
     print(f"[export] {args.format} checkpoint written to {out} (model.safetensors, config.json, tokenizer, README.md)")
 
 
 def cmd_import_hf(args) -> None:
-    from jaxtrain.config import load_config
     from jaxtrain.export.handoff import import_hf
 
-    base = load_config(args.config or "demo", args.overrides)
-    cfg = import_hf(pathlib.Path(args.hf_dir), base, args.run_dir, tuple(args.ignore_field or ()))
-    print(f"[import-hf] {args.hf_dir} -> {args.run_dir} (step-0 checkpoint, {cfg.model.num_layers} layers, "
-          f"vocab {cfg.model.vocab_size}); point data.sources at your corpus and run `jaxtrain train --run-dir {args.run_dir}`")
+    resolved = _resolve(args)
+    cfg = import_hf(pathlib.Path(args.hf_dir), resolved.cfg, resolved.run, tuple(args.ignore_field or ()))
+    print(f"[import-hf] {args.hf_dir} -> {resolved.run} (step-0 checkpoint, {cfg.model.num_layers} layers, "
+          f"vocab {cfg.model.vocab_size}); point data.sources at your corpus and run "
+          f"`jaxtrain train --run-dir {resolved.run}`")
 
 
 def cmd_scaling(args) -> None:
@@ -153,13 +175,16 @@ def cmd_scaling(args) -> None:
             raise SystemExit("jaxtrain scaling plan: give --flops, or --chip-hours with --chip (and --mfu)")
         print(sweep.plan(args.flops, args.chip_hours, args.chip, args.mfu, args.constants))
     elif args.action == "sweep":
-        from jaxtrain.config import load_config
-
-        base = load_config(args.config or "tiny", args.overrides)
-        base_run = args.run_dir or base.run_dir
-        pipeline.prepare(base, base_run)
+        if args.legacy_run_dir:
+            if args.base_run:
+                raise SystemExit("jaxtrain scaling sweep: give the base run once, with --base-run")
+            args.base_run = args.legacy_run_dir
+            args.deprecated = (f"`jaxtrain scaling sweep --run-dir {args.base_run}` is deprecated; use "
+                               f"`jaxtrain scaling sweep --base-run {args.base_run}`")
+        base = _resolve(args, run_attr="base_run", data=True, default="tiny")
+        pipeline.prepare(base)
         ladder = [tuple(int(x) for x in rung.split("x")) for rung in args.ladder] if args.ladder else sweep.DEFAULT_LADDER
-        results = sweep.run_sweep(base, pathlib.Path(base_run), pathlib.Path(args.out), args.budgets, ladder)
+        results = sweep.run_sweep(base, pathlib.Path(args.out), args.budgets, ladder)
         print(f"[sweep] {len(results)} runs in {args.out}/sweep.jsonl")
         if len(results) >= 5:
             print(json.dumps(sweep.fit_sweep(results, pathlib.Path(args.out)), indent=2))
@@ -173,13 +198,17 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="jaxtrain", description="Pretrain language models with JAX: data to base model.")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, fn, help_text: str, run_dir_help: str = "run directory (default: the config's run_dir)"):
-        p = sub.add_parser(name, help=help_text, description=help_text)
+    def add(name: str, fn, help_text: str, run_dir_help: str = "run directory (default: the config's run_dir)",
+            description: str | None = None, run_dir_required: bool = False, positional: tuple[str, str] | None = None):
+        p = sub.add_parser(name, help=help_text, description=description or help_text)
+        if positional:
+            p.add_argument(positional[0], help=positional[1])
         p.add_argument("--config", "-c", default=None, help="preset name in configs/ or a YAML path (default: demo, "
                        "or the run directory's saved config)")
-        p.add_argument("--run-dir", default=None, help=run_dir_help)
-        p.add_argument("overrides", nargs="*", metavar="[RUN] key=value",
-                       help="optionally the run directory, then dotted config overrides, e.g. model.num_layers=4")
+        p.add_argument("--run-dir", metavar="RUN", default=None, required=run_dir_required, help=run_dir_help)
+        # (also takes the old spelling `jaxtrain CMD RUN ...`: cli._legacy_positionals)
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted config overrides, e.g. "
+                       "model.num_layers=4")
         p.set_defaults(fn=fn)
         return p
 
@@ -216,24 +245,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--heartbeat-timeout", type=int, default=30)
     p.add_argument("command", nargs=argparse.REMAINDER, help="-- then a jaxtrain subcommand and its arguments")
     p.set_defaults(fn=cmd_launch)
-    p = sub.add_parser("export", help="write a run's checkpoint as a Hugging Face model (safetensors + config + "
-                       "tokenizer + model card)", description="Export for transformers: LlamaForCausalLM or GPT2LMHeadModel.")
-    p.add_argument("run", help="run directory")
-    p.add_argument("out", help="output directory")
+    p = add("export", cmd_export, "write a run's checkpoint as a Hugging Face model (safetensors + config + "
+            "tokenizer + model card)", "the run directory to export (it has config.yaml)",
+            description="Export for transformers: LlamaForCausalLM or GPT2LMHeadModel.")
+    p.add_argument("--out", metavar="OUT", default=None, help="output directory")
     p.add_argument("--format", choices=["hf"], default="hf")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides (rarely needed)")
-    p.set_defaults(fn=cmd_export)
-    p = sub.add_parser("import-hf", help="start a run from a Hugging Face Llama checkpoint (continued pretraining)",
-                       description="Create a run directory whose step-0 checkpoint holds a HF Llama model's weights.")
-    p.add_argument("hf_dir", help="directory with config.json, *.safetensors and tokenizer.json (with "
-                   "tokenizer_config.json) or tokenizer.model")
-    p.add_argument("--run-dir", required=True)
+    p = add("import-hf", cmd_import_hf, "start a run from a Hugging Face Llama checkpoint (continued pretraining)",
+            "the new run directory", description="Create a run directory whose step-0 checkpoint holds a HF Llama "
+            "model's weights; data, optimizer and mesh settings come from --config.", run_dir_required=True,
+            positional=("hf_dir", "directory with config.json, *.safetensors and tokenizer.json (with "
+                        "tokenizer_config.json) or tokenizer.model"))
     p.add_argument("--ignore-field", action="append", metavar="FIELD",
                    help="a config.json field you know does not change the computation (unknown fields are refused)")
-    p.add_argument("--config", "-c", default=None, help="base preset for data/optimizer/mesh settings (default demo)")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.set_defaults(fn=cmd_import_hf)
     p = sub.add_parser("scaling", help="scaling laws: plan a compute-optimal run, sweep a ladder, fit L(N, D)",
                        description="plan: N and D for a budget; sweep: IsoFLOP ladder of real runs; fit: law constants.")
     p.add_argument("action", choices=["plan", "sweep", "fit"])
@@ -242,8 +266,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--chip", choices=sorted(CHIPS), help="plan: chip whose bf16 peak sets the FLOPs")
     p.add_argument("--mfu", type=float, default=0.4, help="plan: assumed model FLOPs utilization")
     p.add_argument("--constants", help="plan: scaling_fit.json from `scaling fit` (default: Epoch AI constants)")
-    p.add_argument("--config", "-c", default=None, help="sweep: base preset (default tiny)")
-    p.add_argument("--run-dir", default=None, help="sweep: base run directory holding the prepared data")
+    p.add_argument("--config", "-c", default=None, help="sweep: base preset (default: tiny, or the base run's "
+                   "saved config)")
+    p.add_argument("--base-run", metavar="RUN", default=None, help="sweep: the base run directory, whose prepared data and "
+                   "tokenizer every rung shares (default: the config's run_dir)")
+    p.add_argument("--run-dir", dest="legacy_run_dir", default=None, help=argparse.SUPPRESS)  # old name of --base-run
     p.add_argument("--budgets", type=float, nargs="+", default=[3e12, 1e13], help="sweep: FLOP budgets")
     p.add_argument("--ladder", nargs="+", metavar="LAYERSxWIDTH", help="sweep: model sizes, e.g. 1x16 2x32 (default: 5 rungs)")
     p.add_argument("--out", default="runs/scaling", help="sweep/fit: output directory")
@@ -324,6 +351,8 @@ def main(argv: list[str] | None = None) -> int:
             raise  # a bug: the full traceback
         print(f"error: {line} (traceback: {_write_traceback(args)})", file=sys.stderr)
         return 2
+    if getattr(args, "deprecated", None):  # after the work: a refused command's error stays one line
+        print(f"note: {args.deprecated}", file=sys.stderr)
     return code or 0
 
 

@@ -6,8 +6,9 @@
     run(cfg, run)            all of the above, then the unigram comparison and a sample
     evaluate_checkpoint(...) `jaxtrain eval`;  sample(...) `jaxtrain sample`
 
-The mesh is built first, so a config that cannot run on these devices is
-refused before any data work starts.
+Each takes the command's `runconfig.Resolved` (the config read and checked once, as the command
+line passes it) or a plain (cfg, run_dir), which it resolves once itself. The mesh is built
+first, so a config that cannot run on these devices is refused before any data work starts.
 """
 
 from __future__ import annotations
@@ -38,14 +39,15 @@ class DataNotPrepared(JaxtrainError):
     """A pod was started on a run directory whose data stages have not run."""
 
 
-def prepare(cfg: RunConfig, run_dir: str | RunDir, through: str = "tasks") -> None:
+def prepare(cfg: RunConfig | runconfig.Resolved, run_dir: str | RunDir | None = None, through: str = "tasks") -> None:
     """The data stages up to `through` (curation, tokenizer, shards, tasks), each skipped when done
-    with the same inputs; the config is checked against the run's and recorded first. A pod does not
-    curate or tokenize (its hosts would wait, accelerators idle, while one host does CPU work): it
-    refuses unprepared data before any work."""
-    run = RunDir(run_dir)
+    with the same inputs; the config is resolved (checked against the run's, data inputs checked)
+    once, unless it comes resolved, and recorded first. A pod does not curate or tokenize (its hosts
+    would wait, accelerators idle, while one host does CPU work): it refuses unprepared data before
+    any work."""
+    resolved = runconfig.given(cfg, run_dir, data=True)
+    cfg, run = resolved.cfg, resolved.run
     last = stages.STAGES.index(through)
-    runconfig.check(cfg, run)
     if jax.process_count() > 1:
         missing = data_prepare.missing_stages(run)
         if missing:
@@ -57,11 +59,10 @@ def prepare(cfg: RunConfig, run_dir: str | RunDir, through: str = "tasks") -> No
             prepare_tasks(run, cfg.eval.task_examples, cfg.data.shuffle_seed)  # seconds of work
         multihost_utils.sync_global_devices("jaxtrain:data-prepared")
         return
-    if line := runconfig.describe_changes(cfg, run):
+    if line := resolved.describe_changes():
         log(line)
-    data_prepare.check_inputs(cfg.data, cfg.tokenizer, run)  # before the first stage
-    runconfig.record_for_data(cfg, run)
-    data_prepare.prepare_corpus(cfg.data, run)
+    resolved.record_for_data()
+    data_prepare.prepare_corpus(cfg.data, run, inputs_checked=True)
     if last >= stages.STAGES.index("tokenizer"):
         data_prepare.prepare_tokenizer(cfg.tokenizer, cfg.data, cfg.model.vocab_size, run)
     if last >= stages.STAGES.index("shards"):
@@ -70,12 +71,16 @@ def prepare(cfg: RunConfig, run_dir: str | RunDir, through: str = "tasks") -> No
         prepare_tasks(run, cfg.eval.task_examples, cfg.data.shuffle_seed)
 
 
-def train(cfg: RunConfig, run_dir: str | RunDir, *, devices: list | None = None, prepare_data: bool = False,
-          max_steps_this_run: int | None = None, fault_injector: loop.FaultInjector | None = None) -> dict:
-    """Train with in-loop evaluation. With prepare_data the data stages run first (after the mesh checks)."""
+def train(cfg: RunConfig | runconfig.Resolved, run_dir: str | RunDir | None = None, *, devices: list | None = None,
+          prepare_data: bool = False, max_steps_this_run: int | None = None,
+          fault_injector: loop.FaultInjector | None = None) -> dict:
+    """Train with in-loop evaluation, the config resolved once (unless it comes resolved). With
+    prepare_data the data stages run first (after the mesh checks)."""
+    resolved = runconfig.given(cfg, run_dir)
+    cfg, run_dir = resolved.cfg, resolved.run
     mesh = build_mesh(cfg, devices)
     if prepare_data:
-        prepare(cfg, run_dir)
+        prepare(resolved)
     session = build_session(cfg, run_dir, mesh=mesh)  # the Trainer is built by the loop, once its plan is known
     writer = MetricsWriter.for_run(cfg, session.run)
     evaluator = Evaluator(session, writer)
@@ -84,10 +89,13 @@ def train(cfg: RunConfig, run_dir: str | RunDir, *, devices: list | None = None,
     return {**result, "evaluator": evaluator}
 
 
-def run(cfg: RunConfig, run_dir: str | RunDir, *, max_steps_this_run: int | None = None) -> dict:
+def run(cfg: RunConfig | runconfig.Resolved, run_dir: str | RunDir | None = None, *,
+        max_steps_this_run: int | None = None) -> dict:
     """The whole pipeline on one config, then the comparison that says it learned something."""
     start = time.perf_counter()
-    result = train(cfg, run_dir, prepare_data=True, max_steps_this_run=max_steps_this_run)
+    resolved = runconfig.given(cfg, run_dir)
+    cfg, run_dir = resolved.cfg, resolved.run
+    result = train(resolved, prepare_data=True, max_steps_this_run=max_steps_this_run)
     evaluator: Evaluator = result["evaluator"]
     final = result["eval"] or evaluator.evaluate(result["state"].params)
     unigram = evaluator.unigram_baseline()
@@ -98,8 +106,10 @@ def run(cfg: RunConfig, run_dir: str | RunDir, *, max_steps_this_run: int | None
     return result
 
 
-def evaluate_checkpoint(cfg: RunConfig, run_dir: str | RunDir, step: int | None = None) -> dict:
+def evaluate_checkpoint(cfg: RunConfig | runconfig.Resolved, run_dir: str | RunDir | None = None,
+                        step: int | None = None) -> dict:
     """`jaxtrain eval`: a checkpoint's held-out loss and tasks, recorded as an offline eval."""
+    cfg, run_dir = runconfig.given(cfg, run_dir)
     session, params, step = load_params(cfg, run_dir, step)
     writer = MetricsWriter.for_run(cfg, session.run)
     evaluator = Evaluator(session, writer)
@@ -128,7 +138,9 @@ def print_samples(session: ModelSession, params: Any, step: int, prompts: list[s
         log(f"--- sample (step {step}, prompt {prompt!r}) ---\n{prompt}{tokenizer.decode(ids)}\n---")
 
 
-def sample(cfg: RunConfig, run_dir: str | RunDir, prompts: list[str], step: int | None = None, **options) -> None:
+def sample(cfg: RunConfig | runconfig.Resolved, run_dir: str | RunDir | None, prompts: list[str],
+           step: int | None = None, **options) -> None:
+    cfg, run_dir = runconfig.given(cfg, run_dir)
     session, params, step = load_params(cfg, run_dir, step)
     print_samples(session, params, step, prompts or [cfg.eval.sample_prompt], **options)
 

@@ -1,9 +1,11 @@
 """One config per run directory: the first command records it; later commands use it, or are
 refused when they change what the run already depends on.
 
-    resolve(config, overrides, run_dir)   the config a command runs with (the CLI's only entry)
+    resolve(config, overrides, run_dir)   the config a command runs with, as a `Resolved` (every command's
+                                          one entry: RUN/config.yaml is read once, the checks run once)
+    given(cfg, run_dir)                   the same for a library call's (cfg, run_dir); a Resolved passes through
     check(cfg, run)                       refuse a config the run directory cannot honour
-    record_for_data(cfg, run)             the data stages record what they build from
+    Resolved.record_for_data()            the data stages record what they build from
     record(cfg, run)                      write RUN/config.yaml (atomically); the training path
                                           calls it once training has started with `cfg`
 
@@ -22,51 +24,111 @@ already holds:
 
 from __future__ import annotations
 
+import copy
 import dataclasses
-from typing import Any
+from typing import Any, Iterator
 
-from jaxtrain.config import (
-    RunConfig,
-    load_config,
-    load_run_config,
-    save_config,
-    to_dict,
-)
+import jax
+
+from jaxtrain import yamlconf
+from jaxtrain.config import RunConfig, from_dict, load_config, preset_path, save_config, to_dict
+from jaxtrain.data import prepare as data_prepare
 from jaxtrain.errors import ConfigError
 from jaxtrain.rundir import RunDir
 
 DEFAULT_PRESET = "demo"  # what a command runs with when given neither --config nor a recorded run
 
 
+@dataclasses.dataclass(frozen=True)
+class Resolved:
+    """A command's config, resolved once (`resolve`, `given`) and handed to every stage it runs.
+
+    `recorded` is RUN/config.yaml as read at resolution (None: the run has none yet); `check`
+    has passed against it. `inputs_checked`: the data inputs (source globs, tokenizer file) were
+    checked too (`data_prepare.check_inputs`), as the commands that run data stages ask.
+    Unpacks as `cfg, run = resolve(...)`."""
+
+    cfg: RunConfig
+    run: RunDir
+    recorded: RunConfig | None
+    inputs_checked: bool = False
+
+    def __iter__(self) -> Iterator:
+        return iter((self.cfg, self.run))
+
+    def with_inputs_checked(self) -> "Resolved":
+        """The data inputs checked, once (a pod does not prepare data: it checks none)."""
+        if self.inputs_checked:
+            return self
+        if jax.process_count() == 1:
+            data_prepare.check_inputs(self.cfg.data, self.cfg.tokenizer, self.run)
+        return dataclasses.replace(self, inputs_checked=True)
+
+    def describe_changes(self) -> str | None:
+        return _describe_changes(self.cfg, self.run, self.recorded)
+
+    def record_for_data(self) -> None:
+        _record_for_data(self.cfg, self.run, self.recorded)
+
+
+def read_recorded(run: RunDir) -> dict | None:
+    """RUN/config.yaml's values (with its `base:` chain), or None when the run has none. The only
+    reader of a run's recorded config here."""
+    run = RunDir(run)
+    return yamlconf.load_yaml(run.config, preset_path) if run.config.exists() else None
+
+
 def recorded(run: RunDir) -> RunConfig | None:
     """The run directory's recorded config, or None when it has none."""
-    run = RunDir(run)
-    return load_run_config(run.root) if run.config.exists() else None
+    values = read_recorded(run)
+    return None if values is None else from_dict(values)
 
 
-def resolve(config: str | None, overrides: list[str] | tuple[str, ...], run_dir: str | None
-            ) -> tuple[RunConfig, RunDir]:
-    """The config a command runs with, and its run directory; refused (ConfigError) before any work
-    when the run directory cannot honour it."""
-    if config is None and run_dir is not None:
-        run = RunDir(run_dir)
-        if run.config.exists():
-            cfg = load_run_config(run.root, overrides)
-        elif _holds_outputs(run):
-            raise ConfigError(f"--run-dir {run}: the run directory has data or checkpoints but no recorded config "
-                              f"({run.config}); give --config with the config it was made with.")
-        else:
-            cfg = load_config(DEFAULT_PRESET, overrides)
+def resolve(config: str | None, overrides: list[str] | tuple[str, ...], run_dir: str | None, *,
+            data: bool = False, default: str = DEFAULT_PRESET, require_recorded: bool = False) -> Resolved:
+    """The config a command runs with, and its run directory, read and checked once; refused
+    (ConfigError) before any work when the run directory cannot honour it. With `data` the data
+    inputs are checked too. `require_recorded`: a command that reads a finished run (export) refuses
+    a directory without RUN/config.yaml."""
+    run = RunDir(run_dir) if run_dir else None
+    values = read_recorded(run) if run is not None else None
+    old = None if values is None else from_dict(copy.deepcopy(values))
+    if config is None and run is not None and values is not None:
+        cfg = from_dict(yamlconf.apply_overrides(values, overrides))
+    elif config is None and run is not None and _holds_outputs(run):
+        raise ConfigError(f"--run-dir {run}: the run directory has data or checkpoints but no recorded config "
+                          f"({run.config}); give --config with the config it was made with.")
+    elif config is None and run is not None and require_recorded:
+        raise ConfigError(f"--run-dir {run}: no recorded config ({run.config}); is it a jaxtrain run directory?")
     else:
-        cfg = load_config(config or DEFAULT_PRESET, overrides)
-    run = RunDir(run_dir or cfg.run_dir)
-    check(cfg, run)
-    return cfg, run
+        cfg = load_config(config or default, overrides)
+    if run is None:  # the config names its run directory
+        run = RunDir(cfg.run_dir)
+        old = recorded(run)
+    return _resolved(cfg, run, old, data)
+
+
+def given(cfg: RunConfig | Resolved, run_dir: str | RunDir | None = None, *, data: bool = False) -> Resolved:
+    """A library call's (cfg, run_dir) resolved once, like a command's config; a Resolved passes through
+    (its inputs checked now if `data` asks and they were not)."""
+    if isinstance(cfg, Resolved):
+        return cfg.with_inputs_checked() if data else cfg
+    run = RunDir(run_dir if run_dir is not None else cfg.run_dir)
+    return _resolved(cfg, run, recorded(run), data)
+
+
+def _resolved(cfg: RunConfig, run: RunDir, old: RunConfig | None, data: bool) -> Resolved:
+    _check(cfg, run, old)
+    resolved = Resolved(cfg, run, old)
+    return resolved.with_inputs_checked() if data else resolved
 
 
 def check(cfg: RunConfig, run: RunDir) -> None:
     """Refuse a config that changes the data or tokenizer of a run whose training has started."""
-    old = recorded(run)
+    _check(cfg, run, recorded(run))
+
+
+def _check(cfg: RunConfig, run: RunDir, old: RunConfig | None) -> None:
     if old is None:
         return
     changed = stage_keys(old, cfg)
@@ -86,22 +148,24 @@ def record(cfg: RunConfig, run: RunDir) -> None:
 
 
 def record_for_data(cfg: RunConfig, run: RunDir) -> None:
+    """`Resolved.record_for_data` for a plain (cfg, run)."""
+    given(cfg, run).record_for_data()
+
+
+def _record_for_data(cfg: RunConfig, run: RunDir, old: RunConfig | None) -> None:
     """What the data stages record before they run: the whole config while the run has no
     checkpoint; after that only the data and tokenizer sections, and only when they change (the
-    rest is recorded by the training path once training has started with it)."""
-    run = RunDir(run)
-    old = recorded(run)
+    rest is recorded by the training path once training has started with it). `cfg` has passed
+    `check` against `old` (resolution)."""
     if old is None or not _checkpoint_dirs(run):
         if old != cfg:
             record(cfg, run)
     elif stage_keys(old, cfg):
-        check(cfg, run)
         record(dataclasses.replace(old, data=cfg.data, tokenizer=cfg.tokenizer), run)
 
 
-def describe_changes(cfg: RunConfig, run: RunDir) -> str | None:
+def _describe_changes(cfg: RunConfig, run: RunDir, old: RunConfig | None) -> str | None:
     """A log line naming the settings that differ from the recorded config, or None."""
-    old = recorded(run)
     changed = changed_keys(old, cfg) if old is not None else {}
     changed.pop("run_dir", None)
     changed.pop("name", None)

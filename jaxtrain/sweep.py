@@ -20,6 +20,7 @@ from typing import Sequence
 from jaxtrain import hardware, pipeline
 from jaxtrain.config import CONFIG_DIR, RunConfig, load_config
 from jaxtrain.rundir import RunDir
+from jaxtrain.runconfig import Resolved
 from jaxtrain.scaling import laws
 from jaxtrain.scaling.flops import flops_per_token, matmul_params
 from jaxtrain.utils import log
@@ -49,9 +50,10 @@ def rung_config(base: RunConfig, layers: int, width: int, budget: float, run_dir
 
 
 def run_sweep(
-    base: RunConfig, base_run: pathlib.Path, out_dir: pathlib.Path, budgets: Sequence[float],
-    ladder: Sequence[tuple[int, int]] = DEFAULT_LADDER,
+    base: Resolved, out_dir: pathlib.Path, budgets: Sequence[float], ladder: Sequence[tuple[int, int]] = DEFAULT_LADDER,
 ) -> list[dict]:
+    """Train every (budget, rung) not yet in out_dir/sweep.jsonl; `base` is the resolved base run (its config
+    and its prepared data)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     results_path = out_dir / "sweep.jsonl"
     done = {(r["flops"], r["layers"], r["width"]) for r in read_results(results_path)}
@@ -60,8 +62,8 @@ def run_sweep(
             if (budget, layers, width) in done:
                 continue
             run_dir = out_dir / f"C{budget:.0e}-L{layers}-D{width}"
-            cfg = rung_config(base, layers, width, budget, run_dir)
-            source, target = RunDir(base_run), RunDir(run_dir)
+            cfg = rung_config(base.cfg, layers, width, budget, run_dir)
+            source, target = base.run, RunDir(run_dir)
             # the base run's prepared data and tokenizer, shared by every rung
             for src, dst in ((source.data, target.data), (source.tokenizer.parent, target.tokenizer.parent)):
                 if not dst.exists():

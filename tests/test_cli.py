@@ -58,3 +58,36 @@ def test_whole_pipeline_then_resume_eval_and_sample(tmp_path):
     last = refused.stderr.strip().splitlines()[-1]  # (libraries may log warnings on import before it)
     assert refused.returncode == 2 and last.startswith("config error: data.min_chars: differ from"), refused.stderr
     assert "trained to step 14" in last
+
+
+@pytest.mark.parametrize("command", ["run", "prepare", "tokenizer", "tokenize", "train", "eval", "sample", "compile",
+                                     "export", "import-hf", "scaling"])
+def test_help_names_a_run_one_way(command, capsys):
+    """Issue 19: `--run-dir RUN` for every command (scaling's base run: `--base-run RUN`); the old
+    spellings are not advertised."""
+    with pytest.raises(SystemExit):
+        cli.main([command, "--help"])
+    out = capsys.readouterr().out
+    assert ("--base-run RUN" if command == "scaling" else "--run-dir RUN") in out
+    assert "[RUN]" not in out and "--run-dir RUN_DIR" not in out and (command != "scaling" or "--run-dir" not in out)
+    assert command != "export" or "--out OUT" in out
+
+
+def test_old_spellings_still_work_and_name_the_new_form(tmp_path, monkeypatch, capsys):
+    from jaxtrain.config import load_config, save_config
+    from jaxtrain.export import handoff
+    from jaxtrain.rundir import RunDir
+
+    run, out = tmp_path / "run", tmp_path / "out"
+    save_config(load_config("tiny", ["model.num_layers=3"]), RunDir(run).config)
+    exported = []
+    monkeypatch.setattr(handoff, "export_run", lambda cfg, run, out, step: exported.append((cfg, run, out)) or out)
+    assert cli.main(["export", str(run), str(out)]) == 0
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == (f"note: `jaxtrain export {run} {out}` is deprecated; use "
+                                            f"`jaxtrain export --run-dir {run} --out {out}`")
+    assert cli.main(["export", "--run-dir", str(run), "--out", str(out)]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert [(c.model.num_layers, str(r), str(o)) for c, r, o in exported] == [(3, str(run), str(out))] * 2
+    assert cli.main(["export", "--run-dir", str(tmp_path / "none"), "--out", str(out)]) == 2
+    assert "no recorded config" in capsys.readouterr().err

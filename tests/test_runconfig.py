@@ -1,18 +1,22 @@
 """One config per run directory, checks before work, one-line expected failures (#16)."""
 
+import collections
 import errno
 import os
 import re
+import shutil
 
 import pytest
 import yaml
 
-from jaxtrain import cli, runconfig
+from jaxtrain import cli, runconfig, yamlconf
 from jaxtrain.config import load_config
 from jaxtrain.data import curation_report, shards, stages
+from jaxtrain.data import prepare as data_prepare
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.errors import ConfigError, expected_failure
 from jaxtrain.rundir import RunDir
+from jaxtrain.train import loop
 
 
 def _docs(directory, n, word):
@@ -164,3 +168,69 @@ def test_expected_failures_are_found_inside_wrapped_errors():
     assert expected_failure(ValueError("RESOURCE_EXHAUSTED: writing gs://b/ckpt/7: quota")).startswith(
         "RESOURCE_EXHAUSTED: writing gs://b/ckpt/7: quota; the disk is full")
     assert expected_failure(KeyError("train_stdlib_code")) is None  # a bug keeps its traceback
+
+
+class _Stop(Exception):
+    """Ends a command where the test has seen what it needs."""
+
+
+def _count_calls(monkeypatch, targets) -> collections.Counter:
+    calls = collections.Counter()
+    for module, name in targets:
+        original = getattr(module, name)
+
+        def counted(*args, _original=original, _name=name, **kwargs):
+            calls[_name] += 1
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(module, name, counted)
+    return calls
+
+
+@pytest.mark.parametrize("command", ["prepare", "train"])
+def test_a_command_resolves_and_checks_its_config_once(prepared_run, tmp_path, monkeypatch, command):
+    """Issue 19: from the command line into `prepare` and into training, RUN/config.yaml is read once,
+    the run check and the input checks run once."""
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(prepared_run, run.root)
+    reads = []
+    load_yaml = yamlconf.load_yaml
+    monkeypatch.setattr(yamlconf, "load_yaml", lambda path, *a: reads.append(str(path)) or load_yaml(path, *a))
+    calls = _count_calls(monkeypatch, [(runconfig, "resolve"), (runconfig, "_check"), (runconfig, "read_recorded"),
+                                       (data_prepare, "check_inputs"), (data_prepare, "check_tokenizer_file")])
+    if command == "train":  # up to the first step: resumed (none), recorded, then stopped
+        monkeypatch.setattr(loop, "_Loop", lambda *a, **k: (_ for _ in ()).throw(_Stop()))
+        with pytest.raises(_Stop):
+            cli.main(["train", "--run-dir", str(run), "train.steps=2"])
+    else:
+        assert cli.main(["prepare", "--run-dir", str(run), "train.steps=2"]) == 0
+    assert reads.count(str(run.config)) == 1, reads
+    assert calls == {"resolve": 1, "_check": 1, "read_recorded": 1, "check_inputs": 1, "check_tokenizer_file": 1}
+    assert runconfig.recorded(run).train.steps == 2  # recorded: the walk got there (train: into the loop)
+
+
+def test_export_import_and_scaling_go_through_the_same_resolution(tmp_path, monkeypatch, capsys):
+    seen = []
+
+    def resolve(config, overrides, run_dir, **options):
+        seen.append((config, list(overrides), str(run_dir), options))
+        raise _Stop()
+
+    monkeypatch.setattr(runconfig, "resolve", resolve)
+    run, out = str(tmp_path / "run"), str(tmp_path / "out")
+    for argv in (["export", "--run-dir", run, "--out", out, "model.dtype=float32"],
+                 ["export", run, out, "model.dtype=float32"],  # the old spelling
+                 ["import-hf", str(tmp_path / "hf"), "--run-dir", run, "--config", "tiny"],
+                 ["scaling", "sweep", "--base-run", run, "--config", "tiny"],
+                 ["scaling", "sweep", "--run-dir", run, "--config", "tiny"],  # the old name of --base-run
+                 ["eval", run, "--step", "2"]):
+        with pytest.raises(_Stop):
+            cli.main(argv)
+    assert seen == [
+        (None, ["model.dtype=float32"], run, {"data": False, "require_recorded": True}),
+        (None, ["model.dtype=float32"], run, {"data": False, "require_recorded": True}),
+        ("tiny", [], run, {"data": False}),
+        ("tiny", [], run, {"data": True, "default": "tiny"}),
+        ("tiny", [], run, {"data": True, "default": "tiny"}),
+        (None, [], run, {"data": False}),
+    ]

@@ -2,6 +2,8 @@
 uninterrupted run (hook that raises in-process; a real SIGKILL of a subprocess for tokenize)."""
 
 import hashlib
+import json
+import pathlib
 import shutil
 import signal
 import subprocess
@@ -184,3 +186,42 @@ def _with(cfg, *overrides):
             node = node[part]
         node[parts[-1]] = yaml.safe_load(value)
     return from_dict(values)
+
+
+def _truncate(path):
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+
+
+@pytest.mark.parametrize("stage,damage,says", [
+    ("tokenizer", lambda run: _truncate(run.tokenizer), "tokenizer/tokenizer.model changed size since it was built"),
+    ("shards", lambda run: next(pathlib.Path(run.tfds).rglob("*.array_record*")).unlink(), "is gone since"),
+    ("curation", lambda run: (run.clean / "stray.jsonl").write_text("{}\n"), "data/clean/stray.jsonl was added"),
+])
+def test_a_damaged_stage_is_rebuilt_not_trusted(reference, tmp_path, capsys, stage, damage, says):
+    """A published stage damaged after its marker was written (a file deleted, truncated, added) is
+    rebuilt on the next run, with a line saying why; the outputs are those of an undamaged run."""
+    cfg, ref = reference
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(ref.root, run.root)
+    assert stages.marker(run, stage)["files"] == stages.stage_files(ref, stage)  # the marker lists the files
+    damage(run)
+    capsys.readouterr()
+    pipeline.prepare(cfg, run)
+    out = capsys.readouterr().out
+    assert f"[{stage}] " in out and says in out and "; rebuilding" in out, out
+    assert _outputs(run) == _outputs(ref)
+    assert stages.damage(run, stage, stages.marker(run, stage)) is None
+
+
+def test_a_marker_without_a_file_list_is_trusted(reference, tmp_path):
+    """Markers written before the file list: reused as before (their files are not compared)."""
+    cfg, ref = reference
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(ref.root, run.root)
+    record = stages.marker(run, "tokenizer")
+    del record["files"]
+    run.stage_marker("tokenizer").write_text(json.dumps(record))
+    (run.tokenizer_dir / "notes.txt").write_text("a file the old marker does not know")
+    pipeline.prepare(cfg, run, through="tokenizer")
+    assert stages.marker(run, "tokenizer") == record and (run.tokenizer_dir / "notes.txt").exists()

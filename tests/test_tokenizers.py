@@ -1,6 +1,7 @@
 """Special-token ids come from the tokenizer, and the exported tokenizer is read exactly by transformers."""
 
 import json
+import re
 import shutil
 
 import numpy as np
@@ -105,3 +106,28 @@ def test_exported_sentencepiece_tokenizer_is_read_exactly_by_transformers(prepar
         assert theirs.encode(text) == [ours.bos_id, *ids], text
         assert theirs.encode(text, add_special_tokens=False) == ids, text
         assert theirs.decode(ids) == ours.decode(ids) == text, text
+
+
+@pytest.mark.parametrize("vocab,says", [
+    (4096, r"tokenizer\.vocab_size=4096: the corpus can fill at most (\d+) pieces; set tokenizer\.vocab_size<=(\d+) "
+           r"\(and model\.vocab_size to match\) or add data"),
+    (100, r"tokenizer\.vocab_size=100: the corpus's characters, the byte pieces and the special pieces need (\d+); "
+          r"set tokenizer\.vocab_size>=(\d+) \(and model\.vocab_size to match\)"),
+])
+def test_a_vocabulary_the_corpus_cannot_fill_is_one_line_naming_the_size_that_works(prepared_run, tmp_path, capsys,
+                                                                                     vocab, says):
+    """sentencepiece's refusals ("Vocabulary size too high (4096). Please set it to a value <= N", "smaller
+    than required_chars") as one config error naming the key and a value that works, not a traceback."""
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(RunDir(prepared_run).clean, run.clean)  # the finished curation stage (with its marker)
+    shutil.copy(RunDir(prepared_run).config, run.config)
+    sizes = [f"tokenizer.vocab_size={vocab}", f"model.vocab_size={vocab}", "tokenizer.sample_bytes=4000"]
+    assert cli.main(["tokenizer", "--run-dir", str(run), *sizes]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("config error: ") and err.count("\n") == 1, err
+    found = re.search(says, err)
+    assert found and found[1] == found[2], err
+    works = int(found[1])
+    assert cli.main(["tokenizer", "--run-dir", str(run), f"tokenizer.vocab_size={works}",
+                     f"model.vocab_size={works}", "tokenizer.sample_bytes=4000"]) == 0
+    assert tok.load(run.tokenizer).vocab_size == works

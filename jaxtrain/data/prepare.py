@@ -35,11 +35,16 @@ class AccountingError(JaxtrainError):
 
 def check_inputs(d: DataConfig, t: TokenizerConfig | None = None, run: RunDir | None = None) -> None:
     """Refuse sources and files that cannot produce anything, before any work starts (the source
-    globs only while curation still has to run: a finished corpus does not need them)."""
+    globs only while curation still has to run: a finished corpus does not need them). Run once,
+    when a command's config is resolved (`jaxtrain.runconfig`)."""
     if t is not None:
         check_tokenizer_file(t)
-    if run is not None and stages.done(run, "curation", d.curation_inputs()):
+    if run is not None and stages.done(run, "curation", d.curation_inputs(), quiet=True):
         return
+    check_sources(d)
+
+
+def check_sources(d: DataConfig) -> None:
     for i, s in enumerate(d.sources):
         if s.type == "files" and not files.readable_matches(s.path):
             raise ConfigError(
@@ -68,14 +73,16 @@ def check_accounting(report: dict, where: epath.Path) -> None:
             )
 
 
-def prepare_corpus(d: DataConfig, run: RunDir) -> dict:
-    """Curate (Beam pipeline) into data/clean: per-source JSONL splits, ledger and report."""
+def prepare_corpus(d: DataConfig, run: RunDir, *, inputs_checked: bool = False) -> dict:
+    """Curate (Beam pipeline) into data/clean: per-source JSONL splits, ledger and report. The sources
+    are checked first unless the caller's resolution did (`inputs_checked`)."""
     run = RunDir(run)
     inputs = d.curation_inputs()
     if stages.done(run, "curation", inputs):
         log(f"[prepare] reusing cleaned corpus in {run.clean}")
         return json.loads(run.curation_report.read_text())
-    check_inputs(d)
+    if not inputs_checked:
+        check_sources(d)
     start = time.perf_counter()
     log(f"[prepare] curating {len(d.sources)} sources (Apache Beam, {d.curate_workers} worker(s))")
     report: dict = {}
@@ -122,8 +129,9 @@ def tokenizer_inputs(t: TokenizerConfig, run: RunDir) -> dict:
 
 
 def prepare_tokenizer(t: TokenizerConfig, d: DataConfig, model_vocab_size: int, run: RunDir) -> epath.Path:
+    """Train (or install tokenizer.model_file) into tokenizer/; tokenizer.model_file was checked when the
+    config was resolved (`check_inputs`)."""
     run = RunDir(run)
-    check_tokenizer_file(t)
     inputs = tokenizer_inputs(t, run)
     if stages.done(run, "tokenizer", inputs):
         log(f"[tokenizer] reusing {run.tokenizer} (fingerprint {tok.fingerprint(run.tokenizer)})")

@@ -9,6 +9,10 @@ otherwise whatever is in its directory (a half-built `.partial`, a published dir
 marker never came, outputs of other inputs) is removed and the stage is built again. On gs://
 a rename is a copy, not atomic, which is why the marker, not the rename, says "done".
 
+The marker also lists the stage's files (relative names and sizes). A stage whose marker is
+there but whose files no longer match it (one deleted, truncated or added since) is redone, with
+a log line saying which file; markers written before the list existed are trusted as they are.
+
 A stage's inputs include the digests of the stages it reads, so a redone stage whose output
 changed makes everything after it stale, and one that came out identical (curation and
 tokenizer training are deterministic) does not.
@@ -28,6 +32,7 @@ from etils import epath
 
 from jaxtrain.errors import JaxtrainError
 from jaxtrain.rundir import RunDir
+from jaxtrain.utils import log
 
 STAGES = ("curation", "tokenizer", "shards", "tasks")  # in pipeline order
 COMMANDS = {"curation": "prepare", "tokenizer": "tokenizer", "shards": "tokenize", "tasks": "train"}
@@ -57,10 +62,54 @@ def marker(run: RunDir, stage: str) -> dict | None:
     return record if isinstance(record, dict) and "inputs" in record else None
 
 
-def done(run: RunDir, stage: str, inputs: dict) -> dict | None:
-    """The marker when the stage was finished with these inputs, else None."""
+def done(run: RunDir, stage: str, inputs: dict, *, quiet: bool = False) -> dict | None:
+    """The marker when the stage was finished with these inputs and its files are still those it
+    published, else None (logging why a finished stage's files no longer count, unless quiet)."""
     record = marker(run, stage)
-    return record if record is not None and record["inputs"] == _normal(inputs) else None
+    if record is None or record["inputs"] != _normal(inputs):
+        return None
+    reason = damage(run, stage, record)
+    if reason is not None:
+        if not quiet:
+            log(f"[{stage}] {reason}; rebuilding")
+        return None
+    return record
+
+
+def stage_files(run: RunDir, stage: str) -> dict[str, int]:
+    """Relative name -> size of every file under the stage's directory, but its marker."""
+    run = RunDir(run)
+    directory, marker_file = run.stage_dir(stage), run.stage_marker(stage)
+    out: dict[str, int] = {}
+    pending = [directory] if directory.exists() else []
+    while pending:
+        for path in pending.pop().iterdir():
+            if path.is_dir():
+                pending.append(path)
+            elif path != marker_file:
+                out[str(path.relative_to(directory))] = path.stat().length
+    return dict(sorted(out.items()))
+
+
+def damage(run: RunDir, stage: str, record: dict) -> str | None:
+    """Why the stage's files no longer match its marker (deleted, changed size, added), or None.
+    A marker without a file list (written before it existed) is trusted."""
+    listed = record.get("files")
+    if listed is None:
+        return None
+    run = RunDir(run)
+    where = run.stage_dir(stage).relative_to(run.root)
+    now = stage_files(run, stage)
+    for name, size in listed.items():
+        if name not in now:
+            return f"{where}/{name} is gone since the stage was built"
+        if now[name] != size:
+            return f"{where}/{name} changed size since it was built ({size} -> {now[name]} bytes)"
+    added = sorted(set(now) - set(listed))
+    if added:
+        return f"{where}/{added[0]} was added since the stage was built" + (
+            f" (and {len(added) - 1} more)" if len(added) > 1 else "")
+    return None
 
 
 def upstream_digest(run: RunDir, stage: str) -> str:
@@ -87,7 +136,7 @@ def build(run: RunDir, stage: str, inputs: dict, write: Callable[[epath.Path], s
     fault_point(stage, "cleared")
     staging.rename(final)
     fault_point(stage, "published")
-    record = {"stage": stage, "inputs": _normal(inputs), "digest": digest}
+    record = {"stage": stage, "inputs": _normal(inputs), "digest": digest, "files": stage_files(run, stage)}
     run.stage_marker(stage).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record
 

@@ -31,6 +31,7 @@ import itertools
 import json
 import os
 import pathlib
+import re
 from typing import Iterator, Sequence
 
 import sentencepiece as spm
@@ -38,13 +39,26 @@ import tokenizers
 from etils import epath
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 
-from jaxtrain.errors import JaxtrainError
+from jaxtrain.errors import ConfigError, JaxtrainError
 from jaxtrain.rundir import HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, HF_TOKENIZER_SIDE_FILES, SENTENCEPIECE_FILE
 
 # The ids jaxtrain gives the special pieces when it trains a sentencepiece model (Llama 2's layout).
 # Only the trainer uses them: a tokenizer a run brings has its own, read from the tokenizer.
 TRAINED_SPECIAL_IDS = {"pad_id": 0, "bos_id": 1, "eos_id": 2, "unk_id": 3}
 MODEL_NAME = SENTENCEPIECE_FILE
+# sentencepiece's refusals of a vocabulary the sampled text cannot fill (or has no room for), as a
+# fix named by its key; the numbers are the asked and the possible vocabulary size.
+_TRAINER_REFUSALS = (
+    (re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)"),
+     "tokenizer.vocab_size={0}: the corpus can fill at most {1} pieces; set tokenizer.vocab_size<={1} (and "
+     "model.vocab_size to match) or add data (tokenizer.sample_bytes caps the text it reads)."),
+    (re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)"),
+     "tokenizer.vocab_size={0}: the corpus's characters, the byte pieces and the special pieces need {1}; set "
+     "tokenizer.vocab_size>={1} (and model.vocab_size to match)."),
+    (re.compile(r"\[!sentences_\.empty\(\)\]"),
+     "tokenizer: the cleaned corpus has no text to train on; add data, or loosen data.min_chars and the sources' "
+     "filters."),
+)
 
 
 class TokenizerError(JaxtrainError, ValueError):
@@ -300,6 +314,18 @@ def train_tokenizer(
 
 def _train(train_files, model_writer, vocab_size, model_type, byte_fallback, sample_bytes, num_threads,
            special_tokens) -> None:
+    try:
+        _train_spm(train_files, model_writer, vocab_size, model_type, byte_fallback, sample_bytes, num_threads,
+                   special_tokens)
+    except RuntimeError as e:  # sentencepiece raises a bare RuntimeError with its C++ check
+        for pattern, fix in _TRAINER_REFUSALS:
+            if found := pattern.search(str(e)):
+                raise ConfigError(fix.format(*found.groups())) from e
+        raise
+
+
+def _train_spm(train_files, model_writer, vocab_size, model_type, byte_fallback, sample_bytes, num_threads,
+               special_tokens) -> None:
     spm.SentencePieceTrainer.train(
         user_defined_symbols=list(special_tokens),
         sentence_iterator=_lines(train_files, sample_bytes),

@@ -53,6 +53,7 @@ def train(cfg: RunConfig, run_dir: str | RunDir, *, evaluate: EvalHook | None = 
           metrics: MetricsWriter | None = None, max_steps_this_run: int | None = None, devices: list | None = None,
           fault_injector: FaultInjector | None = None) -> dict:
     """Train to cfg.train.steps (or stop after max_steps_this_run, as an interruption would)."""
+    runconfig.check(cfg, run_dir)  # the recorded data and tokenizer, if training already started on them
     return run(build_session(cfg, run_dir, devices=devices), evaluate=evaluate, metrics=metrics,
                max_steps_this_run=max_steps_this_run, fault_injector=fault_injector)
 
@@ -62,9 +63,9 @@ def run(session: ModelSession, *, evaluate: EvalHook | None = None, metrics: Met
     """Resume (or start) the run of `session` and train; returns step, state, last eval, trainer, rollbacks.
 
     The Trainer is built once, after the checkpoint to resume from has said which learning-rate plan
-    continues its curve (a Trainer passed in is used as it is when its plan is the one needed)."""
+    continues its curve (a Trainer passed in is used as it is when its plan is the one needed). The caller has
+    checked the config against the run's (`runconfig`: `train` here, `jaxtrain.pipeline`)."""
     cfg, run_dir = session.cfg, session.run
-    runconfig.check(cfg, run_dir)  # the recorded data and tokenizer, if training already started on them
     fingerprint = tok.fingerprint(run_dir.tokenizer)
     data_iter, weights = loader.training_batches(cfg.data, run_dir, batch_size=session.batch_size, rows=session.rows)
     trainers: dict = {}
