@@ -81,3 +81,9 @@ def write_warc(path: str, records: list[bytes], gz: bool = True) -> None:
     with open(path, "wb") as f:
         for r in records:
             f.write(gzip.compress(r, mtime=0) if gz else r)
+
+
+def arc_record(uri: str, body: bytes, mime: str = "text/html", status: str = "200 OK") -> bytes:
+    """An ARC v1 record: `URL IP date type length`, then the HTTP response."""
+    http = f"HTTP/1.0 {status}\r\nContent-Type: {mime}\r\n\r\n".encode() + body
+    return f"{uri} 192.0.2.1 20260101000000 {mime} {len(http)}\n".encode() + http + b"\n"

@@ -2,6 +2,7 @@
 faults; every record in the ledger once, provenance kept outside the text, boilerplate removed,
 language and URL block-list rules counted, config errors before any work."""
 
+import gzip
 import importlib.util
 import json
 import pathlib
@@ -50,6 +51,32 @@ def test_reader_accounts_for_every_record_plain_and_gzip(tmp_path):
                 assert not any(b in doc.text for b in webcrawl.BOILERPLATE_MARKERS), doc.text[:300]
         json_doc = " ".join(docs[0].text.split())
         assert "JSON (JavaScript Object Notation)" in json_doc and "dumps" in json_doc  # the page's own text kept
+
+
+def test_a_cut_gzip_member_is_one_damage_entry_not_fatal(tmp_path):
+    recs, path = _crawl(tmp_path)
+    data = path.read_bytes()
+    member = len(gzip.compress(recs[-1][1], mtime=0))
+    path.write_bytes(data[:-member // 2])  # the last gzip member cut in half
+    docs = list(web.read_warc(str(path), "web"))
+    assert len(docs) == len(recs) and docs[-1].doc_id.endswith(":damage") and "damaged record" in docs[-1].error
+    assert [d.skipped for d in docs[6:9]] == ["not HTML (image/png)", "HTTP 404", "request record"]
+
+
+def test_arc_and_wet_records(tmp_path):
+    page = webcrawl.pydoc_html("json").encode()
+    filedesc = b"filedesc://crawl.arc 0.0.0.0 20260101000000 text/plain 9\n1 0 x\nab\n"
+    cut = webcrawl.arc_record("http://a.org/cut.html", page)
+    arc = (filedesc + webcrawl.arc_record("http://a.org/json.html", page)
+           + webcrawl.arc_record("http://a.org/gone.html", b"gone", status="404 Not Found") + cut[:len(cut) // 2])
+    (tmp_path / "crawl.arc.gz").write_bytes(gzip.compress(arc))
+    docs = list(web.read_warc(str(tmp_path / "crawl.arc.gz"), "web"))
+    assert [d.skipped for d in docs[:3:2]] == ["filedesc record", "HTTP 404"] and "truncated" in docs[3].error
+    assert docs[1].meta["domain"] == "a.org" and "JavaScript Object Notation" in " ".join(docs[1].text.split())
+    wet = webcrawl.record("conversion", "https://b.org/", "Plain text of a page, as WET has it.".encode(), "text/plain")
+    (tmp_path / "crawl.warc.wet").write_bytes(wet)
+    [doc] = web.read_warc(str(tmp_path / "crawl.warc.wet"), "web")
+    assert doc.text.strip() == "Plain text of a page, as WET has it." and doc.meta["url"] == "https://b.org/"
 
 
 def test_warc_source_through_the_pipeline(tmp_path):
