@@ -42,7 +42,8 @@ class SourceConfig:
             bad = [c for c in self.languages if c not in web.language_codes()]
             check(not bad, f"{key}.languages: unknown code(s) {bad}; use ISO 639-1 codes py3langid knows, "
                   f"e.g. en, de, fr.")
-        check(0 <= self.min_language_score <= 1, f"{key}.min_language_score: must be in [0, 1], got {self.min_language_score}.")
+        check(0 <= self.min_language_score <= 1,
+              f"{key}.min_language_score: must be in [0, 1], got {self.min_language_score}.")
         if self.url_blocklist:
             check(epath.Path(self.url_blocklist).exists(),
                   f"{key}.url_blocklist: file {self.url_blocklist!r} does not exist; give a file of domains, one per line.")

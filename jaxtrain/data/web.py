@@ -178,7 +178,7 @@ def read_warc(path: str, name: str) -> Reader:
                 doc = _record_doc(name, path, record)
             except StopIteration:
                 break
-            except Exception as e:  # fastwarc raises on truncated members, bad lengths: the rest is lost
+            except (OSError, ValueError, EOFError) as e:  # fastwarc: a truncated member, a bad length; rest lost
                 yield Document(name, f"{path}:damage", None, f"damaged record after byte {pos} of {size}: {e}")
                 return n + 1
             n += 1
