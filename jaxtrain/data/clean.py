@@ -16,7 +16,7 @@ import unicodedata
 
 from etils import epath
 
-from jaxtrain.data import filters
+from jaxtrain.data import filters, web
 from jaxtrain.data.files import Document
 
 
@@ -33,6 +33,10 @@ class SourceRules:
     pii: bool = True
     decontaminate: frozenset = frozenset()  # n-grams of the evaluation sets
     decontaminate_n: int = 13
+    identify_language: bool = False  # record each document's language (web sources, or when languages is set)
+    languages: tuple[str, ...] = ()  # keep only these (empty: all)
+    min_language_score: float = 0.0
+    url_blocklist: tuple[str, ...] = ()  # domains / URL substrings (documents with a url only)
 
 
 def normalize(text: str) -> str:
@@ -58,7 +62,7 @@ def doc_key(order: int, doc_id: str) -> str:
 def judge(doc: Document, r: SourceRules) -> dict:
     """One ledger entry: bucket kept / removed (rule) / unreadable (reason) / skipped (not a
     document: blank line, empty file, directory), with the record if kept."""
-    entry = {"source": r.source, "id": doc.doc_id, "key": doc_key(r.order, doc.doc_id)}
+    entry = {"source": r.source, "id": doc.doc_id, "key": doc_key(r.order, doc.doc_id), **(doc.meta or {})}
     if doc.skipped:
         return {**entry, "bucket": "skipped", "reason": doc.skipped, "bytes": 0}
     if doc.text is None:
@@ -72,6 +76,12 @@ def judge(doc: Document, r: SourceRules) -> dict:
         return {**entry, "bucket": "removed", "reason": "too_short"}
     if len(text) > r.max_chars:
         return {**entry, "bucket": "removed", "reason": "too_long"}
+    if r.url_blocklist and (hit := web.blocked(entry.get("url", ""), entry.get("domain", ""), r.url_blocklist)):
+        return {**entry, "bucket": "removed", "reason": "url_blocklist", "blocked_by": hit}
+    if r.identify_language:
+        entry["language"], entry["language_score"] = web.identify(text)
+        if r.languages and (entry["language"] not in r.languages or entry["language_score"] < r.min_language_score):
+            return {**entry, "bucket": "removed", "reason": "language"}
     failed, text = filters.apply_rules(text, r.rules, r.min_alpha_fraction)
     if failed:
         return {**entry, "bucket": "removed", "reason": failed}

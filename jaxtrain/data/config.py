@@ -5,6 +5,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
+from etils import epath
+
+from jaxtrain.data import web
 from jaxtrain.data.corpus import EMBEDDED_SOURCES
 from jaxtrain.data.filters import ALL_RULES
 from jaxtrain.errors import check
@@ -13,8 +16,8 @@ from jaxtrain.errors import check
 @dataclasses.dataclass(frozen=True)
 class SourceConfig:
     name: str = "stdlib_code"
-    type: Literal["embedded", "files", "tfds"] = "embedded"
-    path: str = ""  # glob for type=files (.txt, .md, .jsonl, .jsonl.gz, .parquet; anything else is text)
+    type: Literal["embedded", "files", "tfds", "warc"] = "embedded"
+    path: str = ""  # glob for type=files (.txt, .md, .jsonl, .jsonl.gz, .parquet; anything else is text) or warc
     text_field: str = "text"  # JSONL field / Parquet column / TFDS feature holding the document
     dataset: str = ""  # type=tfds: name[/config][:version], e.g. c4/en, lm1b
     split: str = "train"  # type=tfds: split to read
@@ -24,6 +27,9 @@ class SourceConfig:
     pii: bool = True  # replace e-mail and IP addresses
     weight: float = 0.0  # mixture weight; 0 = proportional to the source's tokens (or temperature)
     max_bytes: int = 0  # cap on kept text per source (0 = no cap)
+    languages: tuple[str, ...] = ()  # ISO 639-1 codes to keep (py3langid); empty = keep all
+    min_language_score: float = 0.0  # and only when the identifier's probability is at least this
+    url_blocklist: str = ""  # file of domains / URL substrings to drop, one per line, '#' comments
 
     def check(self, key: str) -> None:
         """Called by DataConfig with this source's key, e.g. data.sources[2]."""
@@ -32,8 +38,17 @@ class SourceConfig:
         if self.filters is not None:
             bad = [f for f in self.filters if f not in ALL_RULES]
             check(not bad, f"{key}.filters: unknown rule(s) {bad}; choose from {list(ALL_RULES)} or [] for none.")
-        if self.type == "files":
-            check(bool(self.path), f"{key}.path: a glob is required for type=files.")
+        if self.languages:
+            bad = [c for c in self.languages if c not in web.language_codes()]
+            check(not bad, f"{key}.languages: unknown code(s) {bad}; use ISO 639-1 codes py3langid knows, "
+                  f"e.g. en, de, fr.")
+        check(0 <= self.min_language_score <= 1,
+              f"{key}.min_language_score: must be in [0, 1], got {self.min_language_score}.")
+        if self.url_blocklist:
+            check(epath.Path(self.url_blocklist).exists(),
+                  f"{key}.url_blocklist: file {self.url_blocklist!r} does not exist; give a file of domains, one per line.")
+        if self.type in ("files", "warc"):
+            check(bool(self.path), f"{key}.path: a glob is required for type={self.type}.")
         elif self.type == "tfds":
             check(bool(self.dataset), f"{key}.dataset: a TFDS name (e.g. c4/en, lm1b) is required for type=tfds.")
         else:

@@ -26,10 +26,11 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from etils import epath
 
-from jaxtrain.data import clean, corpus, files, filters
+from jaxtrain.data import clean, corpus, files, filters, web
 from jaxtrain.data.config import DataConfig
 from jaxtrain.data.minhash import MinHasher, band_keys
 
+PROVENANCE = ("url", "domain", "record_id", "date", "language")  # copied into the cleaned JSONL
 READ = "read"  # the tagged output of _Read: (source, ledger lines its units require)
 
 
@@ -137,7 +138,7 @@ class _WriteShard(beam.DoFn):
         with names["train"].open("w") as train_f, names["validation"].open("w") as eval_f:
             for e in sorted(entries, key=lambda e: e["digest"]):
                 held_out = clean.is_eval(e["digest"], self.eval_fraction) or _split_hash(e) == lowest[source]
-                record = {"source": source, "id": e["id"], "text": e["text"]}
+                record = {"source": source, "id": e["id"], **{k: e[k] for k in PROVENANCE if k in e}, "text": e["text"]}
                 (eval_f if held_out else train_f).write(json.dumps(record, ensure_ascii=False) + "\n")
                 yield {**e, "split": "validation" if held_out else "train"}
 
@@ -170,6 +171,9 @@ def source_rules(d: DataConfig) -> dict[str, clean.SourceRules]:
             rules=tuple(s.filters) if s.filters is not None else filters.DEFAULT_RULES[s.content],
             min_chars=d.min_chars, max_chars=d.max_chars, min_alpha_fraction=d.min_alpha_fraction,
             pii=s.pii, decontaminate=decon, decontaminate_n=d.decontaminate_ngram,
+            identify_language=s.type == "warc" or bool(s.languages), languages=tuple(s.languages),
+            min_language_score=s.min_language_score,
+            url_blocklist=web.read_blocklist(s.url_blocklist) if s.url_blocklist else (),
         )
         for i, s in enumerate(d.sources)
     }
@@ -192,6 +196,8 @@ def run(d: DataConfig, out_dir: epath.Path, workers: int = 1) -> None:
         for s in d.sources:
             if s.type == "files":
                 units, reader = files.matches(s.path), _Read(s.name, files.read_path, s.name, s.text_field)
+            elif s.type == "warc":
+                units, reader = files.readable_matches(s.path), _Read(s.name, web.read_warc, s.name)
             elif s.type == "embedded":
                 units, reader = corpus.embedded_units(s.name), _Read(s.name, corpus.read_embedded_unit, s.name)
             else:

@@ -15,7 +15,8 @@ def _new() -> dict:
     return {"input_docs": 0, "input_bytes": 0, "kept_docs": 0, "kept_bytes": 0, "eval_docs": 0,
             "removed": collections.Counter(), "removed_bytes": collections.Counter(),
             "duplicates": collections.Counter(), "duplicate_bytes": 0, "unreadable": collections.Counter(),
-            "skipped": collections.Counter(), "capped_docs": 0, "pii_replaced": 0, "repaired_utf8": 0, "examples": {}}
+            "skipped": collections.Counter(), "capped_docs": 0, "pii_replaced": 0, "repaired_utf8": 0, "examples": {},
+            "languages": collections.Counter()}
 
 
 def build(ledger_files: list[epath.Path], sources: list[str], read_counts: dict[str, int] | None = None) -> dict:
@@ -31,6 +32,8 @@ def build(ledger_files: list[epath.Path], sources: list[str], read_counts: dict[
                 r["input_docs"] += 1
                 r["input_bytes"] += e.get("bytes", 0)
                 r["repaired_utf8"] += bool(e.get("repaired_utf8"))
+                if "language" in e:  # identified (web sources, or a languages filter): every document judged so far
+                    r["languages"][e["language"]] += 1
                 bucket, reason = e["bucket"], e.get("reason", "")
                 if bucket == "kept":
                     r["kept_docs"] += 1
@@ -57,6 +60,7 @@ def build(ledger_files: list[epath.Path], sources: list[str], read_counts: dict[
         r["accounted"] = (r["kept_docs"] + sum(r["removed"].values()) + sum(r["duplicates"].values())
                           + sum(r["unreadable"].values()) + sum(r["skipped"].values()) + r["capped_docs"])
         r["read"] = (read_counts or {}).get(name, 0)
+        r["languages"] = dict(r["languages"].most_common())
         for key in ("removed", "removed_bytes", "duplicates", "unreadable", "skipped"):
             r[key] = dict(sorted(r[key].items()))
     return report
@@ -91,6 +95,9 @@ def markdown(report: dict) -> str:
             lines.append(f"| unreadable: {reason} | {n} | | {r['examples'].get('unreadable:' + reason, '')} |")
         for reason, n in r["skipped"].items():
             lines.append(f"| skipped: {reason} | {n} | | {r['examples'].get('skipped:' + reason, '')} |")
+        if r["languages"]:
+            found = ", ".join(f"{lang} {n}" for lang, n in r["languages"].items())
+            lines.append(f"| languages found (documents) | {sum(r['languages'].values())} | | {found} |")
         lines.append(f"| accounted / input | {r['accounted']} / {r['input_docs']} | | |")
         lines.append(f"| counted when read | {r['read']} | | |")
     return "\n".join(lines) + "\n"

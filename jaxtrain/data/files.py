@@ -67,6 +67,7 @@ class Document:
     text: str | None  # None when unreadable or skipped
     error: str | None = None  # why it is unreadable
     skipped: str | None = None  # not a document at all: a blank line, an empty file, a directory
+    meta: dict | None = None  # provenance (web: url, domain, record_id, date): ledger and cleaned JSONL, not tokens
 
 
 Reader = Generator[Document, None, int]

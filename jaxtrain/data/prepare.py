@@ -46,7 +46,7 @@ def check_inputs(d: DataConfig, t: TokenizerConfig | None = None, run: RunDir | 
 
 def check_sources(d: DataConfig) -> None:
     for i, s in enumerate(d.sources):
-        if s.type == "files" and not files.readable_matches(s.path):
+        if s.type in ("files", "warc") and not files.readable_matches(s.path):
             raise ConfigError(
                 f"data.sources[{i}].path: glob {s.path!r} (source {s.name!r}) matches no files; "
                 "check the path or quote the glob."
