@@ -28,6 +28,7 @@ import re
 import zlib
 from urllib.parse import urlsplit
 
+import py3langid.langid as langid
 from etils import epath
 from fastwarc.warc import ArchiveIterator, WarcRecordType
 from resiliparse.extract.html2text import extract_plain_text
@@ -42,7 +43,7 @@ _HTML_TYPES = ("text/html", "application/xhtml+xml")
 
 @functools.cache
 def _identifier():
-    import py3langid.langid as langid  # loads its model (~0.8 s): only where languages are identified
+    """The language model (loads in ~0.8 s): read once, where languages are identified."""
     return langid.LanguageIdentifier.from_model_file(langid.MODEL_FILE, norm_probs=True)
 
 
