@@ -38,6 +38,7 @@ import sentencepiece as spm
 import tokenizers
 from etils import epath
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
 from jaxtrain.errors import ConfigError, JaxtrainError
 from jaxtrain.rundir import HF_TOKENIZER_CONFIG, HF_TOKENIZER_FILE, HF_TOKENIZER_SIDE_FILES, SENTENCEPIECE_FILE
@@ -373,7 +374,12 @@ def same_model(a: bytes, b: bytes) -> bool:
         model.trainer_spec.ClearField("model_prefix")
         return model.SerializeToString(deterministic=True)
 
-    return a == b or canonical(a) == canonical(b)
+    if a == b:
+        return True
+    try:
+        return canonical(a) == canonical(b)
+    except DecodeError:  # a damaged file (a truncated model being rebuilt) is never the same model
+        return False
 
 
 def keep_existing_if_same(existing: pathlib.Path, built: pathlib.Path) -> bool:
