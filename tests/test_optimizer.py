@@ -65,3 +65,12 @@ def test_extending_a_cosine_run_is_refused_or_keeps_its_explicit_horizon(fresh_r
     lrs = _lrs(fresh_run)
     floor = 0.003 * 0.1
     assert lrs[21] == pytest.approx(floor) and lrs[40] == pytest.approx(floor)
+
+
+def test_a_run_extended_before_its_decay_began_continues_without_a_refusal():
+    """Stopped in warm-up (the tiny preset warms up for 5 steps; a 4-step run never left it): a longer
+    horizon changes nothing already run, so it is neither refused nor held."""
+    cfg = tiny_config("optimizer.schedule=cosine").optimizer
+    assert optimizer.continue_plan(optimizer.plan(cfg, 4), optimizer.plan(cfg, 8), 4) is None
+    with pytest.raises(optimizer.ScheduleChange):  # once the decay has begun, the change is the user's to make
+        optimizer.continue_plan(optimizer.plan(cfg, 20), optimizer.plan(cfg, 40), 10)

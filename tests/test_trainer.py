@@ -54,6 +54,9 @@ def test_eval_sample_and_export_never_build_an_optimizer(fresh_run, tmp_path, mo
     def refuse(*args, **kwargs):
         raise AssertionError("an optimizer was built to read parameters")
 
+    with pytest.raises(FileNotFoundError, match="no checkpoints"):  # a mistyped run directory: nothing created
+        trainer_lib.load_params(cfg, tmp_path / "typo")
+    assert not (tmp_path / "typo").exists()
     monkeypatch.setattr(optimizer, "make_optimizer", refuse)
     monkeypatch.setattr(trainer_lib.optimizer, "make_optimizer", refuse)
     session, params, step = trainer_lib.load_params(cfg, fresh_run)

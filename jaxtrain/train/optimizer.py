@@ -99,6 +99,8 @@ def continue_plan(saved: LrPlan, current: LrPlan, step: int) -> tuple[int, float
         # the same curve (a changed peak is the user's explicit change: logged by the loop), or none of the
         # saved curve was run yet (an imported model's step-0 checkpoint)
         return None
+    if saved.warmup == current.warmup and step <= min(saved.decay_start, current.decay_start):
+        return None  # still in warm-up (or a stable phase) under both: the curve so far is the same
     before, after = lr_at(saved, step), lr_at(current, step)
     if current.kind == "wsd":
         return None if math.isclose(before, after, rel_tol=1e-9) else (step, before)

@@ -101,6 +101,9 @@ class ModelSession:
     def load_params(self, step: int | None = None) -> tuple[Any, int]:
         """A checkpoint's parameters (latest by default), restored into this mesh's shardings; the optimizer
         state is not read."""
+        if not self.run.checkpoints.exists():  # checked first: a Checkpointer would create the directory
+            raise FileNotFoundError(f"{self.run.checkpoints}: no checkpoints; run `jaxtrain train --run-dir {self.run}` "
+                                    "first (or check the run directory's name).")
         checkpointer = self.checkpointer()
         try:
             steps = checkpointer.all_steps()
