@@ -282,13 +282,21 @@ def _jsonl(name: str, path: str, text_field: str) -> Reader:
         else:
             yield Document(name, doc_id, None, why)
     lines.close()
+    damaged = None if damage is None else f"{damage.reason} at line {n_lines + complete}"
+    return (yield from end_of_unit(name, path, n_lines, damage=damaged))
+
+
+def end_of_unit(name: str, path: str, entries: int, *, damage: str | None = None, empty: str = "empty file"
+                ) -> Reader:
+    """The closing ledger entry of a unit (a file) whose `entries` documents were yielded: one for its damage
+    (`path:damage`, the reason), or one saying it held nothing; returns the unit's number of entries."""
     if damage is not None:
-        yield Document(name, f"{path}:damage", None, f"{damage.reason} at line {n_lines + complete}")
-        return n_lines + 1
-    if n_lines == 0:
-        yield Document(name, path, None, skipped="empty file")
+        yield Document(name, f"{path}:damage", None, damage)
+        return entries + 1
+    if entries == 0:
+        yield Document(name, path, None, skipped=empty)
         return 1
-    return n_lines
+    return entries
 
 
 def _json_line(name: str, doc_id: str, line: bytes, text_field: str) -> Document:

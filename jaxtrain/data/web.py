@@ -35,7 +35,7 @@ from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 from resiliparse.parse.html import HTMLTree
 
-from jaxtrain.data.files import Document, Reader
+from jaxtrain.data.files import Document, Reader, end_of_unit
 
 _CHARSET_RE = re.compile(r"charset\s*=\s*[\"']?([\w.:-]+)", re.I)
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -136,7 +136,7 @@ def _arc_doc(name: str, doc_id: str, fields: list[str], block: bytes) -> Documen
 
 def _read_arc(path: str, name: str) -> Reader:
     """ARC v1 (fastwarc reads WARC only): a header line `URL IP date type length`, then length bytes."""
-    n = 0
+    n, damage = 0, None
     try:
         with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
             while line := f.readline():
@@ -151,19 +151,15 @@ def _read_arc(path: str, name: str) -> Reader:
                 n += 1
                 yield _arc_doc(name, f"{path}#{n}", fields, block)
     except (OSError, EOFError, ValueError, zlib.error) as e:  # the rest of the file is lost, never fatal
-        yield Document(name, f"{path}:damage", None, f"damaged ARC record after record {n}: {e}")
-        return n + 1
-    if n == 0:
-        yield Document(name, path, None, skipped="no ARC records")
-        return 1
-    return n
+        damage = f"damaged ARC record after record {n}: {e}"
+    return (yield from end_of_unit(name, path, n, damage=damage, empty="no ARC records"))
 
 
 def read_warc(path: str, name: str) -> Reader:
     """The documents of one WARC/WET/ARC file; returns the number of ledger entries (records + damage)."""
     if path.endswith((".arc", ".arc.gz")):
         return (yield from _read_arc(path, name))
-    n = 0
+    n, damage = 0, None
     try:
         f = open(path, "rb")
     except OSError as e:
@@ -180,11 +176,8 @@ def read_warc(path: str, name: str) -> Reader:
             except StopIteration:
                 break
             except (OSError, ValueError, EOFError) as e:  # fastwarc: a truncated member, a bad length; rest lost
-                yield Document(name, f"{path}:damage", None, f"damaged record after byte {pos} of {size}: {e}")
-                return n + 1
+                damage = f"damaged record after byte {pos} of {size}: {e}"
+                break
             n += 1
             yield doc
-    if n == 0:
-        yield Document(name, path, None, skipped="no WARC records")
-        return 1
-    return n
+    return (yield from end_of_unit(name, path, n, damage=damage, empty="no WARC records"))
