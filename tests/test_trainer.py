@@ -59,6 +59,8 @@ def test_eval_sample_and_export_never_build_an_optimizer(fresh_run, tmp_path, mo
     assert not (tmp_path / "typo").exists()
     monkeypatch.setattr(optimizer, "make_optimizer", refuse)
     monkeypatch.setattr(trainer_lib.optimizer, "make_optimizer", refuse)
+    in_progress = fresh_run / "checkpoints" / "3.orbax-checkpoint-tmp-1764720000000000"  # a live trainer's save
+    in_progress.mkdir()
     session, params, step = trainer_lib.load_params(cfg, fresh_run)
     assert step == 2 and not isinstance(session, trainer_lib.Trainer)
     for a, b in zip(jax.tree.leaves(full), jax.tree.leaves(jax.device_get(params)), strict=True):
@@ -67,6 +69,7 @@ def test_eval_sample_and_export_never_build_an_optimizer(fresh_run, tmp_path, mo
     assert pipeline.evaluate_checkpoint(cfg, fresh_run)["eval/loss"] > 0
     pipeline.sample(cfg, fresh_run, ["def "], tokens=4)
     assert (export_run(load_run_config(fresh_run), fresh_run, tmp_path / "hf") / "config.json").exists()
+    assert in_progress.exists()  # readers never clean up a save in progress
 
 
 def _spy_batches(monkeypatch) -> list[set]:

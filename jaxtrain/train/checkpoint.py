@@ -82,15 +82,19 @@ def _barrier(name: str) -> None:
 
 
 class Checkpointer:
-    def __init__(self, run: RunDir, keep: int, async_save: bool = True, permanent_every: int = 0):
+    def __init__(self, run: RunDir, keep: int, async_save: bool = True, permanent_every: int = 0,
+                 read_only: bool = False):
+        """read_only: a reader (eval, sample, export) beside a possibly live trainer: creates nothing, deletes
+        nothing, and leaves in-progress saves (Orbax's temporary directories) alone."""
         policies: list = [preservation.LatestN(n=keep)]
         if permanent_every > 0:
             policies.append(preservation.EveryNSteps(interval_steps=permanent_every))
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=async_save,
-            create=True,
-            preservation_policy=preservation.AnyPreservationPolicy(policies),
-            cleanup_tmp_directories=True,  # leftovers of a save killed mid-write
+            create=not read_only,
+            read_only=read_only,
+            preservation_policy=None if read_only else preservation.AnyPreservationPolicy(policies),
+            cleanup_tmp_directories=not read_only,  # a trainer clears leftovers of a save killed mid-write
         )
         self.run = RunDir(run)
         self.directory = checkpoint_dir(self.run.checkpoints)

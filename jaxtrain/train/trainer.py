@@ -94,9 +94,9 @@ class ModelSession:
         return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
                             self.spec.abstract_params, self.param_shardings)
 
-    def checkpointer(self) -> ckpt_lib.Checkpointer:
+    def checkpointer(self, read_only: bool = False) -> ckpt_lib.Checkpointer:
         c = self.cfg.checkpoint
-        return ckpt_lib.Checkpointer(self.run, c.keep, c.async_save, c.permanent_every)
+        return ckpt_lib.Checkpointer(self.run, c.keep, c.async_save, c.permanent_every, read_only=read_only)
 
     def load_params(self, step: int | None = None) -> tuple[Any, int]:
         """A checkpoint's parameters (latest by default), restored into this mesh's shardings; the optimizer
@@ -104,7 +104,7 @@ class ModelSession:
         if not self.run.checkpoints.exists():  # checked first: a Checkpointer would create the directory
             raise FileNotFoundError(f"{self.run.checkpoints}: no checkpoints; run `jaxtrain train --run-dir {self.run}` "
                                     "first (or check the run directory's name).")
-        checkpointer = self.checkpointer()
+        checkpointer = self.checkpointer(read_only=True)  # a trainer may be saving beside us
         try:
             steps = checkpointer.all_steps()
             step = steps[-1] if (step is None and steps) else step
