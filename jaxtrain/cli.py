@@ -11,6 +11,7 @@
     jaxtrain export   --run-dir runs/demo --out hf-demo     a Hugging Face model directory
     jaxtrain import-hf path/to/llama --run-dir runs/cont --config llama-1b
     jaxtrain scaling  sweep --config tiny --base-run runs/tiny --budgets 1e11 3e11
+    jaxtrain ablate   --run-dir runs/demo --target stdlib_docs   curation variants compared on a trusted source
 
 Every command names its run with `--run-dir RUN` (scaling sweep: `--base-run`) and resolves its config
 once (`jaxtrain.runconfig.resolve`); the old `jaxtrain eval RUN` and `jaxtrain export RUN OUT` still
@@ -167,6 +168,16 @@ def cmd_import_hf(args) -> None:
           f"`jaxtrain train --run-dir {resolved.run}`")
 
 
+def cmd_ablate(args) -> None:
+    from jaxtrain import ablate
+
+    base = _resolve(args, data=True, require_recorded=True)
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(str(base.run)) / "ablations"
+    results = ablate.run_ablation(base, args.target, out, args.variants, args.seeds, args.steps)
+    print((out / "ablation.md").read_text() + f"[ablate] {len(results)} runs; table {out / 'ablation.md'}, "
+          f"plot {out / 'ablation.png'}")
+
+
 def cmd_scaling(args) -> None:
     from jaxtrain import pipeline, sweep
 
@@ -258,6 +269,16 @@ def build_parser() -> argparse.ArgumentParser:
                         "tokenizer_config.json) or tokenizer.model"))
     p.add_argument("--ignore-field", action="append", metavar="FIELD",
                    help="a config.json field you know does not change the computation (unknown fields are refused)")
+    p = add("ablate", cmd_ablate, "train one small model per curation variant and compare them on a trusted source",
+            description="Curation ablations: the same model, tokenizer and token budget on the raw, heuristic and "
+            "classifier-filtered versions of the run's sources; held-out bits per byte on --target (never trained on).",
+            run_dir_required=True)
+    p.add_argument("--target", required=True, metavar="SOURCE", help="the trusted source to score on (held out)")
+    p.add_argument("--variants", nargs="+", default=["raw", "heuristics", "classifier"],
+                   help="curation variants (default: raw heuristics classifier)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds per variant (default: 0 1)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the run's train.steps)")
+    p.add_argument("--out", default=None, help="output directory (default: RUN/ablations)")
     p = sub.add_parser("scaling", help="scaling laws: plan a compute-optimal run, sweep a ladder, fit L(N, D)",
                        description="plan: N and D for a budget; sweep: IsoFLOP ladder of real runs; fit: law constants.")
     p.add_argument("action", choices=["plan", "sweep", "fit"])

@@ -26,6 +26,8 @@ class SourceConfig:
     filters: tuple[str, ...] | None = None  # quality rules to run (None: the content's defaults; []: none)
     pii: bool = True  # replace e-mail and IP addresses
     weight: float = 0.0  # mixture weight; 0 = proportional to the source's tokens (or temperature)
+    train: bool = True  # false: curated, tokenized and evaluated, never trained on (a held-out reference set,
+    # as Levanter's validation-only sets; also the positives of a quality classifier that must not be trained on)
     max_bytes: int = 0  # cap on kept text per source (0 = no cap)
     languages: tuple[str, ...] = ()  # ISO 639-1 codes to keep (py3langid); empty = keep all
     min_language_score: float = 0.0  # and only when the identifier's probability is at least this
@@ -63,6 +65,43 @@ class MixtureStage:
 
 
 @dataclasses.dataclass(frozen=True)
+class QualityClassifierConfig:
+    """A learned quality filter (data/quality.py): fastText trained on this run's kept documents."""
+    reference: tuple[str, ...] = ()  # sources whose kept documents are the positives (text you trust); empty = off
+    apply_to: tuple[str, ...] = ()  # sources it filters, whose kept documents are the negatives;
+    # empty = every web (type=warc) source, or every source not in `reference` when there is none
+    threshold: float = 0.5  # keep a document when P(reference-like) >= threshold ...
+    keep_fraction: float = 0.0  # ... or, when > 0, the top fraction of each filtered source by score (DCLM kept 10%)
+    max_examples: int = 20_000  # documents sampled per class (DCLM trained on 400k in all; enough for a binary task)
+
+    def check(self, sources: list[str], types: dict[str, str]) -> None:
+        key = "data.quality_classifier"
+        if not self.reference:
+            check(not self.apply_to, f"{key}.apply_to: set {key}.reference too (the sources whose documents are "
+                  "the positives), or remove apply_to.")
+            return
+        for field in ("reference", "apply_to"):
+            bad = [n for n in getattr(self, field) if n not in sources]
+            check(not bad, f"{key}.{field}: unknown source(s) {bad}; choose from {sources}.")
+        both = set(self.reference) & set(self.apply_to)
+        check(not both, f"{key}: source(s) {sorted(both)} are in both reference and apply_to; a source is either "
+              "the positives or filtered.")
+        check(bool(self.targets(sources, types)), f"{key}.apply_to: nothing to filter: every source is a reference; "
+              "name the sources to filter.")
+        check(0.0 <= self.threshold <= 1.0, f"{key}.threshold: must be in [0, 1], got {self.threshold}.")
+        check(0.0 <= self.keep_fraction < 1.0,
+              f"{key}.keep_fraction: must be in [0, 1) (0 = use threshold), got {self.keep_fraction}.")
+        check(self.max_examples >= 10, f"{key}.max_examples: must be >= 10, got {self.max_examples}.")
+
+    def targets(self, sources: list[str], types: dict[str, str]) -> tuple[str, ...]:
+        """The sources the classifier filters."""
+        if self.apply_to:
+            return self.apply_to
+        web = tuple(n for n in sources if types[n] == "warc" and n not in self.reference)
+        return web or tuple(n for n in sources if n not in self.reference)
+
+
+@dataclasses.dataclass(frozen=True)
 class DataConfig:
     sources: tuple[SourceConfig, ...] = (
         SourceConfig(name="stdlib_code", content="code"),
@@ -79,6 +118,7 @@ class DataConfig:
     minhash_rows: int = 8
     decontaminate: tuple[str, ...] = ()  # globs of evaluation sets (text/JSONL): drop docs sharing an n-gram
     decontaminate_ngram: int = 13  # GPT-3's decontamination n-gram
+    quality_classifier: QualityClassifierConfig = QualityClassifierConfig()  # learned filter (off by default)
     curate_workers: int = 1  # Beam DirectRunner worker processes (1 = in-process)
     clean_shards: int = 1  # files per source and split written by curation (raise for big corpora)
     beam_options: tuple[str, ...] = ()  # extra Beam pipeline flags, e.g. ["--runner=DataflowRunner", ...]
@@ -97,6 +137,8 @@ class DataConfig:
         check(len(self.sources) > 0, "data.sources: at least one source is required.")
         names = [s.name for s in self.sources]
         check(len(set(names)) == len(names), f"data.sources: names must be unique, got {names}.")
+        check(any(s.train for s in self.sources), "data.sources: every source has train: false; at least one must be "
+              "trained on.")
         for i, source in enumerate(self.sources):
             source.check(f"data.sources[{i}]")
         check(self.minhash_bands * self.minhash_rows <= 1024 and self.minhash_bands > 0 and self.minhash_rows > 0,
@@ -112,6 +154,9 @@ class DataConfig:
                   and sum(stage.weights) > 0,
                   f"data.mixture_schedule[{k}].weights: {list(stage.weights)} needs one weight >= 0 per source "
                   f"({names}), not all zero.")
+            held = [n for n, w, src in zip(names, stage.weights, self.sources) if w > 0 and not src.train]
+            check(not held, f"data.mixture_schedule[{k}].weights: source(s) {held} have train: false; give them weight 0.")
+        self.quality_classifier.check(names, {s.name: s.type for s in self.sources})
         check(self.curate_workers > 0, f"data.curate_workers: must be positive, got {self.curate_workers}.")
         check(0 < self.clean_shards <= 99999, f"data.clean_shards: must be in 1..99999, got {self.clean_shards}.")
         check(self.seq_len > 0, f"data.seq_len: must be positive, got {self.seq_len}.")
@@ -122,13 +167,14 @@ class DataConfig:
 
     def curation_inputs(self) -> dict:
         """What the cleaned corpus depends on: every field curation reads (a change redoes curation and
-        the stages after it). Not: the mixture weight, the Beam execution settings (curate_workers,
+        the stages after it). Not: the mixture weight or `train`, the Beam execution settings (curate_workers,
         beam_options: the same output on any runner, tested) or the loader settings."""
         keys = ("min_chars", "max_chars", "min_alpha_fraction", "exact_dedup", "near_dedup", "minhash_ngram",
                 "minhash_bands", "minhash_rows", "decontaminate", "decontaminate_ngram", "clean_shards",
                 "eval_fraction")
-        sources = [{k: v for k, v in dataclasses.asdict(s).items() if k != "weight"} for s in self.sources]
-        return {"sources": sources, **{k: getattr(self, k) for k in keys}}
+        sources = [{k: v for k, v in dataclasses.asdict(s).items() if k not in ("weight", "train")} for s in self.sources]
+        qc = {"quality_classifier": dataclasses.asdict(self.quality_classifier)} if self.quality_classifier.reference else {}
+        return {"sources": sources, **{k: getattr(self, k) for k in keys}, **qc}  # off: the same inputs as before it existed
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,11 +26,11 @@ import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
 from etils import epath
 
-from jaxtrain.data import clean, corpus, files, filters, web
+from jaxtrain.data import clean, corpus, files, filters, quality, web
 from jaxtrain.data.config import DataConfig
 from jaxtrain.data.minhash import MinHasher, band_keys
 
-PROVENANCE = ("url", "domain", "record_id", "date", "language")  # copied into the cleaned JSONL
+RECORD_FIELDS = ("url", "domain", "record_id", "date", "language", "quality_score")  # provenance and scores: into the cleaned JSONL
 READ = "read"  # the tagged output of _Read: (source, ledger lines its units require)
 
 
@@ -138,7 +138,7 @@ class _WriteShard(beam.DoFn):
         with names["train"].open("w") as train_f, names["validation"].open("w") as eval_f:
             for e in sorted(entries, key=lambda e: e["digest"]):
                 held_out = clean.is_eval(e["digest"], self.eval_fraction) or _split_hash(e) == lowest[source]
-                record = {"source": source, "id": e["id"], **{k: e[k] for k in PROVENANCE if k in e}, "text": e["text"]}
+                record = {"source": source, "id": e["id"], **{k: e[k] for k in RECORD_FIELDS if k in e}, "text": e["text"]}
                 (eval_f if held_out else train_f).write(json.dumps(record, ensure_ascii=False) + "\n")
                 yield {**e, "split": "validation" if held_out else "train"}
 
@@ -231,6 +231,12 @@ def run(d: DataConfig, out_dir: epath.Path, workers: int = 1) -> None:
                       | "Join rep" >> beam.CoGroupByKey() | "Mark near" >> beam.FlatMap(_mark_near))
             kept = marked | "Distinct" >> beam.Filter(lambda e: e["bucket"] == "kept")
             done.append(marked | "Near dups" >> beam.Filter(lambda e: e["bucket"] != "kept"))
+        qc = d.quality_classifier
+        if qc.reference:  # after the heuristics and the dedup, as DCLM ran its classifier
+            judged_by_qc = quality.apply(kept, qc, qc.targets(d.source_names, {s.name: s.type for s in d.sources}),
+                                         str(out_dir))
+            kept = judged_by_qc | "QC kept" >> beam.Filter(lambda e: e["bucket"] == "kept")
+            done.append(judged_by_qc | "QC removed" >> beam.Filter(lambda e: e["bucket"] != "kept"))
         caps = {s.name: s.max_bytes for s in d.sources}
         n = d.clean_shards
         totals = kept | "Bytes" >> beam.Map(lambda e: (e["source"], e["kept_bytes"])) | "Per source" >> beam.CombinePerKey(sum)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import json
 
+import numpy as np
 from etils import epath
 from matplotlib.figure import Figure
 
@@ -16,11 +17,12 @@ def _new() -> dict:
             "removed": collections.Counter(), "removed_bytes": collections.Counter(),
             "duplicates": collections.Counter(), "duplicate_bytes": 0, "unreadable": collections.Counter(),
             "skipped": collections.Counter(), "capped_docs": 0, "pii_replaced": 0, "repaired_utf8": 0, "examples": {},
-            "languages": collections.Counter()}
+            "languages": collections.Counter(), "quality_scores": []}
 
 
-def build(ledger_files: list[epath.Path], sources: list[str], read_counts: dict[str, int] | None = None) -> dict:
-    """Aggregate the ledger. Per source, `input_docs` counts ledger lines, `accounted` their buckets and
+def build(ledger_files: list[epath.Path], sources: list[str], read_counts: dict[str, int] | None = None,
+          classifier: dict | None = None) -> dict:
+    """Aggregate the ledger (and the quality classifier's meta, when one was trained). Per source, `input_docs` counts ledger lines, `accounted` their buckets and
     `read` the ledger lines the readers counted from the raw input (independent of the ledger): all
     three must agree."""
     report = {s: _new() for s in sources}
@@ -34,6 +36,8 @@ def build(ledger_files: list[epath.Path], sources: list[str], read_counts: dict[
                 r["repaired_utf8"] += bool(e.get("repaired_utf8"))
                 if "language" in e:  # identified (web sources, or a languages filter): every document judged so far
                     r["languages"][e["language"]] += 1
+                if "quality_score" in e:
+                    r["quality_scores"].append(e["quality_score"])
                 bucket, reason = e["bucket"], e.get("reason", "")
                 if bucket == "kept":
                     r["kept_docs"] += 1
@@ -61,6 +65,14 @@ def build(ledger_files: list[epath.Path], sources: list[str], read_counts: dict[
                           + sum(r["unreadable"].values()) + sum(r["skipped"].values()) + r["capped_docs"])
         r["read"] = (read_counts or {}).get(name, 0)
         r["languages"] = dict(r["languages"].most_common())
+        scores = r.pop("quality_scores")
+        if scores and classifier:
+            counts, _ = np.histogram(np.asarray(scores), bins=10, range=(0.0, 1.0))
+            r["quality_classifier"] = {"scored_docs": len(scores), "score_histogram": [int(c) for c in counts],
+                                       "median_score": round(float(np.median(scores)), 4),
+                                       "held_out_accuracy": classifier.get("accuracy"),
+                                       "held_out_docs": classifier.get("held_out_docs"),
+                                       "trained_on_digest": classifier.get("trained_on_digest")}
         for key in ("removed", "removed_bytes", "duplicates", "unreadable", "skipped"):
             r[key] = dict(sorted(r[key].items()))
     return report
@@ -98,6 +110,11 @@ def markdown(report: dict) -> str:
         if r["languages"]:
             found = ", ".join(f"{lang} {n}" for lang, n in r["languages"].items())
             lines.append(f"| languages found (documents) | {sum(r['languages'].values())} | | {found} |")
+        if qc := r.get("quality_classifier"):
+            bins = " ".join(str(c) for c in qc["score_histogram"])
+            lines.append(f"| quality classifier: documents scored | {qc['scored_docs']} | | median score "
+                         f"{qc['median_score']}; per 0.1 bin: {bins}; held-out accuracy {qc['held_out_accuracy']} "
+                         f"on {qc['held_out_docs']} documents |")
         lines.append(f"| accounted / input | {r['accounted']} / {r['input_docs']} | | |")
         lines.append(f"| counted when read | {r['read']} | | |")
     return "\n".join(lines) + "\n"

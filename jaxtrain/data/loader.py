@@ -71,15 +71,16 @@ def realized_mixture(batch: dict, num_sources: int) -> np.ndarray:
 
 
 def mixture_weights(counts: dict, sources: Sequence[str], weights: Sequence[float],
-                    temperature: float = 0.0) -> list[float]:
+                    temperature: float = 0.0, trained: Sequence[bool] | None = None) -> list[float]:
     """Configured weights; sources with weight 0 take their natural share of train tokens, or with
     temperature T > 0 a share ~ n_tokens^(1/T) (T > 1 flattens the mixture toward small sources).
-    counts: `shards.token_counts(run)`."""
-    natural = [counts[shards.split_name("train", s)]["tokens"] for s in sources]
+    Sources not `trained` (train: false) get 0. counts: `shards.token_counts(run)`."""
+    trained = [True] * len(sources) if trained is None else list(trained)
+    natural = [counts[shards.split_name("train", s)]["tokens"] if t else 0 for s, t in zip(sources, trained)]
     if temperature > 0:
         natural = [n ** (1.0 / temperature) for n in natural]
     total = sum(natural)
-    out = [w if w > 0 else n / total for w, n in zip(weights, natural)]
+    out = [0.0 if not t else w if w > 0 else n / total for w, n, t in zip(weights, natural, trained)]
     norm = sum(out)
     return [w / norm for w in out]
 
@@ -168,7 +169,7 @@ def training_batches(data: DataConfig, run: RunDir, *, batch_size: int, rows: Se
     `batch_size` sequences, and the resolved mixture weights (the one entry point the training loop uses)."""
     counts = shards.token_counts(run)
     weights = mixture_weights(counts, data.source_names, [s.weight for s in data.sources],
-                              temperature=data.mixture_temperature)
+                              temperature=data.mixture_temperature, trained=[s.train for s in data.sources])
     iterator = train_iterator(
         run, data.source_names, weights, seq_len=data.seq_len, batch_size=batch_size, rows=rows,
         seed=data.shuffle_seed, num_threads=data.num_threads, pack=data.pack,

@@ -16,7 +16,7 @@ import time
 
 from etils import epath
 
-from jaxtrain.data import clean, curate, curation_report, files, shards, stages
+from jaxtrain.data import clean, curate, curation_report, files, quality, shards, stages
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.data.config import DataConfig, TokenizerConfig
 from jaxtrain.errors import ConfigError, JaxtrainError
@@ -91,9 +91,15 @@ def prepare_corpus(d: DataConfig, run: RunDir, *, inputs_checked: bool = False) 
         curate.run(d, tmp_dir, d.curate_workers)
         stages.fault_point("curation", "pipeline_done")
         counts = json.loads((tmp_dir / clean.READ_COUNTS).read_text())
-        report.update(curation_report.build(clean.ledger_files(tmp_dir), d.source_names, counts))
+        meta_file = tmp_dir / quality.META_FILE
+        classifier = json.loads(meta_file.read_text()) if meta_file.exists() else None
+        report.update(curation_report.build(clean.ledger_files(tmp_dir), d.source_names, counts, classifier))
         curation_report.write(report, tmp_dir)
         check_accounting(report, tmp_dir)
+        if classifier:
+            log(f"[prepare] quality classifier: trained on {classifier['train_docs']} documents "
+                f"({classifier['train_positive']} reference, {classifier['train_negative']} filtered), held-out "
+                f"accuracy {classifier['accuracy']} on {classifier['held_out_docs']}")
         for s in d.sources:
             _log_source(s.name, report[s.name])
             r = report[s.name]

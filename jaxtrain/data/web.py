@@ -39,6 +39,7 @@ from jaxtrain.data.files import Document, Reader, end_of_unit
 
 _CHARSET_RE = re.compile(r"charset\s*=\s*[\"']?([\w.:-]+)", re.I)
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
+GARBLED = "garbled WARC header"
 
 
 @functools.cache
@@ -94,7 +95,7 @@ def _record_doc(name: str, path: str, record) -> Document:
     doc_id = f"{path}@{record.stream_pos}"
     rtype = str(record.record_type).rsplit(".", 1)[-1]  # an enum flag; compared by name
     if rtype == "unknown":
-        return Document(name, doc_id, None, "garbled WARC header", meta=meta)
+        return Document(name, doc_id, None, GARBLED, meta=meta)
     if rtype == "conversion":  # WET: already plain text
         body = record.reader.read()
         return Document(name, doc_id, bytes_to_str(body, _charset(h.get("Content-Type", ""), body)), meta=meta)
@@ -103,17 +104,24 @@ def _record_doc(name: str, path: str, record) -> Document:
     if record.http_headers is None:
         return Document(name, doc_id, None, skipped="response without HTTP headers", meta=meta)
     content_type = record.http_headers.get("Content-Type", "") or ""
-    return _http_doc(name, doc_id, meta, record.http_headers.status_code, content_type, record.reader.read)
+    return _http_doc(name, doc_id, meta, record.http_headers.status_code, content_type, record.reader.read,
+                     record.http_headers.get("Content-Length", "") or "")
 
 
-def _http_doc(name: str, doc_id: str, meta: dict, status: int, content_type: str, body) -> Document:
-    """A 200 HTML response -> its main text; anything else skipped with why. body: reads the payload."""
+def _http_doc(name: str, doc_id: str, meta: dict, status: int, content_type: str, body, declared: str = ""
+              ) -> Document:
+    """A 200 HTML response -> its main text; anything else skipped with why. body: reads the payload;
+    declared: the HTTP Content-Length, when the server sent one (a shorter payload was cut off)."""
     if status != 200:
         return Document(name, doc_id, None, skipped=f"HTTP {status}", meta=meta)
     mime = content_type.split(";")[0].strip().lower()
     if mime not in _HTML_TYPES:
         return Document(name, doc_id, None, skipped=f"not HTML ({mime or 'no Content-Type'})", meta=meta)
-    return Document(name, doc_id, html_text(body(), content_type), meta=meta)
+    payload = body()
+    if declared.strip().isdigit() and len(payload) < int(declared):
+        return Document(name, doc_id, None, f"truncated record ({len(payload)} of {int(declared)} payload bytes)",
+                        meta=meta)
+    return Document(name, doc_id, html_text(payload, content_type), meta=meta)
 
 
 def _arc_doc(name: str, doc_id: str, fields: list[str], block: bytes) -> Document:
@@ -155,29 +163,72 @@ def _read_arc(path: str, name: str) -> Reader:
     return (yield from end_of_unit(name, path, n, damage=damage, empty="no ARC records"))
 
 
+_RESYNC_CHUNK = 1 << 20
+
+
+def _next_record(f, after: int, gz: bool) -> int | None:
+    """The byte offset of the first record starting after `after`: the next gzip member that inflates to
+    `WARC/`, or the next `WARC/1.` at a line start in a plain file. None at the end of the file."""
+    marker = b"\x1f\x8b\x08" if gz else b"\nWARC/1."
+    offset = after
+    while True:
+        f.seek(offset)
+        chunk = f.read(_RESYNC_CHUNK + 4096)
+        if len(chunk) < len(marker):
+            return None
+        i = chunk.find(marker)
+        while 0 <= i < _RESYNC_CHUNK:
+            if not gz:
+                return offset + i + 1
+            try:
+                if zlib.decompressobj(31).decompress(chunk[i:i + 4096], 8).startswith(b"WARC/"):
+                    return offset + i
+            except zlib.error:
+                pass
+            i = chunk.find(marker, i + 1)
+        if len(chunk) <= _RESYNC_CHUNK:
+            return None
+        offset += _RESYNC_CHUNK
+
+
 def read_warc(path: str, name: str) -> Reader:
-    """The documents of one WARC/WET/ARC file; returns the number of ledger entries (records + damage)."""
+    """The documents of one WARC/WET/ARC file; returns the number of ledger entries (records + damage).
+
+    A damaged stretch (a garbled header, a bad length, a cut gzip member) is one `unreadable` entry
+    naming its byte offset; reading resumes at the next record (the next gzip member that holds a WARC
+    record, or the next `WARC/1.` line), so the records after it are not lost."""
     if path.endswith((".arc", ".arc.gz")):
         return (yield from _read_arc(path, name))
-    n, damage = 0, None
+    n = 0
     try:
         f = open(path, "rb")
     except OSError as e:
         yield Document(name, path, None, f"unreadable: {e.strerror or e}")
         return 1
     with f:
-        size, pos = os.fstat(f.fileno()).st_size, 0
-        records = iter(ArchiveIterator(f, parse_http=True, record_types=WarcRecordType.any_type))
-        while True:
-            try:
-                record = next(records)
-                pos = record.stream_pos
-                doc = _record_doc(name, path, record)
-            except StopIteration:
+        size, gz = os.fstat(f.fileno()).st_size, f.read(2) == b"\x1f\x8b"
+        start: int | None = 0
+        while start is not None:
+            f.seek(start)
+            records, pos, damage = iter(ArchiveIterator(f, parse_http=True, record_types=WarcRecordType.any_type)), start, None
+            while True:
+                try:
+                    record = next(records)
+                    pos = record.stream_pos
+                    doc = _record_doc(name, path, record)
+                except StopIteration:
+                    break
+                except (OSError, ValueError, EOFError) as e:  # fastwarc: a truncated member, a bad length
+                    damage = str(e)
+                    break
+                n += 1
+                yield doc
+            if damage is None:
                 break
-            except (OSError, ValueError, EOFError) as e:  # fastwarc: a truncated member, a bad length; rest lost
-                damage = f"damaged record after byte {pos} of {size}: {e}"
-                break
+            start = _next_record(f, pos + 1, gz)
+            if n and doc.error == GARBLED and doc.doc_id == f"{path}@{pos}":
+                continue  # the garbled record's own entry accounts for the stretch skipped
+            resumed = f"; reading resumed at byte {start}" if start is not None else ""
             n += 1
-            yield doc
-    return (yield from end_of_unit(name, path, n, damage=damage, empty="no WARC records"))
+            yield Document(name, f"{path}:damage@{pos}", None, f"damaged record after byte {pos} of {size}: {damage}{resumed}")
+    return (yield from end_of_unit(name, path, n, empty="no WARC records"))
