@@ -113,3 +113,37 @@ def test_config_errors_name_the_key(tmp_path, field, value, message):
     source = {"name": "web", "type": "warc", "path": str(tmp_path / "*.warc.gz"), field: value}
     with pytest.raises(ConfigError, match=message):
         load_config("tiny", [f"data.sources={json.dumps([source])}"])
+
+
+@pytest.mark.parametrize("gz", [True, False])
+def test_records_after_a_damaged_stretch_are_read(tmp_path, gz):
+    """A garbled header and a bad length in the middle of a file: reading resumes at the next record."""
+    page = webcrawl.pydoc_html("textwrap").encode()
+    good = [webcrawl.response(f"https://a.org/{i}.html", page) for i in range(3)]
+    garbled = b"WARC/1.0\r\nWARC-Type response\r\n\x00\x01garbled: \r\nContent-Length: zz\r\n\r\n<html></html>\r\n\r\n"
+    records = [good[0], garbled, good[1], good[2]]
+    path = tmp_path / ("c.warc.gz" if gz else "c.warc")
+    webcrawl.write_warc(str(path), records, gz=gz)
+    docs = list(web.read_warc(str(path), "web"))
+    urls = [d.meta["url"] for d in docs if d.text]
+    assert urls == ["https://a.org/0.html", "https://a.org/1.html", "https://a.org/2.html"]
+    assert [d.error for d in docs if d.text is None] == [web.GARBLED]  # one entry for the garbled record
+    assert len(docs) == len(records)
+
+
+def test_the_sample_crawl_is_accounted_record_for_record(tmp_path):
+    """The offline crawl the demo and the ablation use: its manifest and the ledger agree."""
+    m = webcrawl.build(str(tmp_path / "crawl"), modules=12, files=2)
+    assert webcrawl.build(str(tmp_path / "crawl"), modules=12, files=2) == m  # the same arguments: reused
+    docs = [d for p in sorted((tmp_path / "crawl").glob("*.warc.gz")) for d in web.read_warc(str(p), "web")]
+    kinds = m["kinds"]
+    assert len(docs) == m["records"]  # one ledger entry per record: damage is never double-counted
+    skipped = [d.skipped for d in docs if d.skipped]
+    assert skipped.count("request record") == kinds["request"] and skipped.count("metadata record") == kinds["metadata"]
+    assert skipped.count("HTTP 404") == kinds["not_found"] and skipped.count("HTTP 301") == kinds["redirect"]
+    assert sum(s.startswith("not HTML") for s in skipped) == kinds["binary"]
+    errors = [d.error for d in docs if d.text is None and not d.skipped]
+    assert errors.count(web.GARBLED) == kinds["garbled"] and sum("truncated record" in e for e in errors) == 1
+    pages = kinds["page"] + kinds.get("guide", 0) + kinds.get("mirror", 0) + kinds.get("near_copy", 0) + kinds["spam"]
+    assert sum(1 for d in docs if d.text is not None) == pages + sum(v for k, v in kinds.items() if k.startswith("language_")) + 1  # + the bad-length record, whose payload is whole
+    assert not any(b in d.text for d in docs if d.text for b in webcrawl.BOILERPLATE_MARKERS)

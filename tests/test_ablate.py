@@ -1,0 +1,60 @@
+"""`jaxtrain ablate` (#20), tiny: curation variants of one run trained with the same tokenizer and budget,
+scored on the base run's held-out target (never trained on), resumable."""
+
+import json
+import math
+
+import pytest
+import yaml
+
+from jaxtrain import ablate, pipeline, runconfig
+from jaxtrain.config import CONFIG_DIR, load_config
+from jaxtrain.data import loader, sample_crawl
+from jaxtrain.rundir import RunDir
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ablate")
+    sample_crawl.build(str(tmp / "crawl"), modules=10, files=1)
+    cfg = yaml.safe_load((CONFIG_DIR / "tiny.yaml").read_text())
+    cfg["data"]["sources"] = [
+        {"name": "web", "type": "warc", "path": str(tmp / "crawl" / "*.warc.gz"), "languages": ["en"],
+         "filters": ["c4", "gopher_quality"]},
+        {"name": "stdlib_docs", "type": "embedded", "content": "docs", "max_bytes": 60000},
+    ]
+    cfg["data"]["quality_classifier"] = {"reference": ["stdlib_docs"], "keep_fraction": 0.5}
+    (tmp / "base.yaml").write_text(yaml.safe_dump(cfg))
+    return tmp, runconfig.resolve(str(tmp / "base.yaml"), [], str(tmp / "run"), data=True)
+
+
+def test_variants_train_on_the_crawl_and_are_scored_on_the_same_held_out_target(base):
+    tmp, resolved = base
+    out = tmp / "ablations"
+    results = ablate.run_ablation(resolved, "stdlib_docs", out, ["raw", "classifier"], [0], steps=3)
+    assert [(r["variant"], r["seed"]) for r in results] == [("raw", 0), ("classifier", 0)]
+    assert all(math.isfinite(r["target_bpb"]) and r["target_bpb"] > 0 for r in results)
+    raw, cls = results
+    assert raw["kept_docs"] > cls["kept_docs"] and raw["budget_tokens"] == cls["budget_tokens"]
+    for variant in ("raw", "classifier"):
+        run = RunDir(out / f"{variant}-s0")
+        cfg = load_config(str(run.config))
+        _, weights = loader.training_batches(cfg.data, run, batch_size=cfg.train.batch_size)
+        assert weights == [1.0, 0.0]  # the target is never trained on
+        assert run.tokenizer.read_bytes() == resolved.run.tokenizer.read_bytes()  # one tokenizer for all variants
+    assert (RunDir(out / "classifier-s0").clean / "quality_classifier.json").exists()
+    assert not (RunDir(out / "raw-s0").clean / "quality_classifier.json").exists()
+    table = (out / "ablation.md").read_text()
+    assert "| raw | 1 |" in table and "| classifier | 1 |" in table and (out / "ablation.png").stat().st_size > 0
+
+
+def test_a_finished_ablation_is_read_back_not_retrained(base, monkeypatch):
+    tmp, resolved = base
+    out = tmp / "ablations"
+    before = ablate.read_results(out / ablate.RESULTS)
+    if not before:
+        pytest.skip("needs the previous test's runs")
+    monkeypatch.setattr(pipeline, "train", lambda *a, **k: pytest.fail("a finished variant was trained again"))
+    assert ablate.run_ablation(resolved, "stdlib_docs", out, ["raw", "classifier"], [0], steps=3) == before
+    with pytest.raises(Exception, match=r"--target: 'nope' is not a source"):
+        ablate.run_ablation(resolved, "nope", out, ["raw"], [0], steps=3)
