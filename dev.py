@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Bootstrap for a fresh machine: make .venv, install the pinned requirements, run.
 
-    python3 dev.py demo [key=value ...]   the main job: whole pipeline on the embedded corpus,
+    python3 dev.py demo [key=value ...]   the main job: whole pipeline on the embedded corpus and an offline web crawl,
                                           CPU, 8-device simulated mesh
     python3 dev.py test [pytest args]     the test suite
 
@@ -52,6 +52,9 @@ def main(argv: list[str]) -> int:
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
     env.setdefault("JAX_PLATFORMS", "cpu")
     if argv[0] == "demo":
+        os.chdir(ROOT)
+        # The demo's web source: a crawl built offline from pydoc's HTML (reused when already built).
+        subprocess.run([str(BIN / "python"), "-m", "jaxtrain.data.sample_crawl", "runs/demo-crawl"], env=env, check=True)
         cmd = [str(BIN / "jaxtrain"), "run", "--config", "demo", *argv[1:]]
     else:
         cmd = [str(BIN / "python"), "-m", "pytest", "-q", *argv[1:]]

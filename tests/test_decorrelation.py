@@ -2,12 +2,14 @@
 share a document no more often than under a uniform shuffle of all rows (the old sequential packing put
 runs of consecutive rows of one long document into the same batch)."""
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 from jaxtrain import pipeline
 from jaxtrain.config import load_config
-from jaxtrain.data import loader, shards
+from jaxtrain.data import loader, sample_crawl, shards
 from jaxtrain.data.rows import RowReader
 from jaxtrain.data.schedule import MixtureSchedule, row_stages
 
@@ -16,8 +18,13 @@ BATCHES, B, L = 1500, 16, 256
 
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory):
-    run = tmp_path_factory.mktemp("demo") / "run"
+    tmp = tmp_path_factory.mktemp("demo")
+    run = tmp / "run"
     cfg = load_config("demo")
+    sample_crawl.build(str(tmp / "crawl"))  # the demo's web source, built where the test can write
+    sources = tuple(dataclasses.replace(s, path=str(tmp / "crawl" / "*.warc.gz")) if s.type == "warc" else s
+                    for s in cfg.data.sources)
+    cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, sources=sources))
     pipeline.prepare(cfg, run)
     return run, cfg
 
