@@ -2,7 +2,7 @@
 rules, decisions compared, and MB/s per core, in one run.
 
     pip install -r benchmarks/requirements-datatrove.txt    # datatrove, spacy: benchmark only
-    python benchmarks/curation_vs_datatrove.py [--docs 3000] [--near-dups 300] [--repeats 3] \
+    python benchmarks/curation_vs_datatrove.py [--docs 3000] [--near-dups 300] [--repeats 3] [--warc 300] \
         [--out benchmarks/results/curation_vs_datatrove.json]
 
 Documents: the embedded default's prose-like text (package descriptions and licenses, pydoc topics,
@@ -22,6 +22,12 @@ the words replaced) so MinHash has duplicates to find.
    the near-duplicates each removed, and MB/s of input per core (medians over --repeats).
 3. Filters alone, MB/s per core: the four rules as functions (jaxtrain) and as filter objects
    called directly (datatrove), no I/O.
+4. Web (`--warc PAGES`, 0 skips): pydoc's HTML pages of that many stdlib modules, wrapped in site
+   navigation (benchmarks/webcrawl.py), written offline into 4 .warc.gz files; on those files
+   jaxtrain's `web.read_warc` (fastwarc + resiliparse) against datatrove's `WarcReader` (warcio) and
+   `Trafilatura` extractor, each on one core: MB of .warc.gz per second, documents and characters
+   out; then each side's four rules on its own extracted text, and each rule alone on both sides
+   over jaxtrain's extraction (decisions on real web pages).
 
 Where the two disagree, the report names the check; which side follows the published rule is
 written up in BENCHMARKS.md (reference: TFDS c4_utils for C4, Gopher Table A1, FineWeb's code).
