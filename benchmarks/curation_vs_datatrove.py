@@ -1,5 +1,5 @@
-"""jaxtrain's curation against datatrove's (issue #15): the same documents through the same published
-rules, decisions compared, and MB/s per core, in one run.
+"""jaxtrain's curation and web extraction against datatrove's (issues #15, #20): the same documents
+and WARC files through the same published rules, decisions compared, and MB/s per core, in one run.
 
     pip install -r benchmarks/requirements-datatrove.txt    # datatrove, spacy: benchmark only
     python benchmarks/curation_vs_datatrove.py [--docs 3000] [--near-dups 300] [--repeats 3] [--warc 300] \
