@@ -1,8 +1,8 @@
-"""jaxtrain's curation against datatrove's (issue #15): the same documents through the same published
-rules, decisions compared, and MB/s per core, in one run.
+"""jaxtrain's curation and web extraction against datatrove's (issues #15, #20): the same documents
+and WARC files through the same published rules, decisions compared, and MB/s per core, in one run.
 
     pip install -r benchmarks/requirements-datatrove.txt    # datatrove, spacy: benchmark only
-    python benchmarks/curation_vs_datatrove.py [--docs 3000] [--near-dups 300] [--repeats 3] \
+    python benchmarks/curation_vs_datatrove.py [--docs 3000] [--near-dups 300] [--repeats 3] [--warc 300] \
         [--out benchmarks/results/curation_vs_datatrove.json]
 
 Documents: the embedded default's prose-like text (package descriptions and licenses, pydoc topics,
@@ -22,6 +22,12 @@ the words replaced) so MinHash has duplicates to find.
    the near-duplicates each removed, and MB/s of input per core (medians over --repeats).
 3. Filters alone, MB/s per core: the four rules as functions (jaxtrain) and as filter objects
    called directly (datatrove), no I/O.
+4. Web (`--warc PAGES`, 0 skips): pydoc's HTML pages of that many stdlib modules, wrapped in site
+   navigation (benchmarks/webcrawl.py), written offline into 4 .warc.gz files; on those files
+   jaxtrain's `web.read_warc` (fastwarc + resiliparse) against datatrove's `WarcReader` (warcio) and
+   `Trafilatura` extractor, each on one core: MB of .warc.gz per second, documents and characters
+   out; then each side's four rules on its own extracted text, and each rule alone on both sides
+   over jaxtrain's extraction (decisions on real web pages).
 
 Where the two disagree, the report names the check; which side follows the published rule is
 written up in BENCHMARKS.md (reference: TFDS c4_utils for C4, Gopher Table A1, FineWeb's code).
@@ -104,10 +110,11 @@ def per_filter(docs: list[dict]) -> dict:
         n_agree, kept = 0, collections.Counter()
         disagree, examples = collections.Counter(), {}
         for d in docs:
-            a, _ = _jaxtrain_check(name, d["text"])
-            b, _ = _datatrove_check(theirs[name], d["text"])
+            a, a_text = _jaxtrain_check(name, d["text"])
+            b, b_text = _datatrove_check(theirs[name], d["text"])
             kept["jaxtrain"] += a is None
             kept["datatrove"] += b is None
+            kept["both, same text out"] += a is None and b is None and a_text.strip() == b_text.strip()
             if (a is None) == (b is None):
                 n_agree += 1
             else:
@@ -115,6 +122,7 @@ def per_filter(docs: list[dict]) -> dict:
                 disagree[key] += 1
                 examples.setdefault(key, d["id"])
         out[name] = {"docs": len(docs), "kept_jaxtrain": kept["jaxtrain"], "kept_datatrove": kept["datatrove"],
+                     "kept_by_both_same_text": kept["both, same text out"],  # C4 rewrites: the same lines kept?
                      "agreement": round(n_agree / len(docs), 4),
                      "disagreements": dict(disagree.most_common()), "examples": examples}
     return out
@@ -260,11 +268,174 @@ def end_to_end(docs: list[dict], repeats: int) -> dict:
     }
 
 
+# stdlib modules whose import has side effects (a browser, a printout, a display, a test run), or that
+# pydoc cannot render usefully on Linux
+_SKIP_MODULES = ("antigravity", "this", "__hello__", "__phello__", "idlelib", "tkinter", "turtle", "test",
+                 "msvc", "winreg", "winsound", "_winapi", "nt", "ensurepip", "venv", "pydoc_data", "lib2to3")
+
+
+def _webcrawl():
+    """benchmarks/webcrawl.py, loaded by path (benchmarks/ is not a package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("webcrawl", pathlib.Path(__file__).parent / "webcrawl.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _stdlib_modules(n: int) -> list[str]:
+    """Up to n importable stdlib modules, top-level ones first, then submodules of packages; sorted, so the
+    same on every run of one Python."""
+    import importlib
+    import pkgutil
+    import sys
+    import warnings
+
+    ok = lambda name: not any(p.startswith(_SKIP_MODULES) or p.startswith("_") for p in name.split("."))  # noqa: E731
+    top, subs = [], []
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        for name in sorted(filter(ok, sys.stdlib_module_names)):
+            try:
+                module = importlib.import_module(name)
+            except Exception:  # platform-specific modules (msvcrt, winreg) and optional C extensions
+                continue
+            top.append(name)
+            subs += [f"{name}.{m.name}" for m in pkgutil.iter_modules(getattr(module, "__path__", [])) if ok(m.name)]
+        for name in subs[:max(0, n - len(top)) * 2]:
+            try:
+                importlib.import_module(name)
+                top.append(name)
+            except Exception:
+                pass
+    return top[:n]
+
+
+def stdlib_warcs(directory: pathlib.Path, pages: int, files: int = 4) -> list[pathlib.Path]:
+    """WARC files (.warc.gz, one gzip member per record) of pydoc's HTML pages for `pages` stdlib modules,
+    wrapped in site navigation (benchmarks/webcrawl.py): real HTML, built offline. Each response carries
+    WARC-Identified-Payload-Type, as Common Crawl's do (datatrove's reader filters on it)."""
+    crawl = _webcrawl()
+    directory.mkdir(parents=True, exist_ok=True)
+    records = []
+    for m in _stdlib_modules(pages):
+        body = crawl.pydoc_html(m).encode()
+        http = (f"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n"
+                ).encode() + body
+        records.append(crawl.record("response", f"https://docs.example.org/{m}.html", http,
+                                    "application/http; msgtype=response",
+                                    extra="WARC-Identified-Payload-Type: text/html\r\n"))
+    paths = [directory / f"crawl-{i}.warc.gz" for i in range(files)]
+    for i, path in enumerate(paths):
+        crawl.write_warc(str(path), records[i::files])
+    return paths
+
+
+def _chardet_magic_shim() -> None:
+    """datatrove's WARC record parser imports cchardet (for pages that are not UTF-8) and python-magic (for
+    records without WARC-Identified-Payload-Type); neither is in this venv (faust-cchardet and python-magic
+    need native builds or libmagic). cchardet's `detect` is stood in for by charset_normalizer's (never
+    reached either: every page here is UTF-8); magic is never reached (every record names its type)."""
+    import sys
+    import types
+
+    import charset_normalizer
+
+    if "cchardet" not in sys.modules:
+        sys.modules["cchardet"] = types.SimpleNamespace(detect=charset_normalizer.detect)
+    if "magic" not in sys.modules:
+        def from_buffer(*_, **__):
+            raise RuntimeError("benchmark WARC records name their payload type; python-magic is not installed")
+        sys.modules["magic"] = types.SimpleNamespace(from_buffer=from_buffer)
+
+
+def jaxtrain_web(paths: list[pathlib.Path]) -> list[dict]:
+    """jaxtrain's reader and extractor (fastwarc, resiliparse): [{"id": url, "text"}] of non-empty pages."""
+    from jaxtrain.data import web
+
+    out = []
+    for path in paths:
+        for doc in web.read_warc(str(path), "web"):
+            if doc.text:
+                out.append({"id": doc.meta["url"], "text": doc.text})
+    return out
+
+
+def datatrove_web(paths: list[pathlib.Path]) -> list[dict]:
+    """datatrove's WarcReader (warcio) and Trafilatura extractor with their defaults, as its pipeline runs
+    them: [{"id": url, "text"}] of the documents they pass on."""
+    from datatrove.pipeline.extractors import Trafilatura
+    from datatrove.pipeline.readers import WarcReader
+
+    _chardet_magic_shim()
+    reader = object.__new__(WarcReader)  # past PipelineStep.__new__'s check for the two shimmed distributions
+    reader.__init__(str(paths[0].parent), glob_pattern="*.warc.gz")
+    docs = reader.run()
+    with contextlib.redirect_stderr(io.StringIO()):
+        return [{"id": d.metadata["url"], "text": d.text} for d in Trafilatura().run(docs)]
+
+
+def web(paths: list[pathlib.Path], repeats: int) -> dict:
+    """Read and extract the same WARC files, each side on one core: MB of WARC input (as stored, gzip) per
+    second, documents and characters out (medians over repeats after an untimed warm-up). Then end to end:
+    each side's four rules, in FineWeb's order, on its own extracted text (pages kept, same decision per
+    URL); and each rule alone on the same text (jaxtrain's extraction) on both sides."""
+    mb = sum(p.stat().st_size for p in paths) / 1e6
+    times, out = collections.defaultdict(list), {}
+    jaxtrain_web(paths[:1]), datatrove_web(paths[:1])  # warm-up, untimed: imports, trafilatura's worker
+    for _ in range(repeats):
+        for side, fn in (("jaxtrain", jaxtrain_web), ("datatrove", datatrove_web)):
+            t = time.perf_counter()
+            out[side] = fn(paths)
+            times[side].append(time.perf_counter() - t)
+    theirs = _datatrove_filters()
+    kept = {"jaxtrain": {d["id"] for d in out["jaxtrain"] if _jaxtrain_passes(d["text"])},
+            "datatrove": {d["id"] for d in out["datatrove"] if _datatrove_passes(d["text"], theirs)}}
+    t_ours, t_theirs = statistics.median(times["jaxtrain"]), statistics.median(times["datatrove"])
+    chars = {side: sum(len(d["text"]) for d in docs) for side, docs in out.items()}
+    urls = {d["id"] for docs in out.values() for d in docs}
+    return {
+        "warc_files": len(paths), "warc_mb": round(mb, 2),
+        "docs_out_jaxtrain": len(out["jaxtrain"]), "docs_out_datatrove": len(out["datatrove"]),
+        "chars_out_jaxtrain": chars["jaxtrain"], "chars_out_datatrove": chars["datatrove"],
+        "jaxtrain_s": round(t_ours, 2), "datatrove_s": round(t_theirs, 2),
+        "jaxtrain_mb_per_s_per_core": round(mb / t_ours, 3), "datatrove_mb_per_s_per_core": round(mb / t_theirs, 3),
+        "jaxtrain_speedup": round(t_theirs / t_ours, 2),
+        "after_filters": {"kept_jaxtrain": len(kept["jaxtrain"]), "kept_datatrove": len(kept["datatrove"]),
+                          "kept_by_both": len(kept["jaxtrain"] & kept["datatrove"]),
+                          "agreement": round(sum((u in kept["jaxtrain"]) == (u in kept["datatrove"]) for u in urls)
+                                             / max(len(urls), 1), 4)},
+        # each rule alone, both sides' rules on the same text (jaxtrain's extraction): agreement on web pages
+        "rules_on_extracted_text": {name: {k: r[k] for k in ("kept_jaxtrain", "kept_datatrove", "agreement",
+                                                              "disagreements")}
+                                    for name, r in per_filter(out["jaxtrain"]).items()},
+    }
+
+
+def _jaxtrain_passes(text: str) -> bool:
+    """jaxtrain's four rules in FineWeb's order (C4's rewritten text goes on to FineWeb, as in datatrove)."""
+    from jaxtrain.data import filters
+
+    return filters.apply_rules(text, ORDER)[0] is None
+
+
+def _datatrove_passes(text: str, theirs: dict | None = None) -> bool:
+    theirs = theirs or _datatrove_filters()
+    for name in ORDER:
+        failed, text = _datatrove_check(theirs[name], text)
+        if failed:
+            return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--docs", type=int, default=3000)
     parser.add_argument("--near-dups", type=int, default=300)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--warc", type=int, default=300, metavar="PAGES",
+                        help="WARC section: pydoc pages of this many stdlib modules in 4 .warc.gz files (0: skip)")
     parser.add_argument("--out", default="benchmarks/results/curation_vs_datatrove.json")
     args = parser.parse_args(argv)
     import datatrove
@@ -279,6 +450,10 @@ def main(argv: list[str] | None = None) -> dict:
     print(json.dumps(result["filters_only"], indent=1), flush=True)
     result["end_to_end"] = end_to_end(docs, args.repeats)
     print(json.dumps(result["end_to_end"], indent=1), flush=True)
+    if args.warc:
+        with tempfile.TemporaryDirectory() as tmp:
+            result["web"] = web(stdlib_warcs(pathlib.Path(tmp), args.warc), args.repeats)
+        print(json.dumps(result["web"], indent=1), flush=True)
     if args.out:
         pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(args.out).write_text(json.dumps(result, indent=1) + "\n")

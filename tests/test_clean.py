@@ -52,6 +52,27 @@ def test_rules_flag_what_they_should():
     assert filters.code("def f(x):\n    return x + 1\n") is None
 
 
+def test_c4_judges_the_kept_lines_as_the_published_rule_does():
+    # `{` and `lorem ipsum` drop the page only in a line that survived the line filters (TFDS c4_utils)
+    assert filters.c4(PROSE + "\nvar config = {debug: true}\nLorem ipsum dolor sit amet")[0] is None
+    assert filters.c4(PROSE + "\nThe set {1, 2} has two members.")[0] == "curly_bracket"
+    failed, kept = filters.c4(PROSE + "\nThe river is long.[1]\nAnd then there was more...\nIt is (really) so.[citation needed]")
+    assert failed is None and "The river is long.\n" in kept + "\n" and "..." not in kept and "[" not in kept
+    # every kept line is at least one sentence (a closing quote ends it); abbreviations end none
+    assert filters.c4("\n".join(f'Line {i} says "yes"' for i in range(5)))[0] is None
+    assert filters.c4("\n".join(f'Line {i} says "yes"' for i in range(4)))[0] == "too_few_sentences"
+    assert filters._c4_sentences("Mr. Smith met Dr. Jones, e.g. at 3.30 p.m. in the U.S. on Jan. 4. Then he left!") == 2
+
+
+def test_fineweb_counts_as_its_reference_code_does():
+    # the list ratio divides newlines by tokens (punctuation counts, as datatrove's spaCy tokens), not words
+    dense = "\n".join(f"Configuration-management{i}, reinstallation." for i in range(20))  # 2 words, 4 tokens a line
+    assert filters.fineweb(dense) is None
+    assert filters.fineweb("\n".join(f"Item number {i} of the list" for i in range(20))) == "line_punct_ratio"
+    # a closing quote ends no line for FineWeb (datatrove's terminal set has none)
+    assert filters.fineweb("\n".join(f'The clerk wrote down the word "item {i}"' for i in range(20))) == "line_punct_ratio"
+
+
 def test_pii_is_scrubbed_and_private_addresses_kept():
     text, n = filters.scrub_pii("Mail jane.doe@example.org or ops@corp.co.uk; server 8.8.4.4, local 127.0.0.1, 10.0.0.2")
     assert n == 3 and "<EMAIL>" in text and "<IP_ADDRESS>" in text
