@@ -23,7 +23,7 @@ the words replaced) so MinHash has duplicates to find.
 3. Filters alone, MB/s per core: the four rules as functions (jaxtrain) and as filter objects
    called directly (datatrove), no I/O.
 4. Web (`--warc PAGES`, 0 skips): pydoc's HTML pages of that many stdlib modules, wrapped in site
-   navigation (benchmarks/webcrawl.py), written offline into 4 .warc.gz files; on those files
+   navigation (jaxtrain.data.sample_crawl), written offline into 4 .warc.gz files; on those files
    jaxtrain's `web.read_warc` (fastwarc + resiliparse) against datatrove's `WarcReader` (warcio) and
    `Trafilatura` extractor, each on one core: MB of .warc.gz per second, documents and characters
    out; then each side's four rules on its own extracted text, and each rule alone on both sides
@@ -268,58 +268,15 @@ def end_to_end(docs: list[dict], repeats: int) -> dict:
     }
 
 
-# stdlib modules whose import has side effects (a browser, a printout, a display, a test run), or that
-# pydoc cannot render usefully on Linux
-_SKIP_MODULES = ("antigravity", "this", "__hello__", "__phello__", "idlelib", "tkinter", "turtle", "test",
-                 "msvc", "winreg", "winsound", "_winapi", "nt", "ensurepip", "venv", "pydoc_data", "lib2to3")
-
-
-def _webcrawl():
-    """benchmarks/webcrawl.py, loaded by path (benchmarks/ is not a package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("webcrawl", pathlib.Path(__file__).parent / "webcrawl.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def _stdlib_modules(n: int) -> list[str]:
-    """Up to n importable stdlib modules, top-level ones first, then submodules of packages; sorted, so the
-    same on every run of one Python."""
-    import importlib
-    import pkgutil
-    import sys
-    import warnings
-
-    ok = lambda name: not any(p.startswith(_SKIP_MODULES) or p.startswith("_") for p in name.split("."))  # noqa: E731
-    top, subs = [], []
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        for name in sorted(filter(ok, sys.stdlib_module_names)):
-            try:
-                module = importlib.import_module(name)
-            except Exception:  # platform-specific modules (msvcrt, winreg) and optional C extensions
-                continue
-            top.append(name)
-            subs += [f"{name}.{m.name}" for m in pkgutil.iter_modules(getattr(module, "__path__", [])) if ok(m.name)]
-        for name in subs[:max(0, n - len(top)) * 2]:
-            try:
-                importlib.import_module(name)
-                top.append(name)
-            except Exception:
-                pass
-    return top[:n]
-
-
 def stdlib_warcs(directory: pathlib.Path, pages: int, files: int = 4) -> list[pathlib.Path]:
     """WARC files (.warc.gz, one gzip member per record) of pydoc's HTML pages for `pages` stdlib modules,
-    wrapped in site navigation (benchmarks/webcrawl.py): real HTML, built offline. Each response carries
+    wrapped in site navigation (jaxtrain.data.sample_crawl): real HTML, built offline. Each response carries
     WARC-Identified-Payload-Type, as Common Crawl's do (datatrove's reader filters on it)."""
-    crawl = _webcrawl()
+    from jaxtrain.data import sample_crawl as crawl  # after the platform flags, like the other jaxtrain imports here
+
     directory.mkdir(parents=True, exist_ok=True)
     records = []
-    for m in _stdlib_modules(pages):
+    for m in crawl.stdlib_modules()[:pages]:
         body = crawl.pydoc_html(m).encode()
         http = (f"HTTP/1.1 200 OK\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: {len(body)}\r\n\r\n"
                 ).encode() + body
