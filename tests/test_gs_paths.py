@@ -7,6 +7,7 @@ GCS clients and are not redirected here; the test checks they get the
 gs:// URI unchanged.
 """
 
+import gzip
 import json
 
 import fsspec
@@ -120,3 +121,19 @@ def test_stages_publish_and_recover_on_gs(fake_gcs, tmp_path, monkeypatch):
     assert stages.marker(run, "tokenizer")["digest"] == tok.fingerprint(run.tokenizer)
     assert not (fake_gcs / "bucket/runs/r2/data/clean.partial").exists()
     assert not (fake_gcs / "bucket/runs/r2/tokenizer.partial").exists()
+
+
+def test_a_warc_source_on_gs(fake_gcs):
+    """WARC and ARC files in a bucket: globbed and read through etils.epath, like the local ones."""
+    from jaxtrain.data import files, sample_crawl, web
+
+    page = sample_crawl.pydoc_html("textwrap").encode()
+    (fake_gcs / "bucket/crawl").mkdir(parents=True)
+    sample_crawl.write_warc(str(fake_gcs / "bucket/crawl/a.warc.gz"),
+                            [sample_crawl.response(f"https://a.org/{i}.html", page) for i in range(2)])
+    (fake_gcs / "bucket/crawl/b.arc.gz").write_bytes(gzip.compress(sample_crawl.arc_record("http://b.org/x.html", page)))
+    found = files.readable_matches("gs://bucket/crawl/*")
+    assert found == ["gs://bucket/crawl/a.warc.gz", "gs://bucket/crawl/b.arc.gz"]
+    docs = [d for path in found for d in web.read_warc(path, "web")]
+    assert [d.meta["url"] for d in docs] == ["https://a.org/0.html", "https://a.org/1.html", "http://b.org/x.html"]
+    assert all("dedent" in d.text for d in docs)

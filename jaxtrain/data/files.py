@@ -45,6 +45,7 @@ from typing import Generator, Iterator
 
 import numpy as np
 import pyarrow.parquet as pq
+from etils import epath
 
 # Binary detection over the whole file. Text never contains NUL; a few control bytes occur
 # (form feeds, ANSI escapes) but not 1% of a file; Latin-1 or cp1252 prose read as UTF-8 stays
@@ -73,13 +74,26 @@ class Document:
 Reader = Generator[Document, None, int]
 
 
+def is_remote(path: str) -> bool:
+    return "://" in path  # gs://, s3://, ...: read through etils.epath
+
+
 def matches(pattern: str) -> list[str]:
-    """Everything the glob matches (directories and special files included), sorted."""
-    return sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    """Everything the glob matches (directories and special files included), sorted; a gs:// pattern is
+    globbed through etils.epath from its last directory without wildcards."""
+    if not is_remote(pattern):
+        return sorted(glob.glob(os.path.expanduser(pattern), recursive=True))
+    parts = pattern.split("/")
+    first = next((i for i, part in enumerate(parts) if any(c in part for c in "*?[")), len(parts))
+    if first == len(parts):
+        return [pattern] if epath.Path(pattern).exists() else []
+    return sorted(str(p) for p in epath.Path("/".join(parts[:first])).glob("/".join(parts[first:])))
 
 
 def readable_matches(pattern: str) -> list[str]:
     """The matches that are not directories: what could hold documents."""
+    if is_remote(pattern):
+        return [p for p in matches(pattern) if not epath.Path(p).is_dir()]
     return [p for p in matches(pattern) if not os.path.isdir(p)]
 
 

@@ -35,7 +35,7 @@ from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 from resiliparse.parse.html import HTMLTree
 
-from jaxtrain.data.files import Document, Reader, end_of_unit
+from jaxtrain.data.files import Document, Reader, end_of_unit, is_remote
 
 _CHARSET_RE = re.compile(r"charset\s*=\s*[\"']?([\w.:-]+)", re.I)
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -146,7 +146,8 @@ def _read_arc(path: str, name: str) -> Reader:
     """ARC v1 (fastwarc reads WARC only): a header line `URL IP date type length`, then length bytes."""
     n, damage = 0, None
     try:
-        with (gzip.open(path, "rb") if path.endswith(".gz") else open(path, "rb")) as f:
+        raw = epath.Path(path).open("rb") if is_remote(path) else open(path, "rb")
+        with (gzip.open(raw, "rb") if path.endswith(".gz") else raw) as f:
             while line := f.readline():
                 if not line.strip():
                     continue
@@ -201,12 +202,13 @@ def read_warc(path: str, name: str) -> Reader:
         return (yield from _read_arc(path, name))
     n = 0
     try:
-        f = open(path, "rb")
+        f = epath.Path(path).open("rb") if is_remote(path) else open(path, "rb")  # gs:// through etils.epath
+        size = epath.Path(path).stat().length if is_remote(path) else os.fstat(f.fileno()).st_size
     except OSError as e:
         yield Document(name, path, None, f"unreadable: {e.strerror or e}")
         return 1
     with f:
-        size, gz = os.fstat(f.fileno()).st_size, f.read(2) == b"\x1f\x8b"
+        gz = f.read(2) == b"\x1f\x8b"
         start: int | None = 0
         while start is not None:
             f.seek(start)
