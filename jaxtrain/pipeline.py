@@ -99,11 +99,17 @@ def run(cfg: RunConfig | runconfig.Resolved, run_dir: str | RunDir | None = None
     evaluator: Evaluator = result["evaluator"]
     final = result["eval"] or evaluator.evaluate(result["state"].params)
     unigram = evaluator.unigram_baseline()
-    log(f"[result] held-out loss {final['eval/loss']:.4f} nats/token vs unigram baseline {unigram:.4f} "
-        f"({unigram - final['eval/loss']:+.4f} better)")
+    log(f"[result] {comparison(final['eval/loss'], unigram)}")
     print_samples(result["trainer"], result["state"].params, result["step"], [cfg.eval.sample_prompt])
     log(f"[result] run directory: {RunDir(run_dir)} | total time {time.perf_counter() - start:.0f}s")
     return result
+
+
+def comparison(loss: float, unigram: float) -> str:
+    """The run summary's one line: the model against the unigram baseline, worse said as worse."""
+    gap = unigram - loss
+    verdict = f"{gap:.4f} better" if gap > 0 else f"{-gap:.4f} WORSE: the model has not learned more than token frequencies"
+    return f"held-out loss {loss:.4f} nats/token vs unigram baseline {unigram:.4f} ({verdict})"
 
 
 def evaluate_checkpoint(cfg: RunConfig | runconfig.Resolved, run_dir: str | RunDir | None = None,

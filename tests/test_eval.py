@@ -50,3 +50,11 @@ def test_offline_eval_reproduces_in_loop_numbers_and_writes_reports(fresh_run, c
     events = list((fresh_run / "tensorboard").glob("events.out.tfevents.*"))
     assert events and sum(e.stat().st_size for e in events) > 1_000
     assert "bits/byte" in capsys.readouterr().out
+
+
+def test_the_run_summary_says_worse_when_the_model_loses_to_the_unigram_baseline():
+    from jaxtrain.pipeline import comparison
+
+    assert comparison(3.5, 4.25).endswith("(0.7500 better)")
+    worse = comparison(4.9337, 4.25)
+    assert "0.6837 WORSE" in worse and "better" not in worse

@@ -13,3 +13,10 @@ def test_importing_models_has_no_side_effects(tmp_path):
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr[-2000:]
+
+
+def test_importing_the_curation_pipeline_is_quiet():
+    """No apitools/bigquery notice on every command (issue #24): importing Beam through jaxtrain prints nothing."""
+    out = subprocess.run([sys.executable, "-c", "import jaxtrain.data.curate"], capture_output=True, text=True,
+                         check=True)
+    assert "apitools" not in out.stderr + out.stdout, out.stderr

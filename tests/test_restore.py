@@ -87,6 +87,16 @@ def test_a_changed_guard_window_is_refused_and_the_run_is_left_as_it_was(run):
     assert result["step"] == 6
 
 
+def test_a_changed_global_batch_names_train_batch_size_and_moves_nothing(run):
+    config_before = (run / "config.yaml").read_text()
+    with pytest.raises(resume.IncompatibleCheckpoint, match=r"checkpoints/4: trained with train.batch_size=8 \(the "
+                                                           r"global batch\), this run has train.batch_size=16.*"
+                                                           r"The checkpoint was left where it is"):
+        pipeline.train(tiny_config(*BASE, "train.steps=6", "train.batch_size=16"), run)
+    assert _steps(run) == [2, 4] and not (run / "checkpoints.corrupt").exists()
+    assert (run / "config.yaml").read_text() == config_before
+
+
 def test_a_changed_optimizer_structure_is_refused_with_the_differing_keys(run, monkeypatch):
     real = trainer_lib.optimizer.make_optimizer
 

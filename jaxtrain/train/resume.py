@@ -130,6 +130,13 @@ def check_compatible(meta: dict, cfg: RunConfig, fingerprint: str, where: str) -
             "a model must keep the tokenizer it was trained with. Use the run's own tokenizer/tokenizer.model "
             "or start a new run directory."
         )
+    saved_batch = ((meta.get("config") or {}).get("train") or {}).get("batch_size")
+    if meta.get("step", 0) > 0 and saved_batch is not None and saved_batch != cfg.train.batch_size:
+        raise IncompatibleCheckpoint(
+            f"{where}: trained with train.batch_size={saved_batch} (the global batch), this run has "
+            f"train.batch_size={cfg.train.batch_size}; the saved data position counts batches of {saved_batch}. "
+            f"Resume with train.batch_size={saved_batch} (microbatches change the per-step memory, not the batch), "
+            "or start a new run directory. The checkpoint was left where it is.")
     # A field added to ModelConfig after the checkpoint was made has its default there: new fields
     # default to the computation as it was before them (e.g. rope_scaling: none).
     saved = {**section_dict(ModelConfig()), **(meta.get("config") or {}).get("model", {})}
