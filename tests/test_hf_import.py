@@ -167,3 +167,48 @@ def test_cli_prints_a_refused_import_as_one_line(tmp_path, capsys):
     assert cli.main(["import-hf", str(hf_dir), "--run-dir", str(tmp_path / "run"), "--config", "tiny"]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("error: config.json: hidden_act='gelu'")
+
+
+def _weights_dir(tmp_path, files: dict) -> "pathlib.Path":
+    from safetensors.numpy import save_file
+
+    hf_dir = tmp_path / "hf"
+    hf_dir.mkdir()
+    for name, value in files.items():
+        if name.endswith(".json"):
+            (hf_dir / name).write_text(json.dumps(value))
+        else:
+            save_file({"w": np.full((2,), value, np.float32), "v": np.full((2,), value, np.float32)}, str(hf_dir / name))
+    return hf_dir
+
+
+def test_import_reads_exactly_the_files_transformers_reads(tmp_path):
+    """A backup copy beside model.safetensors is never read (it used to win: logits off by 4.7)."""
+    from jaxtrain.export import handoff
+
+    hf_dir = _weights_dir(tmp_path, {"model.safetensors": 1.0, "model-backup.safetensors": 9.0})
+    assert handoff.weight_files(hf_dir) == {"model.safetensors": None}
+    np.testing.assert_array_equal(handoff.load_hf_tensors(hf_dir)["w"], [1.0, 1.0])
+
+
+def test_a_sharded_directory_reads_each_tensor_from_the_file_its_index_names(tmp_path):
+    from jaxtrain.export import handoff
+
+    hf_dir = _weights_dir(tmp_path, {"model-00001-of-00002.safetensors": 1.0, "model-00002-of-00002.safetensors": 2.0,
+                                     "old.safetensors": 9.0, "model.safetensors.index.json": {"weight_map": {
+                                         "w": "model-00001-of-00002.safetensors", "v": "model-00002-of-00002.safetensors"}}})
+    tensors = handoff.load_hf_tensors(hf_dir)
+    assert tensors["w"].tolist() == [1.0, 1.0] and tensors["v"].tolist() == [2.0, 2.0]
+
+
+@pytest.mark.parametrize("files, message", [
+    ({"model.safetensors": 1.0, "model.safetensors.index.json": {"weight_map": {"w": "model.safetensors"}}},
+     "holds both model.safetensors and model.safetensors.index.json"),
+    ({"weights-backup.safetensors": 1.0}, r"no model.safetensors or model.safetensors.index.json, only \['weights-backup"),
+    ({"model.safetensors.index.json": {"weight_map": {"w": "gone.safetensors"}}}, r"names \['gone.safetensors'\]"),
+])
+def test_ambiguous_or_incomplete_weight_files_are_refused(tmp_path, files, message):
+    from jaxtrain.export import handoff
+
+    with pytest.raises(hf.MissingFileError, match=message):
+        handoff.load_hf_tensors(_weights_dir(tmp_path, files))

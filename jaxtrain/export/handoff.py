@@ -36,6 +36,7 @@ from jaxtrain.rundir import (
 )
 from jaxtrain.train.checkpoint import checkpoint_meta
 from jaxtrain.train.trainer import build_trainer, load_params
+from jaxtrain.utils import log
 
 KNOWN_LICENSES = {
     "stdlib_code": "PSF-2.0 (CPython standard library)",
@@ -175,21 +176,53 @@ def read_hf_config(hf_dir: pathlib.Path) -> dict:
     return json.loads(path.read_text())
 
 
+SAFETENSORS_FILE, SAFETENSORS_INDEX = "model.safetensors", "model.safetensors.index.json"  # what transformers reads
+
+
+def weight_files(hf_dir: pathlib.Path) -> dict[str, list[str] | None]:
+    """The weight files transformers would read, and for each the tensors to take from it (None: all):
+    `model.safetensors`, else the files `model.safetensors.index.json` maps tensors to. Any other
+    *.safetensors file (a backup, a stray shard) is never read; a directory holding both forms, or only
+    other files, is refused."""
+    hf_dir = pathlib.Path(hf_dir)
+    single, index = hf_dir / SAFETENSORS_FILE, hf_dir / SAFETENSORS_INDEX
+    present = sorted(p.name for p in hf_dir.glob("*.safetensors"))
+    if single.exists() and index.exists():
+        raise hf.MissingFileError(f"{hf_dir}: holds both {SAFETENSORS_FILE} and {SAFETENSORS_INDEX}; which weights "
+                                  "are the model's is ambiguous. Remove the one that is not.")
+    if single.exists():
+        return {SAFETENSORS_FILE: None}
+    if index.exists():
+        weight_map = json.loads(index.read_text()).get("weight_map") or {}
+        by_file: dict[str, list[str]] = {}
+        for tensor, name in sorted(weight_map.items()):
+            by_file.setdefault(name, []).append(tensor)
+        missing = sorted(n for n in by_file if not (hf_dir / n).exists())
+        if not by_file or missing:
+            raise hf.MissingFileError(f"{index}: " + (f"names {missing}, which are not in {hf_dir}; copy them there."
+                                                      if missing else "has no weight_map; rewrite it with transformers."))
+        return by_file
+    if present:
+        raise hf.MissingFileError(f"{hf_dir}: no {SAFETENSORS_FILE} or {SAFETENSORS_INDEX}, only {present}; "
+                                  f"transformers reads one of those two: rename the model's file to {SAFETENSORS_FILE}.")
+    raise hf.MissingFileError(f"{hf_dir}: no *.safetensors files (PyTorch .bin checkpoints are not read: no pickle).")
+
+
 def load_hf_tensors(hf_dir: pathlib.Path) -> dict[str, np.ndarray]:
-    """Every *.safetensors tensor as float32 numpy.
+    """The tensors of the weight files transformers would read (`weight_files`), as float32 numpy.
 
     Read through safetensors' Flax loader on the host CPU: its numpy loader cannot hold bfloat16
     (the dtype Llama 3 checkpoints ship in), and no accelerator memory is touched."""
-    files = sorted(pathlib.Path(hf_dir).glob("*.safetensors"))
-    if not files:
-        raise hf.MissingFileError(f"{hf_dir}: no *.safetensors files (PyTorch .bin checkpoints are not read: "
-                                  "no pickle).")
+    chosen = weight_files(hf_dir)
+    ignored = sorted({p.name for p in pathlib.Path(hf_dir).glob("*.safetensors")} - set(chosen))
+    if ignored:
+        log(f"[import-hf] not read (transformers would not read them either): {ignored}")
     tensors: dict[str, np.ndarray] = {}
     with jax.default_device(jax.local_devices(backend="cpu")[0]):
-        for f in files:
-            with safe_open(str(f), framework="flax") as st:
-                for name in st.keys():
-                    tensors[name] = np.asarray(st.get_tensor(name), dtype=np.float32)
+        for name, wanted in chosen.items():
+            with safe_open(str(pathlib.Path(hf_dir) / name), framework="flax") as st:
+                for key in (st.keys() if wanted is None else wanted):
+                    tensors[key] = np.asarray(st.get_tensor(key), dtype=np.float32)
     return tensors
 
 
