@@ -51,6 +51,20 @@ def test_llama_run_exports_to_llamaforcausallm_with_matching_logits_and_card(fre
     for a, b in zip(jax.tree.leaves(jax.device_get(params)), jax.tree.leaves(jax.device_get(params2)), strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
+    # Exporting again replaces the export whole: a stale tokenizer.json of an earlier export (which transformers
+    # would load instead of the run's tokenizer.model) does not survive. A directory that is not an export is
+    # refused, untouched.
+    (out / "tokenizer.json").write_text("{}")
+    assert export_run(load_run_config(fresh_run), fresh_run, out) == out
+    assert not (out / "tokenizer.json").exists() and (out / "model.safetensors").exists()
+    assert not list(tmp_path.glob(".hf.*"))  # nothing left aside
+    other = tmp_path / "mine"
+    other.mkdir()
+    (other / "notes.txt").write_text("keep me")
+    with pytest.raises(hf.ExportError, match=r"exists and is not a jaxtrain export .*nothing was written"):
+        export_run(load_run_config(fresh_run), fresh_run, other)
+    assert [p.name for p in other.iterdir()] == ["notes.txt"]
+
 
 def test_gpt2_style_weights_load_into_gpt2lmheadmodel_with_matching_logits(tmp_path):
     from safetensors.numpy import save_file

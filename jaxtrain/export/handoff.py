@@ -149,24 +149,48 @@ def export_tokenizer(run: RunDir, out_dir: pathlib.Path, max_len: int) -> tok.To
     return tokenizer
 
 
+EXPORT_MARKER = "provenance.json"  # written into every export: a directory holding it may be replaced
+
+
 def export_run(cfg: RunConfig, run_dir: str | RunDir, out_dir: pathlib.Path, step: int | None = None) -> pathlib.Path:
     run = RunDir(run_dir)
     hf.architecture(cfg.model)  # refuse unsupported architectures before restoring anything
     _, params, step = load_params(cfg, run, step)
     tensors = hf.to_hf_tensors(cfg.model, jax.device_get(params))
-    out_dir = pathlib.Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    final = pathlib.Path(out_dir)
+    if final.exists() and any(final.iterdir()) and not (final / EXPORT_MARKER).exists():
+        raise hf.ExportError(f"--out {final}: exists and is not a jaxtrain export (no {EXPORT_MARKER}); nothing was "
+                             "written. Name a new directory, or empty this one.")
+    # Written aside, then swapped in whole: no stale file of an earlier export survives (transformers would
+    # read an old tokenizer.json before the new tokenizer.model), and a failure leaves `final` as it was.
+    out_dir = final.parent / f".{final.name}.partial"
+    shutil.rmtree(out_dir, ignore_errors=True)
+    out_dir.mkdir(parents=True)
+    try:
+        _write_export(cfg, run, step, tensors, out_dir)
+    except BaseException:
+        shutil.rmtree(out_dir, ignore_errors=True)
+        raise
+    old = final.parent / f".{final.name}.old"
+    shutil.rmtree(old, ignore_errors=True)
+    if final.exists():
+        final.rename(old)
+    out_dir.rename(final)
+    shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def _write_export(cfg: RunConfig, run: RunDir, step: int, tensors: dict, out_dir: pathlib.Path) -> None:
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt", "jaxtrain_step": str(step)})
     tokenizer = export_tokenizer(run, out_dir, cfg.model.max_seq_len)
     (out_dir / "config.json").write_text(json.dumps(hf.hf_config(cfg.model, tokenizer.bos_id, tokenizer.eos_id),
                                                     indent=2))
     fingerprint = tokenizer.fingerprint()
-    (out_dir / "provenance.json").write_text(json.dumps(
+    (out_dir / EXPORT_MARKER).write_text(json.dumps(
         {**provenance(cfg, run), "tokenizer_fingerprint": fingerprint, "step": step,
          "tokens_seen": step * cfg.tokens_per_step, "latest_eval": _latest_eval(run)},
         indent=2))
     (out_dir / "README.md").write_text(model_card(cfg, run, step, fingerprint))
-    return out_dir
 
 
 def read_hf_config(hf_dir: pathlib.Path) -> dict:
