@@ -18,6 +18,7 @@ import dataclasses
 import pathlib
 from typing import Literal
 
+import jax.numpy as jnp
 from etils import epath
 
 from jaxtrain import yamlconf
@@ -173,6 +174,12 @@ class RunConfig:
         check(self.tokenizer.vocab_size == m.vocab_size or bool(self.tokenizer.model_file),
               f"tokenizer.vocab_size: {self.tokenizer.vocab_size} differs from model.vocab_size={m.vocab_size}; "
               "set both to the same value.")
+        # Low-precision master weights lose small updates (an AdamW step is often below bfloat16's resolution of
+        # the weight) and the optimizer state is float32 by construction: mixed precision is model.dtype.
+        check(jnp.dtype(m.param_dtype) == jnp.float32,
+              f"model.param_dtype: {m.param_dtype} master weights are not supported for training (updates below the "
+              "weights' precision are lost); keep model.param_dtype=float32 and set model.dtype=bfloat16 for "
+              "bfloat16 compute.")
         check_divisible(self.mesh.shape(), m.axis_sizes())  # axes of known size; the rest when the mesh is built
         check_seq_len(m.attention, d.seq_len)  # a named kernel's tiling; `auto` once the platform is known
 

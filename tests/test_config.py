@@ -55,3 +55,11 @@ def test_preset_inheritance(tmp_path):
     child.write_text("base: tiny\nmodel: {num_layers: 5}\n")
     cfg = load_config(str(child))
     assert cfg.model.num_layers == 5 and cfg.model.embed_dim == load_config("tiny").model.embed_dim
+
+
+def test_bfloat16_master_weights_are_refused_before_any_work():
+    """It used to crash training with a raw TypeError (optimizer state compiled as bfloat16, called with float32)."""
+    with pytest.raises(ConfigError, match=r"model.param_dtype: bfloat16 master weights are not supported for training.*"
+                                          r"model.dtype=bfloat16"):
+        load_config("tiny", ["model.param_dtype=bfloat16"])
+    assert load_config("tiny", ["model.dtype=bfloat16"]).model.dtype == "bfloat16"

@@ -213,6 +213,7 @@ def test_only_the_model_fields_marked_execution_may_differ_from_the_checkpoint()
                "remat": "full"}
     assert set(changed) == execution_fields()
     resume.check_compatible(meta, dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **changed)), "fp", "c")
-    stored = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, param_dtype="bfloat16"))  # what it stores
+    saved = to_dict(cfg)  # a checkpoint that stores other master weights (a run config can no longer ask for them)
+    bf16 = {**meta, "config": {**saved, "model": {**saved["model"], "param_dtype": "bfloat16"}}}
     with pytest.raises(resume.IncompatibleCheckpoint, match="model.param_dtype"):
-        resume.check_compatible(meta, stored, "fp", "c")
+        resume.check_compatible(bf16, cfg, "fp", "c")
