@@ -129,7 +129,7 @@ def test_pipeline_accounts_for_every_document_including_bad_input(tmp_path):
     for i in range(12):
         (a / f"doc{i:02d}.txt").write_text(_prose(i))
     (a / "dup.md").write_text(_prose(3) + "\r\n")  # exact duplicate after normalization
-    (a / "bad_utf8.txt").write_bytes(b"caf\xe9 " + _prose(20).encode())  # repaired, counted
+    (a / "bad_utf8.txt").write_bytes(b"caf\xe9 " + _prose(20).encode())  # not UTF-8: decoded as detected, counted
     (a / "binary.txt").write_bytes(b"\x00\x01\x02" * 100)
     (a / "empty.txt").write_text("")
     (a / "huge.txt").write_text("word " * 10_000_000)  # a 50 MB single-line document
@@ -153,7 +153,9 @@ def test_pipeline_accounts_for_every_document_including_bad_input(tmp_path):
                                 "not JSON: Expecting property name enclosed in double quotes": 1,
                                 next(k for k in ra["unreadable"] if k.startswith("unreadable")): 1}
     assert ra["removed"]["empty"] == 2 and ra["removed"]["too_long"] == 1 and ra["removed"]["decontaminated"] == 1
-    assert ra["duplicates"] == {"exact": 1} and ra["repaired_utf8"] == 1
+    assert ra["duplicates"] == {"exact": 1} and ra["repaired_utf8"] == 0 and sum(ra["decoded"].values()) == 1
+    kept = [json.loads(x)["text"] for p in clean_dir.glob("alpha.*.jsonl") for x in p.read_text().splitlines()]
+    assert any(t.startswith("café ") for t in kept)  # decoded as detected: the letter survives
     assert rb["duplicates"] == {"near": 1} and rb["unreadable"] == {"no column 'text' (columns: ['other'])": 1}
     assert rb["pii_replaced"] == 1
     near = next(e for e in ledger if e["id"].endswith("near.txt"))

@@ -186,7 +186,9 @@ def test_bad_corpus_is_accounted_for_line_by_line(tmp_path):
     assert reasons("random_no_nul.txt") == ["binary file (control bytes)"]
     assert reasons("high_bytes.txt") == ["binary file (invalid UTF-8)"]
     assert reasons("noise.txt") == ["noise (random printable characters)"]
-    assert reasons("latin1.txt") == [] and by_file["latin1.txt"][0]["repaired_utf8"]
+    assert reasons("latin1.txt") == [] and not by_file["latin1.txt"][0]["repaired_utf8"]  # decoded, not repaired
+    assert by_file["latin1.txt"][0]["encoding"] == "cp1252"
+    assert [t[:11] for t in kept_texts("latin1.txt")] == ["Café crème."]  # the accented letters survive
     assert reasons("no_column.parquet") == ["no column 'text' (columns: ['other'])"] * 5
     assert reasons("rows.parquet") == ["column 'text' is not a string"]
     assert len(reasons("broken.parquet")) == 1 and reasons("broken.parquet")[0].startswith("unreadable parquet")

@@ -17,7 +17,7 @@ def _new() -> dict:
             "removed": collections.Counter(), "removed_bytes": collections.Counter(),
             "duplicates": collections.Counter(), "duplicate_bytes": 0, "unreadable": collections.Counter(),
             "skipped": collections.Counter(), "capped_docs": 0, "pii_replaced": 0, "repaired_utf8": 0, "examples": {},
-            "languages": collections.Counter(), "quality_scores": []}
+            "languages": collections.Counter(), "quality_scores": [], "decoded": collections.Counter()}
 
 
 def build(ledger_files: list[epath.Path], sources: list[str], read_counts: dict[str, int] | None = None,
@@ -36,6 +36,8 @@ def build(ledger_files: list[epath.Path], sources: list[str], read_counts: dict[
                 r["repaired_utf8"] += bool(e.get("repaired_utf8"))
                 if "language" in e:  # identified (web sources, or a languages filter): every document judged so far
                     r["languages"][e["language"]] += 1
+                if "encoding" in e:  # text that was not UTF-8, decoded with the detected encoding
+                    r["decoded"][e["encoding"]] += 1
                 if "quality_score" in e:
                     r["quality_scores"].append(e["quality_score"])
                 bucket, reason = e["bucket"], e.get("reason", "")
@@ -73,7 +75,7 @@ def build(ledger_files: list[epath.Path], sources: list[str], read_counts: dict[
                                        "held_out_accuracy": classifier.get("accuracy"),
                                        "held_out_docs": classifier.get("held_out_docs"),
                                        "trained_on_digest": classifier.get("trained_on_digest")}
-        for key in ("removed", "removed_bytes", "duplicates", "unreadable", "skipped"):
+        for key in ("removed", "removed_bytes", "duplicates", "unreadable", "skipped", "decoded"):
             r[key] = dict(sorted(r[key].items()))
     return report
 
@@ -110,6 +112,9 @@ def markdown(report: dict) -> str:
         if r["languages"]:
             found = ", ".join(f"{lang} {n}" for lang, n in r["languages"].items())
             lines.append(f"| languages found (documents) | {sum(r['languages'].values())} | | {found} |")
+        if r["decoded"]:
+            found = ", ".join(f"{enc} {n}" for enc, n in r["decoded"].items())
+            lines.append(f"| not UTF-8, decoded as detected | {sum(r['decoded'].values())} | | {found} |")
         if qc := r.get("quality_classifier"):
             bins = " ".join(str(c) for c in qc["score_histogram"])
             lines.append(f"| quality classifier: documents scored | {qc['scored_docs']} | | median score "

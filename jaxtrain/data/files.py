@@ -46,6 +46,7 @@ from typing import Generator, Iterator
 import numpy as np
 import pyarrow.parquet as pq
 from etils import epath
+from resiliparse.parse.encoding import detect_encoding
 
 # Binary detection over the whole file. Text never contains NUL; a few control bytes occur
 # (form feeds, ANSI escapes) but not 1% of a file; Latin-1 or cp1252 prose read as UTF-8 stays
@@ -121,8 +122,8 @@ def read_path(path: str, name: str, text_field: str = "text") -> Reader:
         return (yield from _jsonl(name, path, text_field))
     if path.endswith(".parquet"):
         return (yield from _parquet(name, path, text_field))
-    text, error = read_text(path)
-    yield Document(name, path, text, error)
+    text, error, encoding = read_decoded(path)
+    yield Document(name, path, text, error, meta={"encoding": encoding} if encoding not in ("", "utf-8") else None)
     return 1
 
 
@@ -147,17 +148,39 @@ def binary_reason(data: bytes) -> str | None:
     return None
 
 
-def read_text(path: str) -> tuple[str | None, str | None]:
-    """(text, None), or (None, why not): unreadable, or binary by binary_reason."""
+def decode(data: bytes) -> tuple[str, str]:
+    """(text, encoding): UTF-8 when the bytes are; otherwise the encoding resiliparse detects (cp1252,
+    Latin-1, Shift-JIS, ...), so accented letters survive; only bytes no detected encoding decodes are
+    replaced (and the ledger's repaired_utf8 counts the document)."""
+    try:
+        return data.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        pass
+    encoding = detect_encoding(data)
+    try:
+        return data.decode(encoding), encoding
+    except (LookupError, UnicodeDecodeError):
+        return data.decode("utf-8", errors="replace"), "utf-8"
+
+
+def read_decoded(path: str) -> tuple[str | None, str | None, str]:
+    """(text, None, encoding), or (None, why not, ""): unreadable, or binary by binary_reason."""
     try:
         with open(path, "rb") as f:
             data = f.read()
     except OSError as e:
-        return None, f"unreadable: {e.strerror or e}"
+        return None, f"unreadable: {e.strerror or e}", ""
     reason = binary_reason(data)
     if reason:
-        return None, reason
-    return data.decode("utf-8", errors="replace"), None
+        return None, reason, ""
+    text, encoding = decode(data)
+    return text, None, encoding
+
+
+def read_text(path: str) -> tuple[str | None, str | None]:
+    """(text, None), or (None, why not): unreadable, or binary by binary_reason."""
+    text, error, _ = read_decoded(path)
+    return text, error
 
 
 class _Damage(Exception):
