@@ -52,6 +52,11 @@ class RunDir:
         return self.clean / "report.json"
 
     @property
+    def base_model(self) -> epath.Path:
+        """What `import-hf` started this run from (export.handoff.base_model_record)."""
+        return self.root / "base_model.json"
+
+    @property
     def tfds(self) -> epath.Path:
         """TFDS data_dir of the ArrayRecord token shards."""
         return self.data / "tfds"

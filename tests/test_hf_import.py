@@ -212,3 +212,39 @@ def test_ambiguous_or_incomplete_weight_files_are_refused(tmp_path, files, messa
 
     with pytest.raises(hf.MissingFileError, match=message):
         handoff.load_hf_tensors(_weights_dir(tmp_path, files))
+
+
+def test_an_imported_model_exports_before_training_names_its_foundation_and_refuses_a_second_import(
+        prepared_run, tmp_path):
+    """#22.2 and #22.4: the card of a continued-pretraining run names its base model (digest, license); an
+    imported, untrained run exports; importing into a run that holds checkpoints is refused and changes nothing."""
+    import shutil
+
+    from safetensors.numpy import save_file
+
+    from conftest import tiny_config
+    from jaxtrain.data import stages
+    from jaxtrain.data import tokenizer as tok
+    from jaxtrain.export import handoff
+    from jaxtrain.rundir import RunDir
+
+    cfg = tiny_config()
+    params = nnx.to_pure_dict(nnx.state(Transformer(cfg.model, rngs=nnx.Rngs(0)), nnx.Param))
+    hf_dir = tmp_path / "base"
+    hf_dir.mkdir()
+    save_file(hf.to_hf_tensors(cfg.model, params), str(hf_dir / "model.safetensors"))
+    sp = tok.load(RunDir(prepared_run).tokenizer)
+    (hf_dir / "config.json").write_text(json.dumps(hf.hf_config(cfg.model, sp.bos_id, sp.eos_id)))
+    shutil.copy(RunDir(prepared_run).tokenizer, hf_dir / "tokenizer.model")
+    (hf_dir / "README.md").write_text("---\nlicense: apache-2.0\n---\n# A base model\n")
+    run = tmp_path / "cont"
+    imported = handoff.import_hf(hf_dir, cfg, run)
+    out = handoff.export_run(imported, run, tmp_path / "out")
+    card = (out / "README.md").read_text()
+    assert "Continued pretraining of" in card and "license: apache-2.0" in card and "nothing trained on yet" in card
+    base = json.loads((out / "provenance.json").read_text())["base_model"]
+    assert base["weights_sha256"] == stages.file_digest(hf_dir / "model.safetensors", length=64)
+    before = sorted(str(p.relative_to(run)) for p in run.rglob("*"))
+    with pytest.raises(hf.ExportError, match=r"already holds checkpoints; import into a new run directory"):
+        handoff.import_hf(hf_dir, cfg, run)
+    assert sorted(str(p.relative_to(run)) for p in run.rglob("*")) == before

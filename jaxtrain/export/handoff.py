@@ -19,6 +19,7 @@ import shutil
 
 import jax
 import numpy as np
+import yaml
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -48,6 +49,9 @@ KNOWN_LICENSES = {
 def provenance(cfg: RunConfig, run_dir: str | RunDir) -> dict:
     run = RunDir(run_dir)
     clean_dir = run.clean
+    base = json.loads(run.base_model.read_text()) if run.base_model.exists() else None
+    if not run.curation_report.exists() or not run.token_counts.exists():  # an imported model, not trained on yet
+        return {"base_model": base, "sources": [], "note": "no data prepared in this run: nothing trained on yet"}
     report = json.loads(run.curation_report.read_text())
     counts = shards.token_counts(run)
     sources = []
@@ -69,7 +73,7 @@ def provenance(cfg: RunConfig, run_dir: str | RunDir) -> dict:
             "tokens": {split: counts[shards.split_name(split, s.name)]["tokens"] for split in ("train", "validation")},
             "bytes": {split: counts[shards.split_name(split, s.name)]["bytes"] for split in ("train", "validation")},
         })
-    return {"sources": sources}
+    return {"base_model": base, "sources": sources}
 
 
 def _latest_eval(run_dir: str | RunDir) -> dict:
@@ -97,7 +101,11 @@ def model_card(cfg: RunConfig, run_dir: str | RunDir, step: int, fingerprint: st
     lines = [
         f"# {cfg.name}: jaxtrain base model, step {step}",
         "",
-        f"Trained with jaxtrain for {step} steps ({seen:,} tokens seen) of {cfg.train.steps} planned.",
+        (f"Continued pretraining of `{prov['base_model']['source']}` (weights sha256 "
+         f"`{prov['base_model']['weights_sha256'][:16]}`, license: {prov['base_model']['license']}): its "
+         f"capabilities come from its own pretraining; jaxtrain trained it {step} more steps ({seen:,} tokens) on the "
+         "data below." if prov["base_model"] else
+         f"Trained with jaxtrain for {step} steps ({seen:,} tokens seen) of {cfg.train.steps} planned."),
         f"Tokenizer: {tokenizer_description(cfg, run_dir)}, fingerprint `{fingerprint}`.",
         "",
         "## Training data provenance",
@@ -106,6 +114,8 @@ def model_card(cfg: RunConfig, run_dir: str | RunDir, step: int, fingerprint: st
         "train tokens | cleaned text sha256 |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
+    if not prov["sources"]:
+        lines.append(f"| ({prov['note']}) | | | | | | | | |")
     for s in prov["sources"]:
         d = s["documents"]
         lines.append(
@@ -261,11 +271,14 @@ def import_hf(hf_dir: pathlib.Path, base: RunConfig, run_dir: pathlib.Path,
 
     Exact or refused: every config.json field is honoured or named in an ExportError (see
     hf.model_config_from_hf); the tensors must be exactly those the config implies."""
+    run = RunDir(run_dir)
+    if run.checkpoints.exists() and any(p.name.isdigit() for p in run.checkpoints.iterdir()):
+        raise hf.ExportError(f"--run-dir {run}: already holds checkpoints; import into a new run directory "
+                             "(nothing was written).")
     run_choices = {k: getattr(base.model, k) for k in execution_fields()}  # how the base run computes
     model_cfg = hf.model_config_from_hf(read_hf_config(hf_dir), ignore_fields, param_dtype=base.model.param_dtype,
                                         **run_choices)
     params_np = hf.from_hf_tensors(model_cfg, load_hf_tensors(hf_dir))
-    run = RunDir(run_dir)
     tok_path = tok.install_tokenizer(tok.tokenizer_file(hf_dir), run.tokenizer_dir)
     tokenizer = tok.load(tok_path)
     if tokenizer.vocab_size > model_cfg.vocab_size:
@@ -287,5 +300,20 @@ def import_hf(hf_dir: pathlib.Path, base: RunConfig, run_dir: pathlib.Path,
                            imported_from=str(hf_dir))
     ckpt.save(0, state, None, meta, force=True)
     ckpt.close()
+    run.base_model.write_text(json.dumps(base_model_record(hf_dir), indent=1))
     save_config(cfg, run.config)
     return cfg
+
+
+def base_model_record(hf_dir: pathlib.Path) -> dict:
+    """What a continued-pretraining run starts from: the directory, the digest of the weight files read, and
+    the license its model card declares (YAML front matter of README.md), when it has one."""
+    hf_dir = pathlib.Path(hf_dir)
+    license_ = "not declared (no README.md front matter)"
+    readme = hf_dir / "README.md"
+    if readme.exists() and readme.read_text().startswith("---"):
+        front = yaml.safe_load(readme.read_text().split("---", 2)[1]) or {}
+        license_ = str(front.get("license", license_))
+    files = sorted(weight_files(hf_dir))
+    return {"source": str(hf_dir.resolve()), "weight_files": files,
+            "weights_sha256": stages.file_digest(*(hf_dir / f for f in files), length=64), "license": license_}
