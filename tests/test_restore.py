@@ -87,6 +87,15 @@ def test_a_changed_guard_window_is_refused_and_the_run_is_left_as_it_was(run):
     assert result["step"] == 6
 
 
+def test_a_checkpoint_missing_its_data_position_is_set_aside_not_replayed_from_zero(run, capsys):
+    """#23.2: it used to resume at step 4 from data position 0, training the first batches again."""
+    shutil.rmtree(run / "checkpoints" / "4" / "data")
+    result = pipeline.train(tiny_config(*BASE, "train.steps=6"), run)
+    out = capsys.readouterr().out
+    assert 'no "data" item' in out and "using checkpoint 2 instead of the latest (4)" in out
+    assert result["step"] == 6 and [p.name for p in (run / "checkpoints.corrupt").iterdir()] == ["4"]
+
+
 def test_a_changed_global_batch_names_train_batch_size_and_moves_nothing(run):
     config_before = (run / "config.yaml").read_text()
     with pytest.raises(resume.IncompatibleCheckpoint, match=r"checkpoints/4: trained with train.batch_size=8 \(the "

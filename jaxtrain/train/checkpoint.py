@@ -136,6 +136,9 @@ class Checkpointer:
         data_state = self.data_state(step) if data_iterator is not None else None
         if data_state is not None:
             data_iterator.set_state(data_state)
+        elif data_iterator is not None and step > 0 and not restored["meta"].get("imported_from"):
+            # A trained step is whole or not used: without its data position it would replay the first batches.
+            raise CheckpointDamaged(f'{self.directory}/{step}: no "data" item (the data position is missing).')
         return restored["state"], restored["meta"]
 
     def restore_params(self, step: int, abstract_params: Any) -> Any:

@@ -177,8 +177,9 @@ def check_structure(saved_tree: Any, abstract_state: Any, where: str, hint: str)
                                      "left where it is.")
 
 
-def _read(what: str, where: str, read: Callable[[], Any]) -> tuple[int, Any]:
-    """(agreed verdict, value): transient errors are retried; the verdict is the same on every process."""
+def _read(what: str, where: str, read: Callable[[], Any]) -> tuple[int, Any, BaseException | None]:
+    """(agreed verdict, value, this process's error): transient errors are retried; the verdict is the same on
+    every process."""
     for attempt in range(RESTORE_ATTEMPTS):
         try:
             value, verdict, error = read(), OK, None
@@ -198,7 +199,7 @@ def _read(what: str, where: str, read: Callable[[], Any]) -> tuple[int, Any]:
         detail = f" ({type(error).__name__}: {str(error)[:300]})" if error else " (on another process)"
         raise CheckpointUnavailable(f"{where}: reading its {what} failed{detail}; nothing was moved. If the "
                                     "checkpoint is damaged, move it aside by hand and rerun.")
-    return verdict, value
+    return verdict, value, error
 
 
 def restore_latest_valid(
@@ -214,17 +215,18 @@ def restore_latest_valid(
             "directory.")
     for step in reversed(steps):
         where = f"{checkpointer.directory}/{step}"
-        verdict, meta = _read("metadata", where, lambda: checkpointer.restore_meta(step))
+        verdict, meta, error = _read("metadata", where, lambda: checkpointer.restore_meta(step))
         if verdict == OK:
             check_compatible(meta, cfg, fingerprint, where)  # wrong run: refuse, do not fall back
             target = abstract_state(meta, step)
-            verdict, saved_tree = _read("array metadata", where, lambda: checkpointer.state_metadata(step))
+            verdict, saved_tree, error = _read("array metadata", where, lambda: checkpointer.state_metadata(step))
         if verdict == OK:
             check_structure(saved_tree, target, where, hint)
-            verdict, restored = _read("arrays", where, lambda: checkpointer.restore(step, target, data_iterator))
+            verdict, restored, error = _read("arrays", where, lambda: checkpointer.restore(step, target, data_iterator))
         if verdict == UNREADABLE:
             moved = checkpointer.quarantine(step)
-            log(f"[ckpt] checkpoint {where} is corrupt or truncated (unreadable); moved to {moved}; "
+            why = f": {str(error)[:200]}" if error is not None else " (on another process)"
+            log(f"[ckpt] checkpoint {where} is corrupt or truncated (unreadable{why}); moved to {moved}; "
                 "trying the previous one")
             continue
         state, meta = restored
