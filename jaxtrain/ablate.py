@@ -58,7 +58,8 @@ def variant_data(base: DataConfig, variant: str, target: str, decontaminate: str
             sources.append(dataclasses.replace(s, filters=(), languages=(), min_language_score=0.0, url_blocklist=""))
         else:
             sources.append(s)
-    qc = base.quality_classifier if base.quality_classifier.reference else QualityClassifierConfig(reference=(target,))
+    qc = (base.quality_classifier if base.quality_classifier.reference
+          else QualityClassifierConfig(reference=(target,), keep_fraction=0.5))
     common = {"sources": tuple(sources), "decontaminate": (*base.decontaminate, decontaminate), "shuffle_seed": seed,
               "quality_classifier": qc if variant == "classifier" else QualityClassifierConfig()}
     if variant == "raw":
@@ -83,9 +84,6 @@ def variant_config(base: Resolved, variant: str, seed: int, target: str, out_dir
 
 def _target_text(base: Resolved, target: str, out_dir: pathlib.Path) -> str:
     """The target's held-out documents (the base run's curated split), for the variants' decontamination."""
-    if target not in base.cfg.data.source_names:
-        raise ConfigError(f"--target: {target!r} is not a source of {base.run}; choose one of "
-                          f"{base.cfg.data.source_names}.")
     path = out_dir / f"{target}.held_out.jsonl"
     with path.open("w") as f:
         for part in clean.split_files(base.run.clean, target, "validation"):
@@ -127,10 +125,22 @@ def run_ablation(base: Resolved, target: str, out_dir: pathlib.Path, variants: S
     bad = [v for v in variants if v not in VARIANTS]
     if bad:
         raise ConfigError(f"--variants: unknown {bad}; choose from {list(VARIANTS)}.")
+    if steps is not None and steps <= 0:
+        raise ConfigError(f"--steps: must be positive, got {steps} (leave it out for the run's train.steps).")
+    if target not in base.cfg.data.source_names:
+        raise ConfigError(f"--target: {target!r} is not a source of {base.run}; choose one of "
+                          f"{base.cfg.data.source_names}.")
+    results_path = out_dir / RESULTS
+    steps = steps or base.cfg.train.steps
+    earlier = {(r["target"], r["budget_tokens"]) for r in read_results(results_path)}
+    budget = steps * base.cfg.tokens_per_step
+    if earlier - {(target, budget)}:
+        (t, b), = sorted(earlier)[:1]
+        raise ConfigError(f"--out {out_dir}: holds an ablation on target {t!r} with a budget of {b} tokens; this one "
+                          f"is on {target!r} with {budget} ({steps} steps). Give another --out.")
     out_dir.mkdir(parents=True, exist_ok=True)
     pipeline.prepare(base, through="shards")  # the target's shards and the tokenizer every variant shares
     decontaminate = _target_text(base, target, out_dir)
-    results_path = out_dir / RESULTS
     done = {(r["variant"], r["seed"]) for r in read_results(results_path)}
     for variant in variants:
         for seed in seeds:
@@ -183,7 +193,8 @@ def write_summary(results: list[dict], out_dir: pathlib.Path) -> None:
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         vs = f"{r['vs_raw']:+.4f}" if r["vs_raw"] is not None else ""
-        lines.append(f"| {r['variant']} | {r['seeds']} | {r['target_bpb']:.4f} | {r['spread']:.4f} | {vs} "
+        spread = f"{r['spread']:.4f}" if r["seeds"] > 1 else "n/a (one seed)"
+        lines.append(f"| {r['variant']} | {r['seeds']} | {r['target_bpb']:.4f} | {spread} | {vs} "
                      f"| {r['kept_docs']} | {r['train_tokens']} | {r['epochs']} |")
     (out_dir / "ablation.md").write_text("\n".join(lines) + "\n")
     fig = Figure(figsize=(6, 3.5))  # no pyplot: no global backend state

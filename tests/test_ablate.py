@@ -45,7 +45,7 @@ def test_variants_train_on_the_crawl_and_are_scored_on_the_same_held_out_target(
     assert (RunDir(out / "classifier-s0").clean / "quality_classifier.json").exists()
     assert not (RunDir(out / "raw-s0").clean / "quality_classifier.json").exists()
     table = (out / "ablation.md").read_text()
-    assert "| raw | 1 |" in table and "| classifier | 1 |" in table and (out / "ablation.png").stat().st_size > 0
+    assert "| raw | 1 |" in table and "| classifier | 1 |" in table and "n/a (one seed)" in table and (out / "ablation.png").stat().st_size > 0
 
 
 def test_a_finished_ablation_is_read_back_not_retrained(base, monkeypatch):
@@ -58,3 +58,9 @@ def test_a_finished_ablation_is_read_back_not_retrained(base, monkeypatch):
     assert ablate.run_ablation(resolved, "stdlib_docs", out, ["raw", "classifier"], [0], steps=3) == before
     with pytest.raises(Exception, match=r"--target: 'nope' is not a source"):
         ablate.run_ablation(resolved, "nope", out, ["raw"], [0], steps=3)
+    # Another target or budget in the same --out is refused, not answered with the earlier results.
+    with pytest.raises(Exception, match=r"--out .*: holds an ablation on target 'stdlib_docs' with a budget of 1536 "
+                                        r"tokens; this one is on 'stdlib_docs' with 2560 \(5 steps\)"):
+        ablate.run_ablation(resolved, "stdlib_docs", out, ["raw"], [0], steps=5)
+    with pytest.raises(Exception, match=r"--steps: must be positive, got 0"):
+        ablate.run_ablation(resolved, "stdlib_docs", out, ["raw"], [0], steps=0)

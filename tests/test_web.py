@@ -108,8 +108,13 @@ def test_warc_source_through_the_pipeline(tmp_path):
 @pytest.mark.parametrize("field, value, message", [
     ("languages", ["en", "xx"], r"data\.sources\[0\]\.languages: unknown code\(s\) \['xx'\]"),
     ("url_blocklist", "/nonexistent/block.txt", r"data\.sources\[0\]\.url_blocklist: file .* does not exist"),
+    ("url_blocklist", "/", r"data\.sources\[0\]\.url_blocklist: '/' is not a file"),
+    ("url_blocklist", "BINARY", r"data\.sources\[0\]\.url_blocklist: '.*block.bin' is not UTF-8 text"),
 ])
 def test_config_errors_name_the_key(tmp_path, field, value, message):
+    if value == "BINARY":
+        value = str(tmp_path / "block.bin")
+        (tmp_path / "block.bin").write_bytes(gzip.compress(b"x" * 100) + b"\xff\xfe")
     source = {"name": "web", "type": "warc", "path": str(tmp_path / "*.warc.gz"), field: value}
     with pytest.raises(ConfigError, match=message):
         load_config("tiny", [f"data.sources={json.dumps([source])}"])

@@ -47,8 +47,16 @@ class SourceConfig:
         check(0 <= self.min_language_score <= 1,
               f"{key}.min_language_score: must be in [0, 1], got {self.min_language_score}.")
         if self.url_blocklist:
-            check(epath.Path(self.url_blocklist).exists(),
+            path = epath.Path(self.url_blocklist)
+            check(path.exists(),
                   f"{key}.url_blocklist: file {self.url_blocklist!r} does not exist; give a file of domains, one per line.")
+            check(path.is_file(), f"{key}.url_blocklist: {self.url_blocklist!r} is not a file; give a file of domains "
+                  "or URL substrings, one per line.")
+            try:
+                path.read_text()
+            except UnicodeDecodeError:
+                check(False, f"{key}.url_blocklist: {self.url_blocklist!r} is not UTF-8 text; give a file of domains "
+                      "or URL substrings, one per line.")
         if self.type in ("files", "warc"):
             check(bool(self.path), f"{key}.path: a glob is required for type={self.type}.")
         elif self.type == "tfds":
@@ -70,8 +78,8 @@ class QualityClassifierConfig:
     reference: tuple[str, ...] = ()  # sources whose kept documents are the positives (text you trust); empty = off
     apply_to: tuple[str, ...] = ()  # sources it filters, whose kept documents are the negatives;
     # empty = every web (type=warc) source, or every source not in `reference` when there is none
-    threshold: float = 0.5  # keep a document when P(reference-like) >= threshold ...
-    keep_fraction: float = 0.0  # ... or, when > 0, the top fraction of each filtered source by score (DCLM kept 10%)
+    threshold: float = 0.0  # keep a document when P(reference-like) >= threshold (e.g. 0.5) ...
+    keep_fraction: float = 0.0  # ... or the top fraction of each filtered source by score (DCLM kept 10%): set one
     max_examples: int = 20_000  # documents sampled per class (DCLM trained on 400k in all; enough for a binary task)
 
     def check(self, sources: list[str], types: dict[str, str]) -> None:
@@ -89,6 +97,9 @@ class QualityClassifierConfig:
         check(bool(self.targets(sources, types)), f"{key}.apply_to: nothing to filter: every source is a reference; "
               "name the sources to filter.")
         check(0.0 <= self.threshold <= 1.0, f"{key}.threshold: must be in [0, 1], got {self.threshold}.")
+        check((self.threshold > 0) != (self.keep_fraction > 0),
+              f"{key}: set one of threshold (keep P(reference-like) >= it, e.g. 0.5) or keep_fraction (keep the "
+              f"best-scored share, e.g. 0.5), not {'both' if self.threshold > 0 else 'neither'}.")
         check(0.0 <= self.keep_fraction < 1.0,
               f"{key}.keep_fraction: must be in [0, 1) (0 = use threshold), got {self.keep_fraction}.")
         check(self.max_examples >= 10, f"{key}.max_examples: must be >= 10, got {self.max_examples}.")

@@ -197,7 +197,7 @@ def run(d: DataConfig, out_dir: epath.Path, workers: int = 1) -> None:
             if s.type == "files":
                 units, reader = files.matches(s.path), _Read(s.name, files.read_path, s.name, s.text_field)
             elif s.type == "warc":
-                units, reader = files.readable_matches(s.path), _Read(s.name, web.read_warc, s.name)
+                units, reader = files.matches(s.path), _Read(s.name, web.read_warc, s.name)  # a directory: one entry
             elif s.type == "embedded":
                 units, reader = corpus.embedded_units(s.name), _Read(s.name, corpus.read_embedded_unit, s.name)
             else:

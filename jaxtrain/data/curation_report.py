@@ -73,6 +73,8 @@ def build(ledger_files: list[epath.Path], sources: list[str], read_counts: dict[
             r["quality_classifier"] = {"scored_docs": len(scores), "score_histogram": [int(c) for c in counts],
                                        "median_score": round(float(np.median(scores)), 4),
                                        "held_out_accuracy": classifier.get("accuracy"),
+                                       "held_out_balanced_accuracy": classifier.get("balanced_accuracy"),
+                                       "majority_rate": classifier.get("majority_rate"),
                                        "held_out_docs": classifier.get("held_out_docs"),
                                        "trained_on_digest": classifier.get("trained_on_digest")}
         for key in ("removed", "removed_bytes", "duplicates", "unreadable", "skipped", "decoded"):
@@ -118,8 +120,9 @@ def markdown(report: dict) -> str:
         if qc := r.get("quality_classifier"):
             bins = " ".join(str(c) for c in qc["score_histogram"])
             lines.append(f"| quality classifier: documents scored | {qc['scored_docs']} | | median score "
-                         f"{qc['median_score']}; per 0.1 bin: {bins}; held-out accuracy {qc['held_out_accuracy']} "
-                         f"on {qc['held_out_docs']} documents |")
+                         f"{qc['median_score']}; per 0.1 bin: {bins}; held-out balanced accuracy "
+                         f"{qc['held_out_balanced_accuracy']} (accuracy {qc['held_out_accuracy']}, majority class "
+                         f"{qc['majority_rate']}) on {qc['held_out_docs']} documents |")
         lines.append(f"| accounted / input | {r['accounted']} / {r['input_docs']} | | |")
         lines.append(f"| counted when read | {r['read']} | | |")
     return "\n".join(lines) + "\n"

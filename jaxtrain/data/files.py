@@ -104,19 +104,27 @@ def file_source(name: str, pattern: str, text_field: str = "text") -> Iterator[D
         yield from read_path(path, name, text_field)
 
 
-def read_path(path: str, name: str, text_field: str = "text") -> Reader:
-    """The documents of one match; returns the number of ledger entries it requires."""
+def not_a_file(name: str, path: str) -> Document | None:
+    """The one ledger entry of a match that is not a regular file (unreadable, a directory, a FIFO, a
+    socket, a device: never opened, so a FIFO cannot block), or None for a file."""
+    if is_remote(path):
+        return Document(name, path, None, skipped="directory") if epath.Path(path).is_dir() else None
     try:
         mode = os.stat(path).st_mode  # follows symlinks: a dangling link or a loop fails here
     except OSError as e:
-        yield Document(name, path, None, f"unreadable: {e.strerror or e}")
-        return 1
+        return Document(name, path, None, f"unreadable: {e.strerror or e}")
     if stat.S_ISDIR(mode):
-        yield Document(name, path, None, skipped="directory")
-        return 1
+        return Document(name, path, None, skipped="directory")
     if not stat.S_ISREG(mode):
         kind = "FIFO" if stat.S_ISFIFO(mode) else "socket" if stat.S_ISSOCK(mode) else "device"
-        yield Document(name, path, None, f"special file ({kind}): not opened")
+        return Document(name, path, None, f"special file ({kind}): not opened")
+    return None
+
+
+def read_path(path: str, name: str, text_field: str = "text") -> Reader:
+    """The documents of one match; returns the number of ledger entries it requires."""
+    if (entry := not_a_file(name, path)) is not None:
+        yield entry
         return 1
     if path.endswith((".jsonl", ".jsonl.gz")):
         return (yield from _jsonl(name, path, text_field))

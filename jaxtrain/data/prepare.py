@@ -93,13 +93,19 @@ def prepare_corpus(d: DataConfig, run: RunDir, *, inputs_checked: bool = False) 
         counts = json.loads((tmp_dir / clean.READ_COUNTS).read_text())
         meta_file = tmp_dir / quality.META_FILE
         classifier = json.loads(meta_file.read_text()) if meta_file.exists() else None
+        if classifier and "error" in classifier:
+            raise ConfigError(classifier["error"])
         report.update(curation_report.build(clean.ledger_files(tmp_dir), d.source_names, counts, classifier))
         curation_report.write(report, tmp_dir)
         check_accounting(report, tmp_dir)
         if classifier:
             log(f"[prepare] quality classifier: trained on {classifier['train_docs']} documents "
                 f"({classifier['train_positive']} reference, {classifier['train_negative']} filtered), held-out "
-                f"accuracy {classifier['accuracy']} on {classifier['held_out_docs']}")
+                f"balanced accuracy {classifier['balanced_accuracy']} (accuracy {classifier['accuracy']}; always "
+                f"answering the bigger class: {classifier['majority_rate']})")
+            if min(classifier["train_positive"], classifier["train_negative"]) < 100:
+                log("[prepare] quality classifier: fewer than 100 documents in a class; its scores rest on little "
+                    "evidence (DCLM trained on 400,000)")
         for s in d.sources:
             _log_source(s.name, report[s.name])
             r = report[s.name]

@@ -40,6 +40,7 @@ from etils import epath
 
 MODEL_FILE = "quality_classifier.{fold}.bin"
 FOLDS = 2  # cross-fitting: each document is scored by the model that did not train on it
+MIN_CLASS_DOCS = 10  # fewer kept documents in a class than this: no classifier (it could only memorize)
 META_FILE = "quality_classifier.json"
 RULE = "quality_classifier"  # the ledger reason
 POSITIVE, NEGATIVE = "__label__reference", "__label__crawl"
@@ -95,30 +96,39 @@ def model_file(fold: int) -> str:
     return MODEL_FILE.format(fold=fold)
 
 
-def train(groups: list[tuple[str, list[tuple]]], out_dir: str) -> dict:
-    """The sampled examples of both classes -> one model per fold and their meta; returns the meta."""
+def train(groups: list[tuple[str, list[tuple]]], out_dir: str, reference: tuple[str, ...], apply_to: tuple[str, ...]
+          ) -> dict:
+    """The sampled examples of both classes -> one model per fold and their meta; returns the meta. Too few
+    examples: a meta holding only `error` (nothing is scored; curation then stops with that line)."""
     by_label = dict(groups)
     found = {label: len(by_label.get(label, [])) for label in (POSITIVE, NEGATIVE)}
-    if min(found.values()) < FOLDS:
-        raise ValueError(f"data.quality_classifier: too few kept documents to train on ({found}); the reference "
-                         "and apply_to sources each need at least 2 kept documents (see the curation report).")
+    if min(found.values()) < MIN_CLASS_DOCS:
+        meta = {"error": f"data.quality_classifier: too few kept documents to train on: {found[POSITIVE]} in "
+                         f"reference {list(reference)}, {found[NEGATIVE]} in apply_to {list(apply_to)} (at least "
+                         f"{MIN_CLASS_DOCS} each); name sources with more kept text, or remove the classifier."}
+        (epath.Path(out_dir) / META_FILE).write_text(json.dumps(meta, indent=1))
+        return meta
     rows = sorted((label, ex) for label, exs in by_label.items() for ex in exs)
     digest = hashlib.sha256("\n".join(f"{label} {ex[2]}" for label, ex in rows).encode()).hexdigest()
     out = epath.Path(out_dir)
-    right, epochs, shas = 0, 0, []
+    right, epochs, shas = {POSITIVE: 0, NEGATIVE: 0}, 0, []
     with tempfile.TemporaryDirectory() as tmp:
         for fold in range(FOLDS):
             model, epochs = _fit([(label, ex[3]) for label, ex in rows if ex[1] == fold], int(digest[:8], 16) + fold,
                                  os.path.join(tmp, "train.txt"))
             unseen = [(label, ex[3]) for label, ex in rows if ex[1] != fold]
             scores = score_lines(model, [line for _, line in unseen])
-            right += int(((scores >= 0.5) == np.array([label == POSITIVE for label, _ in unseen])).sum())
+            for (label, _), score in zip(unseen, scores):
+                right[label] += (score >= 0.5) == (label == POSITIVE)
             local = os.path.join(tmp, model_file(fold))
             model.save_model(local)
             (out / model_file(fold)).write_bytes(open(local, "rb").read())
             shas.append(hashlib.sha256((out / model_file(fold)).read_bytes()).hexdigest())
     meta = {"trained_on_digest": digest, "train_docs": len(rows), "train_positive": found[POSITIVE],
-            "train_negative": found[NEGATIVE], "folds": FOLDS, "accuracy": round(right / len(rows), 4),
+            "train_negative": found[NEGATIVE], "folds": FOLDS, "accuracy": round(sum(right.values()) / len(rows), 4),
+            # the mean of the two classes' recall: 0.5 for a classifier that always answers the bigger class
+            "balanced_accuracy": round((right[POSITIVE] / found[POSITIVE] + right[NEGATIVE] / found[NEGATIVE]) / 2, 4),
+            "majority_rate": round(max(found.values()) / len(rows), 4),
             "held_out_docs": len(rows), "hyperparameters": {**HYPERPARAMETERS, "epoch": epochs}, "max_words": MAX_WORDS,
             "model_files": [model_file(f) for f in range(FOLDS)], "model_sha256": shas}
     (out / META_FILE).write_text(json.dumps(meta, indent=1))
@@ -145,6 +155,9 @@ class _Score(beam.DoFn):
         return self.models
 
     def process(self, batch: list[dict], meta: dict) -> Iterator[dict]:
+        if "error" in meta:  # no model: curation stops after the pipeline with meta["error"]
+            yield from batch
+            return
         yield from (e for e in batch if e["source"] not in self.apply_to)
         models = self._load(meta["model_sha256"])
         for fold in range(FOLDS):
@@ -177,7 +190,7 @@ def apply(kept: beam.PCollection, cfg, apply_to: tuple[str, ...], out_dir: str) 
                 | "QC label" >> beam.FlatMap(_example, reference)
                 | "QC sample" >> beam.combiners.Top.SmallestPerKey(cfg.max_examples, key=lambda ex: ex[0])
                 | "QC classes" >> beam.combiners.ToList())
-    meta = examples | "QC train" >> beam.Map(train, out_dir)
+    meta = examples | "QC train" >> beam.Map(train, out_dir, tuple(sorted(reference)), tuple(sorted(targets)))
     scored = (kept | "QC batch" >> beam.BatchElements(min_batch_size=16, max_batch_size=256)
               | "QC score" >> beam.ParDo(_Score(out_dir, targets), beam.pvalue.AsSingleton(meta)))
     cutoffs: object = {}

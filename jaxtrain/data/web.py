@@ -21,6 +21,7 @@ cleaned JSONL, never into the text.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import gzip
 import os
@@ -35,7 +36,7 @@ from resiliparse.extract.html2text import extract_plain_text
 from resiliparse.parse.encoding import bytes_to_str, detect_encoding
 from resiliparse.parse.html import HTMLTree
 
-from jaxtrain.data.files import Document, Reader, end_of_unit, is_remote
+from jaxtrain.data.files import Document, Reader, end_of_unit, is_remote, not_a_file
 
 _CHARSET_RE = re.compile(r"charset\s*=\s*[\"']?([\w.:-]+)", re.I)
 _HTML_TYPES = ("text/html", "application/xhtml+xml")
@@ -121,6 +122,8 @@ def _http_doc(name: str, doc_id: str, meta: dict, status: int, content_type: str
     if declared.strip().isdigit() and len(payload) < int(declared):
         return Document(name, doc_id, None, f"truncated record ({len(payload)} of {int(declared)} payload bytes)",
                         meta=meta)
+    if declared.strip().isdigit():
+        payload = payload[:int(declared)]  # a WARC length past the record: what follows is the next record's
     return Document(name, doc_id, html_text(payload, content_type), meta=meta)
 
 
@@ -198,9 +201,12 @@ def read_warc(path: str, name: str) -> Reader:
     A damaged stretch (a garbled header, a bad length, a cut gzip member) is one `unreadable` entry
     naming its byte offset; reading resumes at the next record (the next gzip member that holds a WARC
     record, or the next `WARC/1.` line), so the records after it are not lost."""
+    if (entry := not_a_file(name, path)) is not None:
+        yield entry
+        return 1
     if path.endswith((".arc", ".arc.gz")):
         return (yield from _read_arc(path, name))
-    n = 0
+    n, seen = 0, set()
     try:
         f = epath.Path(path).open("rb") if is_remote(path) else open(path, "rb")  # gs:// through etils.epath
         size = epath.Path(path).stat().length if is_remote(path) else os.fstat(f.fileno()).st_size
@@ -218,6 +224,9 @@ def read_warc(path: str, name: str) -> Reader:
                     record = next(records)
                     pos = record.stream_pos
                     doc = _record_doc(name, path, record)
+                    if doc.doc_id in seen:  # records of one gzip member share its offset: number them
+                        doc = dataclasses.replace(doc, doc_id=f"{doc.doc_id}#{sum(i.startswith(doc.doc_id) for i in seen)}")
+                    seen.add(doc.doc_id)
                 except StopIteration:
                     break
                 except (OSError, ValueError, EOFError) as e:  # fastwarc: a truncated member, a bad length
