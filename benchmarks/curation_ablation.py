@@ -19,6 +19,7 @@ import json
 import os
 import pathlib
 import platform
+import sys
 import time
 
 import yaml
@@ -50,16 +51,18 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--steps", type=int, default=300)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--modules", type=int, default=0, help="stdlib modules' pages in the crawl (0 = all)")
+    p.add_argument("--spam", type=float, default=0.75, help="spam pages per module page in the crawl")
     p.add_argument("--out", default="runs/ablation-bench")
     p.add_argument("--json", default="benchmarks/results/curation_ablation.json")
     a = p.parse_args(argv)
     out = pathlib.Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
-    manifest = sample_crawl.build(str(out / "crawl"), modules=a.modules)
+    manifest = sample_crawl.build(str(out / "crawl"), modules=a.modules, spam=a.spam)
     start = time.perf_counter()
     base = runconfig.resolve(str(base_config(out, out / "crawl", a.steps)), [], str(out / "base"), data=True)
     results = ablate.run_ablation(base, "stdlib_docs", out / "ablations", ablate.VARIANTS, a.seeds)
     record = {"machine": platform.platform(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+              "argv": argv if argv is not None else sys.argv[1:],
               "crawl_records": manifest["records"], "crawl_kinds": manifest["kinds"], "steps": a.steps,
               "wall_s": round(time.perf_counter() - start), "runs": results, "summary": ablate.summarize(results),
               "curation": {v: json.loads((out / "ablations" / f"{v}-s{a.seeds[0]}" / "data" / "clean" / "report.json")

@@ -246,12 +246,13 @@ def request(uri: str) -> bytes:
                   "application/http; msgtype=request")
 
 
-def build(out_dir: str, modules: int = 0, files: int = 8, seed: int = 0) -> dict:
+def build(out_dir: str, modules: int = 0, files: int = 8, seed: int = 0, spam: float = 0.75) -> dict:
     """Write the crawl (files `crawl-NNNNN.warc.gz`) and manifest.json; returns the manifest. `modules`:
-    how many stdlib modules' pages (0 = all that import here). Skipped when the manifest says the same
-    arguments were already written."""
+    how many stdlib modules' pages (0 = all that import here); `spam`: spam pages per module. Skipped when
+    the manifest says the same arguments were already written."""
     out = pathlib.Path(out_dir)
-    args = {"modules": modules, "files": files, "seed": seed, "python": sys.version.split()[0]}
+    args = {"modules": modules, "files": files, "seed": seed, "python": sys.version.split()[0],
+            **({"spam": spam} if spam != 0.75 else {})}  # (the default keeps earlier manifests valid)
     manifest_path = out / "manifest.json"
     if manifest_path.exists() and json.loads(manifest_path.read_text()).get("args") == args:
         return json.loads(manifest_path.read_text())
@@ -274,7 +275,7 @@ def build(out_dir: str, modules: int = 0, files: int = 8, seed: int = 0) -> dict
         elif rng.random() < 0.2:
             pages.append(("near_copy", f"https://old.example.org/{name}.html",
                           response(f"https://old.example.org/{name}.html", edited(html, rng).encode())))
-    for i in range(len(names) * 3 // 4):
+    for i in range(int(len(names) * spam)):
         uri = f"https://deals{i % 37}.example.com/offer/{i}.html"
         body = spam_html(rng) if rng.random() < 0.8 else link_farm_html(rng)
         pages.append(("spam", uri, response(uri, body.encode())))
@@ -330,8 +331,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--modules", type=int, default=0, help="stdlib modules' pages (0 = all that import here)")
     p.add_argument("--files", type=int, default=8, help="WARC files to spread the records over")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--spam", type=float, default=0.75, help="spam pages per module page (a real crawl is mostly junk)")
     a = p.parse_args(argv)
-    m = build(a.out_dir, a.modules, a.files, a.seed)
+    m = build(a.out_dir, a.modules, a.files, a.seed, a.spam)
     print(f"{m['records']} records ({m['modules']} modules' pages) in {a.out_dir}: {m['kinds']}")
 
 
