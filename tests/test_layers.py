@@ -21,7 +21,7 @@ LAYERS = {
     "config": 2, "runconfig": 2,
     "train": 3,
     "evaluate": 4, "export": 4,
-    "pipeline": 5, "sweep": 5,
+    "pipeline": 5, "sweep": 5, "ablate": 5,
     "cli": 6,
 }
 # Function-level imports are for optional heavy dependencies only (each with a comment in the code).
