@@ -32,12 +32,13 @@ from jaxtrain.config import CONFIG_DIR  # noqa: E402
 from jaxtrain.data import sample_crawl  # noqa: E402
 
 
-def base_config(out: pathlib.Path, crawl: pathlib.Path, steps: int) -> pathlib.Path:
+def base_config(out: pathlib.Path, crawl: pathlib.Path, steps: int, keep_fraction: float) -> pathlib.Path:
     cfg = yaml.safe_load((CONFIG_DIR / "demo.yaml").read_text())
     web = next(s for s in cfg["data"]["sources"] if s["name"] == "web")
     web["path"] = str(crawl / "*.warc.gz")
     cfg["data"]["sources"] = [web, {"name": "stdlib_docs", "type": "embedded", "content": "docs"}]
-    cfg["data"]["quality_classifier"] = {"reference": ["stdlib_docs"], "apply_to": ["web"], "keep_fraction": 0.5}
+    cfg["data"]["quality_classifier"] = {"reference": ["stdlib_docs"], "apply_to": ["web"],
+                                      "keep_fraction": keep_fraction}
     cfg["name"], cfg["run_dir"] = "ablation-bench", str(out / "base")
     cfg["train"]["steps"] = steps
     cfg["eval"]["tasks"] = False  # the score is the target's bits per byte
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     p.add_argument("--modules", type=int, default=0, help="stdlib modules' pages in the crawl (0 = all)")
     p.add_argument("--spam", type=float, default=0.75, help="spam pages per module page in the crawl")
+    p.add_argument("--keep-fraction", type=float, default=0.5, help="the classifier's kept share of the crawl")
     p.add_argument("--out", default="runs/ablation-bench")
     p.add_argument("--json", default="benchmarks/results/curation_ablation.json")
     a = p.parse_args(argv)
@@ -59,7 +61,7 @@ def main(argv: list[str] | None = None) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     manifest = sample_crawl.build(str(out / "crawl"), modules=a.modules, spam=a.spam)
     start = time.perf_counter()
-    base = runconfig.resolve(str(base_config(out, out / "crawl", a.steps)), [], str(out / "base"), data=True)
+    base = runconfig.resolve(str(base_config(out, out / "crawl", a.steps, a.keep_fraction)), [], str(out / "base"), data=True)
     results = ablate.run_ablation(base, "stdlib_docs", out / "ablations", ablate.VARIANTS, a.seeds)
     record = {"machine": platform.platform(), "cpus": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
               "argv": argv if argv is not None else sys.argv[1:],
