@@ -40,6 +40,7 @@ def _same_document_fraction(batches) -> float:
     return same / pairs
 
 
+@pytest.mark.slow  # a 1,500-batch statistic on the demo corpus (21 s): a soak, kept out of the 20-minute default run
 def test_same_document_pairs_within_a_batch_are_as_rare_as_under_a_uniform_shuffle(demo_data):
     run, cfg = demo_data
     sources = cfg.data.source_names
