@@ -45,7 +45,6 @@ META_FILE = "quality_classifier.json"
 RULE = "quality_classifier"  # the ledger reason
 POSITIVE, NEGATIVE = "__label__reference", "__label__crawl"
 MAX_WORDS = 2_000  # words of a document the classifier reads: enough to judge a page, bounds the sample's memory
-HISTOGRAM_BINS = 10
 
 # fastText hyperparameters. DCLM's classifier: bigrams, default dimension, a few epochs.
 HYPERPARAMETERS = {
@@ -200,9 +199,3 @@ def apply(kept: beam.PCollection, cfg, apply_to: tuple[str, ...], out_dir: str) 
             | "QC by source" >> beam.Map(lambda e: (e["source"], (e["quality_score"], _hash(e))))
             | "QC group" >> beam.GroupByKey() | "QC cutoff" >> beam.FlatMap(_cutoffs, cfg.keep_fraction))
     return scored | "QC decide" >> beam.Map(_decide, cfg.threshold, cutoffs)
-
-
-def histogram(scores: list[float]) -> list[int]:
-    """Documents per score bin [0, 0.1), ..., [0.9, 1.0]."""
-    counts, _ = np.histogram(np.asarray(scores, dtype=np.float64), bins=HISTOGRAM_BINS, range=(0.0, 1.0))
-    return [int(c) for c in counts]

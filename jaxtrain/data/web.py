@@ -21,6 +21,7 @@ cleaned JSONL, never into the text.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import gzip
@@ -206,7 +207,7 @@ def read_warc(path: str, name: str) -> Reader:
         return 1
     if path.endswith((".arc", ".arc.gz")):
         return (yield from _read_arc(path, name))
-    n, seen = 0, set()
+    n, seen = 0, collections.Counter()  # records per offset: one gzip member may hold several
     try:
         f = epath.Path(path).open("rb") if is_remote(path) else open(path, "rb")  # gs:// through etils.epath
         size = epath.Path(path).stat().length if is_remote(path) else os.fstat(f.fileno()).st_size
@@ -224,9 +225,9 @@ def read_warc(path: str, name: str) -> Reader:
                     record = next(records)
                     pos = record.stream_pos
                     doc = _record_doc(name, path, record)
-                    if doc.doc_id in seen:  # records of one gzip member share its offset: number them
-                        doc = dataclasses.replace(doc, doc_id=f"{doc.doc_id}#{sum(i.startswith(doc.doc_id) for i in seen)}")
-                    seen.add(doc.doc_id)
+                    seen[doc.doc_id] += 1
+                    if seen[doc.doc_id] > 1:  # records of one gzip member share its offset: number them
+                        doc = dataclasses.replace(doc, doc_id=f"{doc.doc_id}#{seen[doc.doc_id] - 1}")
                 except StopIteration:
                     break
                 except (OSError, ValueError, EOFError) as e:  # fastwarc: a truncated member, a bad length
