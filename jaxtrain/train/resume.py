@@ -31,11 +31,13 @@ from jax.experimental import multihost_utils
 from jaxtrain.config import RunConfig, to_dict
 from jaxtrain.errors import JaxtrainError
 from jaxtrain.models.transformer import ModelConfig, execution_fields
+from jaxtrain.rundir import RunDir
 from jaxtrain.train.checkpoint import (
     DAMAGED_STATUS,
     TRANSIENT_STATUS,
     CheckpointDamaged,
     Checkpointer,
+    keyed_leaves,
     storage_status,
 )
 from jaxtrain.utils import log
@@ -127,8 +129,8 @@ def check_compatible(meta: dict, cfg: RunConfig, fingerprint: str, where: str) -
     if saved_fp != fingerprint:
         raise IncompatibleCheckpoint(
             f"{where}: saved with tokenizer {saved_fp}, but this run's tokenizer is {fingerprint}; "
-            "a model must keep the tokenizer it was trained with. Use the run's own tokenizer/tokenizer.model "
-            "or start a new run directory."
+            f"a model must keep the tokenizer it was trained with. Use the run's own tokenizer "
+            f"({RunDir(cfg.run_dir).tokenizer if cfg.run_dir else 'RUN/tokenizer/'}) or start a new run directory."
         )
     saved_batch = ((meta.get("config") or {}).get("train") or {}).get("batch_size")
     if meta.get("step", 0) > 0 and saved_batch is not None and saved_batch != cfg.train.batch_size:
@@ -150,14 +152,8 @@ def check_compatible(meta: dict, cfg: RunConfig, fingerprint: str, where: str) -
         )
 
 
-def _key(path: tuple) -> str:
-    """'opt_state/1/0/mu/embed_VxD': the same for the saved tree (dicts) and the run's state (dataclasses)."""
-    return "/".join(str(next(getattr(k, a) for a in ("key", "name", "idx") if hasattr(k, a))) for k in path)
-
-
 def _leaves(tree: Any) -> dict[str, tuple]:
-    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape") and hasattr(x, "dtype"))[0]
-    return {_key(path): (tuple(x.shape), str(np.dtype(x.dtype))) for path, x in flat}
+    return {k: (tuple(x.shape), str(np.dtype(x.dtype))) for k, x in keyed_leaves(tree).items()}
 
 
 def check_structure(saved_tree: Any, abstract_state: Any, where: str, hint: str) -> None:
