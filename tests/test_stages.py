@@ -15,6 +15,7 @@ import yaml
 
 from jaxtrain import pipeline
 from jaxtrain.config import from_dict, to_dict
+from jaxtrain.data import prepare as data_prepare
 from jaxtrain.data import shards, stages
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.rundir import RunDir
@@ -193,7 +194,17 @@ def _truncate(path):
     path.write_bytes(data[: len(data) // 2])
 
 
+def _flip_a_bit(run):
+    """One bit of the largest token shard, same size: only a digest of the contents sees it."""
+    path = max(pathlib.Path(run.tfds).rglob("*.array_record*"), key=lambda p: p.stat().st_size)
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x04
+    path.write_bytes(bytes(data))
+    return path
+
+
 @pytest.mark.parametrize("stage,damage,says", [
+    ("shards", _flip_a_bit, "is damaged: its contents changed since the stage was built"),
     ("tokenizer", lambda run: _truncate(run.tokenizer), "tokenizer/tokenizer.model changed size since it was built"),
     # cut inside a protobuf field: the damaged model no longer parses (it is compared with the rebuilt one)
     ("tokenizer", lambda run: run.tokenizer.write_bytes(run.tokenizer.read_bytes()[:100]), "changed size since"),
@@ -214,6 +225,17 @@ def test_a_damaged_stage_is_rebuilt_not_trusted(reference, tmp_path, capsys, sta
     assert f"[{stage}] " in out and says in out and "; rebuilding" in out, out
     assert _outputs(run) == _outputs(ref)
     assert stages.damage(run, stage, stages.marker(run, stage)) is None
+
+
+def test_a_pod_refuses_a_damaged_shard_naming_it(reference, tmp_path):
+    """A pod does not rebuild data: the damaged shard is named with the command that redoes the stage."""
+    _, ref = reference
+    run = RunDir(tmp_path / "run")
+    shutil.copytree(ref.root, run.root)
+    assert data_prepare.missing_stages(run) == []
+    path = _flip_a_bit(run)
+    [missing] = data_prepare.missing_stages(run)
+    assert missing.startswith("tokenize (") and path.name in missing and "is damaged" in missing
 
 
 def test_a_marker_without_a_file_list_is_trusted(reference, tmp_path):

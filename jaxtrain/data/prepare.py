@@ -25,8 +25,15 @@ from jaxtrain.utils import log
 
 
 def missing_stages(run: RunDir) -> list[str]:
-    """The commands of the data stages the run directory has not finished (no marker)."""
-    return [stages.COMMANDS[s] for s in ("curation", "tokenizer", "shards") if stages.marker(run, s) is None]
+    """The commands of the data stages the run directory has not finished (no marker), or whose files changed
+    since they were built (with the file named)."""
+    missing = []
+    for stage in ("curation", "tokenizer", "shards"):
+        record = stages.marker(run, stage)
+        reason = "" if record is None else stages.damage(run, stage, record)
+        if reason is not None:
+            missing.append(stages.COMMANDS[stage] + (f" ({reason})" if reason else ""))
+    return missing
 
 
 class AccountingError(JaxtrainError):

@@ -11,7 +11,11 @@ a rename is a copy, not atomic, which is why the marker, not the rename, says "d
 
 The marker also lists the stage's files (relative names and sizes). A stage whose marker is
 there but whose files no longer match it (one deleted, truncated or added since) is redone, with
-a log line saying which file; markers written before the list existed are trusted as they are.
+a log line saying which file; markers written before the list existed are trusted as they are. The stages training reads
+(`DIGESTED`: tokenizer, token shards, tasks) also record each file's sha256, checked whenever the
+stage is reused: a flipped bit in a token shard is named and the stage redone, not met later as a
+reader's traceback. The curated corpus, the largest and read only by the stages after it, is
+checked by size.
 
 A stage's inputs include the digests of the stages it reads, so a redone stage whose output
 changed makes everything after it stale, and one that came out identical (curation and
@@ -35,6 +39,7 @@ from jaxtrain.rundir import RunDir
 from jaxtrain.utils import log
 
 STAGES = ("curation", "tokenizer", "shards", "tasks")  # in pipeline order
+DIGESTED = ("tokenizer", "shards", "tasks")  # their files' contents are checked on reuse, not only their sizes
 COMMANDS = {"curation": "prepare", "tokenizer": "tokenizer", "shards": "tokenize", "tasks": "train"}
 
 FAULT_HOOK: Callable[[str, str], None] | None = None
@@ -109,7 +114,16 @@ def damage(run: RunDir, stage: str, record: dict) -> str | None:
     if added:
         return f"{where}/{added[0]} was added since the stage was built" + (
             f" (and {len(added) - 1} more)" if len(added) > 1 else "")
+    for name, digest in (record.get("digests") or {}).items():
+        if file_digest(run.stage_dir(stage) / name) != digest:
+            return f"{where}/{name} is damaged: its contents changed since the stage was built (sha256 differs)"
     return None
+
+
+def _digests(run: RunDir, stage: str, files: dict[str, int]) -> dict[str, str] | None:
+    if stage not in DIGESTED:
+        return None
+    return {name: file_digest(RunDir(run).stage_dir(stage) / name) for name in files}
 
 
 def upstream_digest(run: RunDir, stage: str) -> str:
@@ -136,7 +150,9 @@ def build(run: RunDir, stage: str, inputs: dict, write: Callable[[epath.Path], s
     fault_point(stage, "cleared")
     staging.rename(final)
     fault_point(stage, "published")
-    record = {"stage": stage, "inputs": _normal(inputs), "digest": digest, "files": stage_files(run, stage)}
+    files = stage_files(run, stage)
+    record = {"stage": stage, "inputs": _normal(inputs), "digest": digest, "files": files,
+              "digests": _digests(run, stage, files)}
     run.stage_marker(stage).write_text(json.dumps(record, indent=1, sort_keys=True) + "\n")
     return record
 
