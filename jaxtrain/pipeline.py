@@ -114,8 +114,14 @@ def comparison(loss: float, unigram: float) -> str:
 
 def evaluate_checkpoint(cfg: RunConfig | runconfig.Resolved, run_dir: str | RunDir | None = None,
                         step: int | None = None) -> dict:
-    """`jaxtrain eval`: a checkpoint's held-out loss and tasks, recorded as an offline eval."""
-    cfg, run_dir = runconfig.given(cfg, run_dir)
+    """`jaxtrain eval`: a checkpoint's held-out loss and tasks, recorded as an offline eval. A run whose
+    data is not prepared yet (a model just imported) prepares it first: the held-out split is the run's own."""
+    resolved = runconfig.given(cfg, run_dir)
+    if stages.marker(resolved.run, "shards") is None and jax.process_count() == 1:
+        log(f"[eval] {resolved.run} has no token shards yet (an imported model, not trained on): preparing the "
+            "run's data first, to evaluate on its held-out split")
+        prepare(resolved)
+    cfg, run_dir = resolved
     session, params, step = load_params(cfg, run_dir, step)
     writer = MetricsWriter.for_run(cfg, session.run)
     evaluator = Evaluator(session, writer)

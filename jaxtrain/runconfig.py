@@ -133,6 +133,14 @@ def _check(cfg: RunConfig, run: RunDir, old: RunConfig | None) -> None:
         return
     changed = stage_keys(old, cfg)
     steps = trained_steps(run)
+    tokenizer_keys = [k for k in changed if k.startswith("tokenizer.")]
+    if tokenizer_keys and not steps and _checkpoint_dirs(run):  # an imported model, not trained yet
+        detail = "; ".join(f"{key}: {_short(changed[key][0])} -> {_short(changed[key][1])}" for key in tokenizer_keys)
+        raise ConfigError(
+            f"{', '.join(tokenizer_keys)}: differ from {RunDir(run).config}, and the run's checkpoint 0 is a model "
+            f"imported with its own tokenizer ({RunDir(run).tokenizer}), whose pieces its embeddings index "
+            f"({detail}). Drop these changes (the data may change), or import into a new run directory."
+        )
     if changed and steps:
         detail = "; ".join(f"{key}: {_short(a)} -> {_short(b)}" for key, (a, b) in changed.items())
         raise ConfigError(

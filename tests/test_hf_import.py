@@ -214,18 +214,14 @@ def test_ambiguous_or_incomplete_weight_files_are_refused(tmp_path, files, messa
         handoff.load_hf_tensors(_weights_dir(tmp_path, files))
 
 
-def test_an_imported_model_exports_before_training_names_its_foundation_and_refuses_a_second_import(
-        prepared_run, tmp_path):
-    """#22.2 and #22.4: the card of a continued-pretraining run names its base model (digest, license); an
-    imported, untrained run exports; importing into a run that holds checkpoints is refused and changes nothing."""
+def _tiny_hf_dir(prepared_run, tmp_path):
+    """A Hugging Face Llama directory of the tiny model, with the prepared run's tokenizer and a license."""
     import shutil
 
     from safetensors.numpy import save_file
 
     from conftest import tiny_config
-    from jaxtrain.data import stages
     from jaxtrain.data import tokenizer as tok
-    from jaxtrain.export import handoff
     from jaxtrain.rundir import RunDir
 
     cfg = tiny_config()
@@ -237,6 +233,40 @@ def test_an_imported_model_exports_before_training_names_its_foundation_and_refu
     (hf_dir / "config.json").write_text(json.dumps(hf.hf_config(cfg.model, sp.bos_id, sp.eos_id)))
     shutil.copy(RunDir(prepared_run).tokenizer, hf_dir / "tokenizer.model")
     (hf_dir / "README.md").write_text("---\nlicense: apache-2.0\n---\n# A base model\n")
+    return hf_dir, cfg
+
+
+def test_an_imported_run_evaluates_before_training_and_refuses_another_tokenizer_before_any_work(
+        prepared_run, tmp_path, capsys):
+    """#22.4: `jaxtrain eval` on a model just imported prepares the run's data and scores its held-out split;
+    a tokenizer override on it is refused before anything in the run directory changes."""
+    from jaxtrain import pipeline, runconfig
+    from jaxtrain.errors import ConfigError
+    from jaxtrain.export import handoff
+    from jaxtrain.rundir import RunDir
+
+    hf_dir, cfg = _tiny_hf_dir(prepared_run, tmp_path)
+    run = RunDir(tmp_path / "cont")
+    imported = handoff.import_hf(hf_dir, cfg, run.root)
+    results = pipeline.evaluate_checkpoint(imported, run)
+    assert np.isfinite(results["eval/bpb"]) and "preparing the run's data first" in capsys.readouterr().out
+    assert [json.loads(line)["step"] for line in run.evals.read_text().splitlines()] == [0]
+    before = {p: p.read_bytes() for p in (run.config, run.tokenizer)}
+    other = dataclasses.replace(imported, tokenizer=dataclasses.replace(
+        imported.tokenizer, model_file=str(RunDir(prepared_run).tokenizer)))
+    with pytest.raises(ConfigError, match=r"tokenizer.model_file: differ .* a model imported with its own tokenizer"):
+        runconfig.given(other, run, data=True)
+    assert {p: p.read_bytes() for p in (run.config, run.tokenizer)} == before
+
+
+def test_an_imported_model_exports_before_training_names_its_foundation_and_refuses_a_second_import(
+        prepared_run, tmp_path):
+    """#22.2 and #22.4: the card of a continued-pretraining run names its base model (digest, license); an
+    imported, untrained run exports; importing into a run that holds checkpoints is refused and changes nothing."""
+    from jaxtrain.data import stages
+    from jaxtrain.export import handoff
+
+    hf_dir, cfg = _tiny_hf_dir(prepared_run, tmp_path)
     run = tmp_path / "cont"
     imported = handoff.import_hf(hf_dir, cfg, run)
     out = handoff.export_run(imported, run, tmp_path / "out")
