@@ -21,6 +21,7 @@ STRINGS = [
     "hello world", " leading space", "  two leading spaces", "\tindented\n    code", "trailing space ",
     "def f(x):\n    return {'a': x ** 2}  # comment\n", "naïve café ✓ 漢字 🙂 Ünïcödé", "don't stop . , !",
     "<|endoftext|>", "a<|code|>b <|endoftext|> c", "x = [1, 2, 3]", "\n\nnew paragraph", "many   inner   spaces", "",
+    "literal <s> and </s> or <unk>", "html('<s>strike</s>')",  # control pieces' text is text (#22.6)
 ]
 
 

@@ -154,6 +154,9 @@ def export_tokenizer(run: RunDir, out_dir: pathlib.Path, max_len: int) -> tok.To
         "add_bos_token": True, "add_eos_token": False,  # jaxtrain's documents start with BOS
         "add_prefix_space": tokenizer.add_dummy_prefix, "legacy": False,
         "clean_up_tokenization_spaces": False,  # decode returns the text as encoded, like jaxtrain's
+        # "<s>" written in a document is text to sentencepiece (control pieces are never parsed from text), as
+        # jaxtrain trained on it; transformers would otherwise read it as the BOS token.
+        "split_special_tokens": True,
         "model_max_length": max_len,
     }, indent=2))
     return tokenizer
