@@ -158,6 +158,18 @@ def cmd_export(args) -> None:
     print(f"[export] {args.format} checkpoint written to {out} (model.safetensors, config.json, tokenizer, README.md)")
 
 
+def cmd_card(args) -> None:
+    from jaxtrain.export import card
+
+    resolved = _resolve(args, require_recorded=True)
+    out = pathlib.Path(args.out) if args.out else None
+    written = card.write(resolved.cfg, resolved.run, out)
+    where = out or resolved.run
+    print(f"[card] {where}/{card.CARD_MD} and {card.CARD_JSON}: {len(written['sources'])} sources, "
+          f"{len(written['unknown'])} things it cannot vouch for" +
+          "".join(f"\n[card]   unknown: {u}" for u in written["unknown"]))
+
+
 def cmd_import_hf(args) -> None:
     from jaxtrain.export.handoff import import_hf
 
@@ -262,6 +274,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="OUT", default=None, help="output directory")
     p.add_argument("--format", choices=["hf"], default="hf")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
+    p = add("card", cmd_card, "write the run's data card (DATA_CARD.md, data_card.json): sources, licenses, "
+            "curation, tokens, decontamination, provenance chain", "the run directory (it has config.yaml)",
+            run_dir_required=True)
+    p.add_argument("--out", metavar="DIR", default=None, help="output directory (default: the run directory)")
     p = add("import-hf", cmd_import_hf, "start a run from a Hugging Face Llama checkpoint (continued pretraining)",
             "the new run directory", description="Create a run directory whose step-0 checkpoint holds a HF Llama "
             "model's weights; data, optimizer and mesh settings come from --config.", run_dir_required=True,

@@ -52,6 +52,11 @@ class RunDir:
         return self.clean / "report.json"
 
     @property
+    def curation_inputs(self) -> epath.Path:
+        """What curation read: each input file's path, size and sha256 (data.provenance), the chain's first link."""
+        return self.clean / "inputs.json"
+
+    @property
     def base_model(self) -> epath.Path:
         """What `import-hf` started this run from (export.handoff.base_model_record)."""
         return self.root / "base_model.json"

@@ -39,7 +39,7 @@ def test_llama_run_exports_to_llamaforcausallm_with_matching_logits_and_card(fre
     card = (out / "README.md").read_text()
     prov = json.loads((out / "provenance.json").read_text())
     assert "stdlib_code" in card and "PSF-2.0" in card and prov["tokenizer_fingerprint"] in card
-    assert prov["step"] == 2 and prov["tokens_seen"] == 2 * 8 * 64 and prov["latest_eval"]["eval/loss"] > 0
+    assert prov["step"] == 2 and prov["tokens_seen"] == 2 * 8 * 64 and prov["eval"]["eval/loss"] > 0
     src = {s["name"]: s for s in prov["sources"]}["stdlib_code"]
     assert src["documents"]["kept"] > 0 and src["tokens"]["train"] > 0 and len(src["cleaned_sha256"]) == 64
 

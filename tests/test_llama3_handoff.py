@@ -113,6 +113,16 @@ def test_import_train_export_round_trip_of_a_llama3_directory(prepared_run, tmp_
                                    atol=1e-4, rtol=1e-4)
     assert np.abs(theirs - _logits(original, tokens, positions)).max() > 1e-3  # it did train
 
+    # The model card names the foundation, and the Hub's parser reads its metadata (#22).
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(out / "README.md", ignore_metadata_errors=False)
+    assert "Continued pretraining of" in card.text and str(hf_dir.resolve()) in card.text
+    assert card.data.to_dict()["pipeline_tag"] == "text-generation"
+    data_card = json.loads((out / "data_card.json").read_text())
+    assert data_card["base_model"]["weights_sha256"] and [c["step"] for c in data_card["chain"]["checkpoints"]] == [0, 3]
+    assert sum(s["tokens_trained"] for s in data_card["sources"]) > 0
+
     auto = transformers.AutoTokenizer.from_pretrained(str(out))
     for text in STRINGS:
         ids = ours.encode(text)

@@ -13,6 +13,9 @@ from jaxtrain.data.filters import ALL_RULES
 from jaxtrain.errors import check
 
 
+SOURCE_FIELDS_NOT_CURATED = ("weight", "train", "license", "origin")  # changing them never redoes curation
+
+
 @dataclasses.dataclass(frozen=True)
 class SourceConfig:
     name: str = "stdlib_code"
@@ -32,6 +35,8 @@ class SourceConfig:
     languages: tuple[str, ...] = ()  # ISO 639-1 codes to keep (py3langid); empty = keep all
     min_language_score: float = 0.0  # and only when the identifier's probability is at least this
     url_blocklist: str = ""  # file of domains / URL substrings to drop, one per line, '#' comments
+    license: str = ""  # what the data may be used under: an SPDX id (apache-2.0, cc-by-4.0) or free text; for the cards
+    origin: str = ""  # where it came from (a URL, a dataset name, "our wiki export 2026-11"); for the cards
 
     def check(self, key: str) -> None:
         """Called by DataConfig with this source's key, e.g. data.sources[2]."""
@@ -179,11 +184,12 @@ class DataConfig:
     def curation_inputs(self) -> dict:
         """What the cleaned corpus depends on: every field curation reads (a change redoes curation and
         the stages after it). Not: the mixture weight or `train`, the Beam execution settings (curate_workers,
-        beam_options: the same output on any runner, tested) or the loader settings."""
+        beam_options: the same output on any runner, tested) or the loader settings, nor the cards' license and origin."""
         keys = ("min_chars", "max_chars", "min_alpha_fraction", "exact_dedup", "near_dedup", "minhash_ngram",
                 "minhash_bands", "minhash_rows", "decontaminate", "decontaminate_ngram", "clean_shards",
                 "eval_fraction")
-        sources = [{k: v for k, v in dataclasses.asdict(s).items() if k not in ("weight", "train")} for s in self.sources]
+        sources = [{k: v for k, v in dataclasses.asdict(s).items() if k not in SOURCE_FIELDS_NOT_CURATED}
+                   for s in self.sources]
         qc = {"quality_classifier": dataclasses.asdict(self.quality_classifier)} if self.quality_classifier.reference else {}
         return {"sources": sources, **{k: getattr(self, k) for k in keys}, **qc}  # off: the same inputs as before it existed
 

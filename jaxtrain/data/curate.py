@@ -18,9 +18,11 @@ reading and the ledger is caught (`jaxtrain.data.prepare` compares them).
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import json
 from collections.abc import Callable, Iterable, Iterator
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -28,6 +30,7 @@ from etils import epath
 
 from jaxtrain.data import clean, corpus, files, filters, quality, web
 from jaxtrain.data.config import DataConfig
+from jaxtrain.errors import ConfigError
 from jaxtrain.data.minhash import MinHasher, band_keys
 
 RECORD_FIELDS = ("url", "domain", "record_id", "date", "language", "quality_score")  # provenance and scores: into the cleaned JSONL
@@ -154,17 +157,56 @@ def _write_ledger(item: tuple[tuple[str, int], Iterable[dict]], out_dir: str) ->
     (epath.Path(out_dir) / clean.ledger_file(source, shard)).write_text("\n".join(lines) + "\n")
 
 
-def _decontamination_ngrams(patterns: tuple[str, ...], n: int) -> frozenset:
+def decontamination_ngrams(patterns: tuple[str, ...], n: int) -> frozenset:
+    """The n-grams of the evaluation sets: text files whole, and a JSONL record by all its string values
+    (a benchmark's prompt, choices and answer, whatever its fields are called)."""
     grams: set[str] = set()
     for pattern in patterns:
-        for doc in files.file_source("eval", pattern):
-            if doc.text:
-                grams |= filters.ngrams(doc.text, n)
+        for path in files.readable_matches(pattern):
+            for text in benchmark_texts(path):
+                grams |= filters.ngrams(text, n)
     return frozenset(grams)
 
 
+def benchmark_texts(path: str) -> Iterator[str]:
+    """The texts of one evaluation-set file: a JSONL file's records (their string values joined), any other
+    file as the readers see it. A file with no text is refused: it would decontaminate against nothing."""
+    if path.endswith((".jsonl", ".jsonl.gz")):
+        texts = list(_jsonl_texts(path))
+    else:
+        texts = [doc.text for doc in files.read_path(path, "eval") if doc.text]
+    texts = [t for t in texts if t.strip()]
+    if not texts:
+        raise ConfigError(f"data.decontaminate: {path} holds no text to decontaminate against; give text files or "
+                          "JSONL records with string fields (prompt, answer, ...).")
+    yield from texts
+
+
+def _jsonl_texts(path: str) -> Iterator[str]:
+    with epath.Path(path).open("rb") as raw:
+        stream = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
+        for lineno, line in enumerate(stream, 1):
+            if not line.strip():
+                continue
+            try:
+                yield _strings(json.loads(line))
+            except ValueError as e:
+                raise ConfigError(f"data.decontaminate: {path}:{lineno} is not JSON ({e}); fix the line or give "
+                                  "the file as text.") from e
+
+
+def _strings(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, dict):
+        return "\n".join(_strings(v) for v in value.values())
+    if isinstance(value, list):
+        return "\n".join(_strings(v) for v in value)
+    return ""
+
+
 def source_rules(d: DataConfig) -> dict[str, clean.SourceRules]:
-    decon = _decontamination_ngrams(d.decontaminate, d.decontaminate_ngram) if d.decontaminate else frozenset()
+    decon = decontamination_ngrams(d.decontaminate, d.decontaminate_ngram) if d.decontaminate else frozenset()
     return {
         s.name: clean.SourceRules(
             source=s.name, order=i,

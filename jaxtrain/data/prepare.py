@@ -16,7 +16,7 @@ import time
 
 from etils import epath
 
-from jaxtrain.data import clean, curate, curation_report, files, quality, shards, stages
+from jaxtrain.data import clean, curate, curation_report, files, provenance, quality, shards, stages
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.data.config import DataConfig, TokenizerConfig
 from jaxtrain.errors import ConfigError, JaxtrainError
@@ -102,6 +102,7 @@ def prepare_corpus(d: DataConfig, run: RunDir, *, inputs_checked: bool = False) 
         classifier = json.loads(meta_file.read_text()) if meta_file.exists() else None
         if classifier and "error" in classifier:
             raise ConfigError(classifier["error"])
+        provenance.write(d, tmp_dir, run.curation_inputs.name)
         report.update(curation_report.build(clean.ledger_files(tmp_dir), d.source_names, counts, classifier))
         curation_report.write(report, tmp_dir)
         check_accounting(report, tmp_dir)
@@ -122,7 +123,8 @@ def prepare_corpus(d: DataConfig, run: RunDir, *, inputs_checked: bool = False) 
                     f"both the train and validation splits need at least one (see {tmp_dir / 'report.md'}). "
                     "Raise max_bytes, loosen data.min_chars or the source's filters."
                 )
-        return stages.file_digest(tmp_dir / "report.json", tmp_dir / clean.READ_COUNTS)
+        return stages.file_digest(tmp_dir / "report.json", tmp_dir / clean.READ_COUNTS,
+                                  tmp_dir / run.curation_inputs.name)
 
     stages.build(run, "curation", inputs, write)
     log(f"[prepare] done in {time.perf_counter() - start:.1f}s -> {run.clean} (report.md, report.png)")

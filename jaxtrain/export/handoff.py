@@ -1,9 +1,10 @@
 """Run directory <-> Hugging Face directory, with a model card that carries the data's provenance.
 
-Whoever builds on a base model inherits its corpus, so the card lists every
-source (location, license where known, content hash), document and token
-counts after each curation stage, the tokenizer fingerprint, the training
-config, steps and tokens seen, and the latest eval results.
+Whoever builds on a base model inherits its corpus, so an export carries the
+run's data card (export.card: sources, licenses, curation, tokens,
+decontamination, the provenance chain) beside the weights, and a README.md
+that the Hub reads (YAML metadata: license, base_model, language, tags) with
+the evaluation of the exported step and the training config.
 
 The tokenizer travels both ways in the files transformers reads (tokenizer.model
 with a tokenizer_config.json, or tokenizer.json), and config.json carries its
@@ -15,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import re
 import shutil
 
 import jax
@@ -25,9 +27,9 @@ from safetensors.numpy import save_file
 
 from jaxtrain import yamlconf
 from jaxtrain.config import RunConfig, save_config, to_dict
-from jaxtrain.data import clean, shards, stages
+from jaxtrain.data import stages
 from jaxtrain.data import tokenizer as tok
-from jaxtrain.export import hf
+from jaxtrain.export import card, hf
 from jaxtrain.models.transformer import execution_fields
 from jaxtrain.rundir import (
     HF_TOKENIZER_CONFIG,
@@ -39,49 +41,13 @@ from jaxtrain.train.checkpoint import checkpoint_meta
 from jaxtrain.train.trainer import build_trainer, load_params
 from jaxtrain.utils import log
 
-KNOWN_LICENSES = {
-    "stdlib_code": "PSF-2.0 (CPython standard library)",
-    "stdlib_docs": "PSF-2.0 (CPython documentation)",
-    "package_metadata": "mixed: each package's own license (see its metadata)",
-}
-
-
-def provenance(cfg: RunConfig, run_dir: str | RunDir) -> dict:
-    run = RunDir(run_dir)
-    clean_dir = run.clean
-    base = json.loads(run.base_model.read_text()) if run.base_model.exists() else None
-    if not run.curation_report.exists() or not run.token_counts.exists():  # an imported model, not trained on yet
-        return {"base_model": base, "sources": [], "note": "no data prepared in this run: nothing trained on yet"}
-    report = json.loads(run.curation_report.read_text())
-    counts = shards.token_counts(run)
-    sources = []
-    for s in cfg.data.sources:
-        r = report[s.name]
-        sources.append({
-            "name": s.name,
-            "type": s.type,
-            "location": s.path or f"embedded:{s.name}",
-            "content": s.content,
-            "license": KNOWN_LICENSES.get(s.name, "unknown") if s.type == "embedded" else "unknown (user files)",
-            "cleaned_sha256": stages.file_digest(*clean.split_files(clean_dir, s.name, "train"),
-                                                 *clean.split_files(clean_dir, s.name, "validation"), length=64),
-            "documents": {
-                "input": r["input_docs"], "unreadable": sum(r["unreadable"].values()),
-                "removed_by_rule": r["removed"], "duplicates": r["duplicates"], "pii_replaced": r["pii_replaced"],
-                "over_max_bytes": r["capped_docs"], "kept": r["kept_docs"], "held_out": r["eval_docs"],
-            },
-            "tokens": {split: counts[shards.split_name(split, s.name)]["tokens"] for split in ("train", "validation")},
-            "bytes": {split: counts[shards.split_name(split, s.name)]["bytes"] for split in ("train", "validation")},
-        })
-    return {"base_model": base, "sources": sources}
-
-
-def _latest_eval(run_dir: str | RunDir) -> dict:
+def _eval_at(run_dir: str | RunDir, step: int) -> dict:
+    """The evaluation of the exported step (the last line for it: a resume may repeat a step), or {}."""
     path = RunDir(run_dir).metrics
     if not path.exists():
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines()]
-    evals = [r for r in rows if "eval/loss" in r]
+    evals = [r for r in rows if "eval/loss" in r and r.get("step") == step]
     return evals[-1] if evals else {}
 
 
@@ -94,42 +60,32 @@ def tokenizer_description(cfg: RunConfig, run_dir: str | RunDir) -> str:
     return f"sentencepiece {cfg.tokenizer.model_type}, {cfg.model.vocab_size} pieces"
 
 
-def model_card(cfg: RunConfig, run_dir: str | RunDir, step: int, fingerprint: str) -> str:
-    prov = provenance(cfg, run_dir)
-    ev = _latest_eval(run_dir)
+def model_card(cfg: RunConfig, run_dir: str | RunDir, step: int, fingerprint: str, data: dict) -> str:
+    """README.md for the Hub: YAML metadata (card.front_matter), what the model is, its evaluation at this step,
+    the data card, the training config."""
+    ev = _eval_at(run_dir, step)
     seen = step * cfg.tokens_per_step
+    base = data["base_model"]
     lines = [
+        "---", yaml.safe_dump(card.front_matter(data), sort_keys=False).strip(), "---",
         f"# {cfg.name}: jaxtrain base model, step {step}",
         "",
-        (f"Continued pretraining of `{prov['base_model']['source']}` (weights sha256 "
-         f"`{prov['base_model']['weights_sha256'][:16]}`, license: {prov['base_model']['license']}): its "
-         f"capabilities come from its own pretraining; jaxtrain trained it {step} more steps ({seen:,} tokens) on the "
-         "data below." if prov["base_model"] else
+        (f"Continued pretraining of `{base['source']}` (weights sha256 `{base['weights_sha256'][:16]}`, license: "
+         f"{base['license']}): its capabilities come from its own pretraining; jaxtrain trained it {step} more steps "
+         f"({seen:,} tokens) on the data below." if base else
          f"Trained with jaxtrain for {step} steps ({seen:,} tokens seen) of {cfg.train.steps} planned."),
         f"Tokenizer: {tokenizer_description(cfg, run_dir)}, fingerprint `{fingerprint}`.",
         "",
-        "## Training data provenance",
+        f"## Evaluation at step {step}",
         "",
-        "| source | type | location | license | documents in -> kept (held out) | duplicates | removed by rule | "
-        "train tokens | cleaned text sha256 |",
-        "|---|---|---|---|---|---|---|---|---|",
     ]
-    if not prov["sources"]:
-        lines.append(f"| ({prov['note']}) | | | | | | | | |")
-    for s in prov["sources"]:
-        d = s["documents"]
-        lines.append(
-            f"| {s['name']} | {s['content']} | {s['location']} | {s['license']} | {d['input']} -> {d['kept']} "
-            f"({d['held_out']}) | {d['duplicates']} | {json.dumps(d['removed_by_rule'])} | {s['tokens']['train']:,} | "
-            f"`{s['cleaned_sha256'][:16]}` |"
-        )
-    lines += ["", "## Latest evaluation", ""]
     if ev:
-        lines += [f"- step {ev['step']}: " + ", ".join(f"{k} = {v:.4f}" for k, v in ev.items() if k.startswith("eval/"))]
+        lines += ["- " + ", ".join(f"{k} = {v:.4f}" for k, v in ev.items() if k.startswith("eval/"))]
     else:
-        lines += ["- none recorded"]
-    lines += ["", "## Training config", "", "```yaml", yamlconf.dump(cfg).strip(), "```", ""]
-    lines += ["Machine-readable provenance: `provenance.json`."]
+        lines += [f"- none recorded for step {step} (`jaxtrain eval --run-dir RUN --step {step}` records one)"]
+    lines += ["", card.render(data).replace("# Data card", "## Data card", 1).replace("\n## ", "\n### "),
+              "## Training config", "", "```yaml", yamlconf.dump(cfg).strip(), "```", "",
+              f"Machine-readable: `{card.CARD_JSON}` (the data card) and `{EXPORT_MARKER}` (this export)."]
     return "\n".join(lines) + "\n"
 
 
@@ -199,11 +155,12 @@ def _write_export(cfg: RunConfig, run: RunDir, step: int, tensors: dict, out_dir
     (out_dir / "config.json").write_text(json.dumps(hf.hf_config(cfg.model, tokenizer.bos_id, tokenizer.eos_id),
                                                     indent=2))
     fingerprint = tokenizer.fingerprint()
+    data = card.write(cfg, run, out_dir)
     (out_dir / EXPORT_MARKER).write_text(json.dumps(
-        {**provenance(cfg, run), "tokenizer_fingerprint": fingerprint, "step": step,
-         "tokens_seen": step * cfg.tokens_per_step, "latest_eval": _latest_eval(run)},
-        indent=2))
-    (out_dir / "README.md").write_text(model_card(cfg, run, step, fingerprint))
+        {"base_model": data["base_model"], "sources": data["sources"], "chain": data["chain"],
+         "tokenizer_fingerprint": fingerprint, "step": step, "tokens_seen": step * cfg.tokens_per_step,
+         "eval": _eval_at(run, step)}, indent=2))
+    (out_dir / "README.md").write_text(model_card(cfg, run, step, fingerprint, data))
 
 
 def read_hf_config(hf_dir: pathlib.Path) -> dict:
@@ -318,5 +275,7 @@ def base_model_record(hf_dir: pathlib.Path) -> dict:
         front = yaml.safe_load(readme.read_text().split("---", 2)[1]) or {}
         license_ = str(front.get("license", license_))
     files = sorted(weight_files(hf_dir))
-    return {"source": str(hf_dir.resolve()), "weight_files": files,
+    name = str(read_hf_config(hf_dir).get("_name_or_path", ""))
+    repo_id = name if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not pathlib.Path(name).exists() else None
+    return {"source": str(hf_dir.resolve()), "repo_id": repo_id, "weight_files": files,
             "weights_sha256": stages.file_digest(*(hf_dir / f for f in files), length=64), "license": license_}

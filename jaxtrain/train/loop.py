@@ -107,7 +107,7 @@ def run(session: ModelSession, *, evaluate: EvalHook | None = None, metrics: Met
     try:
         with PreemptionWatcher() as watcher:
             loop = _Loop(trainer, state, data_iter, checkpointer, metrics, fingerprint, weights, evaluate, watcher,
-                         fault_injector, resumes)
+                         fault_injector, resumes, meta.get("tokens_by_source") if restored else None)
             return loop.run(max_steps_this_run, restart_time=time.perf_counter() - t0)
     finally:
         checkpointer.close()
@@ -134,7 +134,7 @@ class _Loop:
 
     def __init__(self, trainer: Trainer, state, data_iter, checkpointer: Checkpointer, metrics: MetricsWriter,
                  fingerprint: str, weights: list[float], evaluate: EvalHook | None, watcher: PreemptionWatcher,
-                 fault_injector: FaultInjector | None, resumes: int = 0):
+                 fault_injector: FaultInjector | None, resumes: int = 0, trained: dict[str, int] | None = None):
         self.trainer, self.cfg = trainer, trainer.cfg
         self.state, self.data_iter, self.checkpointer, self.metrics = state, data_iter, checkpointer, metrics
         self.fingerprint, self.weights, self.evaluate, self.watcher = fingerprint, weights, evaluate, watcher
@@ -151,7 +151,7 @@ class _Loop:
         self.flops_per_token = flops.flops_per_token(self.cfg.model, trainer.seq_len, causal=True)
         self.peak = flops.peak_flops(devices[0].device_kind)
         self.throughput = Throughput(self.cfg.tokens_per_step, self.n_chips, self.flops_per_token, self.peak)
-        self.mixture = MixtureMeter(trainer.sources)
+        self.mixture = MixtureMeter(trainer.sources, trained)
         self.profiler = StepProfiler(self.cfg.log, trainer.run)  # log.profile_steps: a jax.profiler trace
 
     def run(self, max_steps_this_run: int | None, restart_time: float) -> dict:
@@ -294,7 +294,7 @@ class _Loop:
     def _save(self) -> None:
         plan = self.trainer.lr_plan
         meta = checkpoint_meta(self.step, to_dict(self.cfg), self.fingerprint, self.cfg.tokens_per_step,
-                               resumes=self.resumes,
+                               resumes=self.resumes, tokens_by_source=self.mixture.trained(),
                                lr_hold=[plan.hold_step, plan.hold_lr] if plan.hold_step >= 0 else None)
         t = time.perf_counter()
         self.checkpointer.save(self.step, self.state, self.data_iter, meta, force=True)

@@ -5,7 +5,9 @@ from __future__ import annotations
 import time
 from typing import Callable, Sequence
 
+import jax
 import numpy as np
+from jax.experimental import multihost_utils
 
 from jaxtrain.data.loader import realized_mixture
 from jaxtrain.scaling import flops
@@ -45,15 +47,27 @@ class Throughput:
 class MixtureMeter:
     """Target tokens per source, per log window (for metrics.jsonl) and since the last report (for the log)."""
 
-    def __init__(self, sources: Sequence[str]):
+    def __init__(self, sources: Sequence[str], trained: dict[str, int] | None = None):
+        """trained: target tokens per source of every step before this one (a checkpoint's `tokens_by_source`),
+        held by process 0 (each process counts the rows it draws; `trained()` adds them up)."""
         self.sources = list(sources)
         self.window = np.zeros(len(self.sources), np.int64)
         self.since_report = np.zeros(len(self.sources), np.int64)
+        earlier = [int((trained or {}).get(s, 0)) for s in self.sources] if jax.process_index() == 0 else 0
+        self.total = np.zeros(len(self.sources), np.int64) + earlier
 
     def add(self, batch: dict) -> None:
         tokens = realized_mixture(batch, len(self.sources))
         self.window += tokens
         self.since_report += tokens
+        self.total += tokens
+
+    def trained(self) -> dict[str, int]:
+        """Target tokens per source of every step so far, all processes together (a collective on a pod)."""
+        total = self.total
+        if jax.process_count() > 1:
+            total = np.asarray(multihost_utils.process_allgather(total)).sum(axis=0)
+        return {s: int(n) for s, n in zip(self.sources, total)}
 
     def window_shares(self) -> dict[str, float]:
         """`mix/<source>` shares of the tokens since the last call; the window then starts again."""
