@@ -227,7 +227,9 @@ class Checkpointer:
         else:
             fix = f"check the storage of {self.directory}, then rerun the same command"
         try:
-            committed = [s for s in self.all_steps() if s != step]
+            # A listing, not Orbax's reload: one process may be failing alone, so nothing here waits for the others.
+            committed = sorted(int(p.name) for p in self.directory.iterdir()
+                               if p.name.isdigit() and int(p.name) != step)
         except Exception:  # the listing itself may fail the same way: the line says what it knows
             committed = []
         kept = f"; it resumes from step {committed[-1]}, the last committed checkpoint" if committed else ""
