@@ -108,6 +108,16 @@ def merge(base: dict, update: dict) -> dict:
     return out
 
 
+def _yaml_problem(e: yaml.YAMLError) -> str:
+    """PyYAML's multi-line message as one line: where it went wrong, what, and where the construct began."""
+    if not isinstance(e, yaml.MarkedYAMLError) or e.problem_mark is None:
+        return f": {' '.join(str(e).split())}"
+    where = f" at line {e.problem_mark.line + 1}, column {e.problem_mark.column + 1}"
+    started = (f" ({e.context} that starts at line {e.context_mark.line + 1}, column {e.context_mark.column + 1})"
+               if e.context and e.context_mark is not None else f" ({e.context})" if e.context else "")
+    return f"{where}: {e.problem}{started}"
+
+
 def load_yaml(path: epath.Path, resolve_base, seen: tuple = ()) -> dict:
     """A YAML mapping with its `base:` chain merged in; `resolve_base(name)` finds a base's path."""
     if path in seen:
@@ -115,7 +125,7 @@ def load_yaml(path: epath.Path, resolve_base, seen: tuple = ()) -> dict:
     try:
         raw = yaml.safe_load(path.read_text())
     except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+        raise ConfigError(f"{path}: not valid YAML{_yaml_problem(e)}; fix the syntax there.") from e
     if raw is None:
         raise ConfigError(f"{path}: the file is empty; write the config sections there (or `base: demo` to "
                           "start from a preset).")

@@ -43,6 +43,15 @@ def test_unknown_preset_and_bad_yaml(tmp_path):
         load_config("tiny", ["data.sources=[{name: web}]"])
 
 
+def test_a_yaml_syntax_error_is_one_line_with_line_and_column(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("base: tiny\ntrain:\n  steps: [1, 2\n  batch_size: 4\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(str(bad))
+    assert str(e.value) == (f"{bad}: not valid YAML at line 4, column 13: expected ',' or ']', but got ':' "
+                            "(while parsing a flow sequence that starts at line 3, column 10); fix the syntax there.")
+
+
 def test_resolved_config_round_trips_through_the_run_dir(tmp_path):
     cfg = load_config("tiny", ["model.num_layers=3"])
     save_config(cfg, tmp_path / "config.yaml")

@@ -1,14 +1,19 @@
 """Checkpoint discipline and recovery: corrupt checkpoints, wrong checkpoints, resharding, spikes."""
 
+import errno
 import json
+import os
 import pathlib
+import re
 import shutil
+import time
 
 import jax
 import numpy as np
 import pytest
+from etils import epath
 
-from jaxtrain import pipeline
+from jaxtrain import cli, pipeline
 from jaxtrain.train import loop
 from jaxtrain.train.checkpoint import CheckpointDamaged
 from jaxtrain.train.resume import IncompatibleCheckpoint
@@ -147,3 +152,60 @@ def test_repeated_bad_steps_roll_back_then_give_up(fresh_run, capsys):
     shutil.copytree(fresh_run, other, ignore=shutil.ignore_patterns("checkpoints", "metrics.jsonl"))
     with pytest.raises(loop.TrainingDiverged, match=r"training cannot recover at step 2 .*no earlier checkpoint"):
         pipeline.train(cfg, other, fault_injector=always_bad)
+
+
+def _fail_checkpoint_writes(monkeypatch, method: str, error: int, from_step: int) -> list[float]:
+    """Path.`method` fails with `error` inside the save of every step from `from_step` on, as a read-only or full
+    disk would (chmod does not stop root); returns the times it failed."""
+    failed, path_type = [], type(epath.Path("/"))
+    original = getattr(path_type, method)
+
+    def failing(self, *args, **kwargs):
+        step = re.search(r"/checkpoints/(\d+)\.orbax-checkpoint-tmp", str(self))
+        if step and int(step.group(1)) >= from_step:
+            failed.append(time.perf_counter())
+            raise OSError(error, os.strerror(error), str(self))
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(path_type, method, failing)
+    return failed
+
+
+def _train_cli(run: pathlib.Path, *overrides: str) -> int:
+    return cli.main(["train", "--config", "tiny", "--run-dir", str(run), *BASE, *overrides])
+
+
+def _last_step(run: pathlib.Path) -> int:
+    return max(_losses(run))
+
+
+def test_an_unwritable_checkpoint_directory_stops_training_at_once_in_one_line(fresh_run, monkeypatch, capfd):
+    failed = _fail_checkpoint_writes(monkeypatch, "mkdir", errno.EACCES, from_step=4)
+    code = _train_cli(fresh_run, "train.steps=40")
+    stopped = time.perf_counter()
+    out, err = capfd.readouterr()
+    ckpt = fresh_run / "checkpoints"
+    assert code == 2 and err.count("\n") == 1, err[-3000:]
+    assert err.startswith(f"error: {ckpt}/4: the checkpoint could not be written: Permission denied ({ckpt}/4.")
+    assert f"; fix the permissions of {ckpt}, or train in a writable run directory (--run-dir); it resumes from " \
+           "step 2, the last committed checkpoint." in err
+    assert stopped - failed[0] < 10 and _last_step(fresh_run) == 4  # Orbax's own wait for the save is 300 s
+    log = err.rsplit("(traceback: ", 1)[1].rstrip(")\n")
+    assert log.startswith(str(fresh_run / "logs" / "error-")) and "Traceback" in open(log).read()
+    assert sorted(p.name for p in ckpt.iterdir() if p.name.isdigit()) == ["2"]
+
+
+def test_a_full_disk_in_the_background_write_stops_before_the_next_save_in_one_line(fresh_run, monkeypatch, capfd):
+    """The write fails in Orbax's background threads (the data position's and the step's metadata files); each
+    logs it with a traceback: hundreds of lines on the console before the one line."""
+    _fail_checkpoint_writes(monkeypatch, "write_text", errno.ENOSPC, from_step=10)
+    code = _train_cli(fresh_run, "train.steps=40", "checkpoint.every_steps=10")
+    out, err = capfd.readouterr()
+    assert code == 2 and err.count("\n") == 1, err[-3000:]
+    ckpt = fresh_run / "checkpoints"
+    assert re.match(rf"error: {ckpt}/10: the checkpoint could not be written: No space left on device "
+                    rf"\({ckpt}/10\.orbax-checkpoint-tmp.*\); the disk is full: free space", err)
+    assert "it resumes from" not in err  # no committed checkpoint before it
+    assert _last_step(fresh_run) < 20  # not trained on until the next save found it
+    log = err.rsplit("(traceback: ", 1)[1].rstrip(")\n")
+    assert "No space left on device" in open(log).read()

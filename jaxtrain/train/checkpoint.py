@@ -17,13 +17,22 @@ recomputes them on the restored arrays: a mismatch is damage, named by leaf
 back as a valid number).
 Retention is Orbax's preservation policies: the latest N, plus every K-th step
 kept for good.
+A save whose write fails (read-only or full disk, permissions, a storage error
+after its retries) raises `CheckpointWriteFailed`, one line, as soon as the
+failure is known: the loop asks after every step (`raise_if_save_failed`).
 """
 
 from __future__ import annotations
 
+import collections
+import contextlib
+import errno
 import json
+import logging
+import os
 import pathlib
 import re
+import threading
 from typing import Any
 
 import grain
@@ -49,6 +58,49 @@ DAMAGED_STATUS = frozenset({"DATA_LOSS", "NOT_FOUND", "OUT_OF_RANGE", "FAILED_PR
 
 class CheckpointDamaged(JaxtrainError, ValueError):
     """A checkpoint whose files are missing, truncated or do not decode: it will not read back, however often."""
+
+
+class CheckpointWriteFailed(JaxtrainError):
+    """A save that did not commit: training stops; the checkpoints committed before it are kept."""
+
+
+# TensorStore's file driver names the file and the errno in its message only.
+_OS_ERROR_CODE = re.compile(r"\[os_error_code='(\d+)'\]")
+_LOCAL_FILE = re.compile(r'local file "([^"]+)"')
+_PERMISSION = (errno.EACCES, errno.EPERM, errno.EROFS)
+_DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+
+
+class _OrbaxErrorLog(logging.Filter):
+    """Orbax logs a failed save's error with its traceback from each of its threads, hundreds of lines.
+    Those records (ERROR and above, from Orbax's code, on its background threads or while a save is waited
+    for) leave the console; the latest few go with `CheckpointWriteFailed` into `logs/error-*.log`."""
+
+    def __init__(self):
+        super().__init__()
+        self.records: collections.deque[str] = collections.deque(maxlen=8)
+        self.saving = False  # the main thread is inside a save or a wait for one
+        self._format = logging.Formatter("%(levelname)s [%(threadName)s] %(message)s")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.levelno < logging.ERROR or f"{os.sep}orbax{os.sep}" not in record.pathname:
+            return True
+        if record.thread == threading.main_thread().ident and not self.saving:
+            return True
+        self.records.append(self._format.format(record))
+        return False
+
+    @contextlib.contextmanager
+    def quiet(self):
+        self.saving = True
+        try:
+            yield
+        finally:
+            self.saving = False
+
+
+_ORBAX_ERRORS = _OrbaxErrorLog()
+logging.getLogger("absl").addFilter(_ORBAX_ERRORS)  # Orbax logs through absl's logger
 
 
 def storage_status(error: BaseException) -> str | None:
@@ -155,6 +207,10 @@ class Checkpointer:
             policies.append(preservation.EveryNSteps(interval_steps=permanent_every))
         options = ocp.CheckpointManagerOptions(
             enable_async_checkpointing=async_save,
+            # The step's directories are made during save(), where a read-only or full disk fails at once.
+            # Made in the background (Orbax's default) a failed mkdir leaves the writer threads waiting
+            # for its signal until AsyncOptions.timeout_secs (300 s) run out.
+            async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
             create=not read_only,
             read_only=read_only,
             preservation_policy=None if read_only else preservation.AnyPreservationPolicy(policies),
@@ -163,6 +219,8 @@ class Checkpointer:
         self.run = RunDir(run)
         self.directory = checkpoint_dir(self.run.checkpoints)
         self.manager = ocp.CheckpointManager(self.directory, options=options)
+        self._writing: int | None = None  # the step whose background write has not been seen to succeed
+        self._failed = False
 
     def latest_step(self) -> int | None:
         return self.manager.latest_step()
@@ -192,7 +250,61 @@ class Checkpointer:
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(_FrozenIteratorState(data_iterator.get_state()))
-        return self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        self.wait()  # Orbax waits for the previous save too: its failure is that step's
+        try:
+            with _ORBAX_ERRORS.quiet():
+                saved = self.manager.save(step, args=ocp.args.Composite(**items), force=force)
+        except Exception as e:
+            raise self._write_failed(step, e) from e
+        self._writing = step if saved else None
+        return saved
+
+    def raise_if_save_failed(self) -> None:
+        """CheckpointWriteFailed once the background write has failed; cheap (a flag read) while it runs."""
+        if self._writing is not None and not self.manager.is_saving_in_progress():
+            self.wait()
+
+    def _write_failed(self, step: int | None, error: Exception) -> CheckpointWriteFailed:
+        """One line: the step's path, the cause found in `error` or what caused it, and the fix."""
+        self._failed = True
+        chain, e = [], error
+        while e is not None and all(e is not seen for seen in chain):
+            chain.append(e)
+            e = e.__cause__ or e.__context__
+        code, cause = None, None
+        for e in chain:
+            if isinstance(e, OSError) and e.errno:
+                code = e.errno
+                cause = (e.strerror or os.strerror(code)) + (f" ({e.filename})" if e.filename else "")
+                break
+            match = _OS_ERROR_CODE.search(str(e))
+            if match:
+                code, file = int(match.group(1)), _LOCAL_FILE.search(str(e))
+                cause = f"{os.strerror(code)} ({file.group(1) if file else 'TensorStore'})"
+                break
+        if cause is None:
+            cause = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+        status = next((storage_status(e) for e in chain if storage_status(e)), None)
+        if code in _PERMISSION or status == "PERMISSION_DENIED":
+            fix = f"fix the permissions of {self.directory}, or train in a writable run directory (--run-dir)"
+        elif code in _DISK_FULL or status == "RESOURCE_EXHAUSTED":
+            fix = f"the disk is full: free space where {self.directory} lives, then rerun the same command"
+        else:
+            fix = f"check the storage of {self.directory}, then rerun the same command"
+        try:
+            # A listing, not Orbax's reload: one process may be failing alone, so nothing here waits for the others.
+            committed = sorted(int(p.name) for p in self.directory.iterdir()
+                               if p.name.isdigit() and int(p.name) != step)
+        except Exception:  # the listing itself may fail the same way: the line says what it knows
+            committed = []
+        kept = f"; it resumes from step {committed[-1]}, the last committed checkpoint" if committed else ""
+        where = self.directory if step is None else f"{self.directory}/{step}"
+        failed = CheckpointWriteFailed(f"{where}: the checkpoint could not be written: {cause}; "
+                                       f"{fix}{kept}.")
+        for record in _ORBAX_ERRORS.records:  # the background threads' own tracebacks, for the log file
+            failed.add_note(record)
+        _ORBAX_ERRORS.records.clear()
+        return failed
 
     def restore(self, step: int, abstract_state: Any, data_iterator: Any | None = None) -> tuple[Any, dict]:
         """Restore onto the shardings carried by `abstract_state` (ShapeDtypeStructs), and the data position."""
@@ -271,9 +383,22 @@ class Checkpointer:
                 from e
 
     def wait(self) -> None:
-        self.manager.wait_until_finished()
+        """Until the save in progress has committed; CheckpointWriteFailed when it has failed."""
+        step, self._writing = self._writing, None
+        try:
+            with _ORBAX_ERRORS.quiet():
+                self.manager.wait_until_finished()
+        except Exception as e:
+            raise self._write_failed(step, e) from e
 
     def close(self) -> None:
-        self.manager.wait_until_finished()
+        if self._failed:  # Orbax raises the failed save's error again on close: it is known, and nothing waits
+            try:
+                with _ORBAX_ERRORS.quiet():
+                    self.manager.close()
+            except Exception:
+                pass
+            return
+        self.wait()
         self.manager.close()
 

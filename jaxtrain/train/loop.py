@@ -169,6 +169,7 @@ class _Loop:
                 self.state = self.state.replace(guard=guard_lib.reset_history(self.state.guard))
                 log(f"[train] step {self.step}: mixture stage begins; the stability guard's history starts over")
             metrics = self._train_step(restart_time - run_start)
+            self.checkpointer.raise_if_save_failed()  # a failed background write stops training here
             log_due = self.step % cfg.train.log_every == 0 or self.step == end_step
             evaluate = self.step % cfg.eval.every_steps == 0 or self.step == total
             save = self._save_due(end_step)
