@@ -36,7 +36,8 @@ def main() -> None:
 
     from jaxtrain.config import load_config
     from jaxtrain.rundir import RunDir
-    from jaxtrain.train.checkpoint import Checkpointer, checksums
+    from jaxtrain.train.checkpoint import Checkpointer
+    from jaxtrain.train.checksums import checksums
     from jaxtrain.train.trainer import build_trainer
 
     print("| preset | params | state on disk | training blocked (async save) | full save | restore | checksums "

@@ -7,14 +7,8 @@ checksum of every array of `state`).
 Orbax writes each step into a temporary directory and renames it on commit,
 so a failed or interrupted save never touches the previous good checkpoint;
 an uncommitted directory is invisible to `all_steps()`.
-Checksums: two 32-bit sums of each array's bits (plain, and weighted by the
-element's position, so a swap is caught as well as any single flipped bit),
-computed on the devices that hold the array by one jitted reduction (the
-modular sums do not depend on how the array is sharded, so a resume on
-another mesh checks the same numbers) and recorded in `meta`. Restore
-recomputes them on the restored arrays: a mismatch is damage, named by leaf
-(Orbax and TensorStore check neither; a flipped bit in the array data reads
-back as a valid number).
+The checksums (train/checksums.py) are recomputed on every restore, the
+parameters-only one too: a mismatch is damage, named by leaf.
 Retention is Orbax's preservation policies: the latest N, plus every K-th step
 kept for good.
 A save whose write fails (read-only or full disk, permissions, a storage error
@@ -37,8 +31,6 @@ from typing import Any
 
 import grain
 import jax
-import jax.numpy as jnp
-import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
 from jax.experimental import multihost_utils
@@ -46,6 +38,7 @@ from orbax.checkpoint.checkpoint_managers import preservation_policy as preserva
 
 from jaxtrain.errors import JaxtrainError
 from jaxtrain.rundir import RunDir
+from jaxtrain.train import checksums
 
 # TensorStore (Orbax's array store, with its own GCS client) raises a bare ValueError for every failure and
 # says which only in the message: absl's status code comes first, "DATA_LOSS: ..." (its Python binding,
@@ -139,57 +132,12 @@ def checkpoint_meta(step: int, config: dict, fingerprint: str, tokens_per_step: 
             "config": config, **extra}
 
 
-def leaf_key(path: tuple) -> str:
-    """'opt_state/1/0/mu/embed_VxD': the same for a saved tree (dicts) and the run's state (dataclasses)."""
-    return "/".join(str(next(getattr(k, a) for a in ("key", "name", "idx") if hasattr(k, a))) for k in path)
-
-
-def _is_array(x: Any) -> bool:
-    return hasattr(x, "shape") and hasattr(x, "dtype")
-
-
-def keyed_leaves(tree: Any) -> dict[str, Any]:
-    flat = jax.tree_util.tree_flatten_with_path(tree, is_leaf=_is_array)[0]
-    return {leaf_key(path): x for path, x in flat}
-
-
-def _words(x: jax.Array) -> jax.Array:
-    """The array's bits as uint32 words: narrower types widened, wider ones split, booleans as bytes."""
-    if x.dtype == jnp.bool_:
-        x = x.astype(jnp.uint8)
-    size = x.dtype.itemsize
-    bits = jax.lax.bitcast_convert_type(x, jnp.uint32 if size >= 4 else jnp.dtype(f"uint{8 * size}"))
-    return bits.astype(jnp.uint32).ravel()
-
-
-@jax.jit
-def _sums(leaves: list[jax.Array]) -> jax.Array:
-    def one(x: jax.Array) -> jax.Array:
-        w = _words(x)
-        odd = jnp.arange(w.size, dtype=jnp.uint32) * 2 + 1  # odd weights: a flipped bit always changes the sum
-        return jnp.stack([w.sum(dtype=jnp.uint32), (w * odd).sum(dtype=jnp.uint32)])
-    return jnp.stack([one(x) for x in leaves]) if leaves else jnp.zeros((0, 2), jnp.uint32)
-
-
-def checksums(tree: Any) -> dict[str, str]:
-    """Leaf key -> 16 hex digits, computed where the arrays live (one small transfer back)."""
-    keyed = keyed_leaves(tree)
-    values = np.asarray(_sums(list(keyed.values())))
-    return {k: f"{int(a):08x}{int(b):08x}" for k, (a, b) in zip(keyed, values)}
-
-
 def verify_checksums(tree: Any, saved: dict[str, str] | None, where: str) -> None:
-    """Raise CheckpointDamaged naming the first array whose bits differ from what was saved (a checkpoint
-    written before checksums existed, with none recorded, is trusted)."""
-    if saved is None:
-        return
-    now = checksums(tree)
-    bad = [k for k in now if saved.get(k) != now[k]]
+    """CheckpointDamaged naming the first array whose bits differ from what was saved (a checkpoint written
+    before checksums existed, with none recorded, is trusted)."""
+    bad = checksums.mismatch(tree, saved)
     if bad:
-        first = bad[0]
-        raise CheckpointDamaged(f"{where}: array {first} does not match its checksum (saved {saved.get(first)}, "
-                                f"read {now[first]}){f' (and {len(bad) - 1} more arrays)' if len(bad) > 1 else ''}: "
-                                "its data is damaged.")
+        raise CheckpointDamaged(f"{where}: {bad}: its data is damaged.")
 
 
 def _barrier(name: str) -> None:
@@ -246,7 +194,7 @@ class Checkpointer:
         return target
 
     def save(self, step: int, state: Any, data_iterator: Any | None, meta: dict, force: bool = False) -> bool:
-        meta = {**meta, "checksums": checksums(state)}
+        meta = {**meta, "checksums": checksums.checksums(state)}
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
         if data_iterator is not None:
             items["data"] = grain.checkpoint.CheckpointSave(_FrozenIteratorState(data_iterator.get_state()))

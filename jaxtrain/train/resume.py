@@ -32,12 +32,12 @@ from jaxtrain.config import RunConfig, to_dict
 from jaxtrain.errors import JaxtrainError
 from jaxtrain.models.transformer import ModelConfig, execution_fields
 from jaxtrain.rundir import RunDir
+from jaxtrain.train.checksums import keyed_leaves
 from jaxtrain.train.checkpoint import (
     DAMAGED_STATUS,
     TRANSIENT_STATUS,
     CheckpointDamaged,
     Checkpointer,
-    keyed_leaves,
     storage_status,
 )
 from jaxtrain.utils import log
