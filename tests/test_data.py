@@ -5,8 +5,11 @@ import pytest
 
 from jaxtrain.data import loader, shards
 from jaxtrain.data import tokenizer as tok
+from jaxtrain.errors import ConfigError
 from jaxtrain.rundir import RunDir
 from jaxtrain.models.attention import attention_mask
+
+from conftest import tiny_config
 
 
 def _take(it, n):
@@ -143,6 +146,22 @@ def test_mixture_weights_natural_and_explicit(prepared_run):
     natural = loader.mixture_weights(shards.token_counts(prepared_run), ["stdlib_code", "stdlib_docs"], [0.0, 0.0])
     assert sum(natural) == pytest.approx(1.0) and natural[0] > natural[1]
     assert loader.mixture_weights(shards.token_counts(prepared_run), ["stdlib_code", "stdlib_docs"], [1.0, 3.0]) == pytest.approx([0.25, 0.75])
+
+
+def test_an_explicit_weight_is_the_final_share_beside_unweighted_sources(prepared_run):
+    """#24.5: 0.5 beside an unweighted source trains at 50%, whatever the natural shares (it was renormalized
+    with them); weights that leave nothing for the unweighted sources are refused in one line."""
+    counts = shards.token_counts(prepared_run)
+    names = ["stdlib_code", "stdlib_docs"]
+    assert loader.mixture_weights(counts, names, [0.0, 0.2]) == pytest.approx([0.8, 0.2])
+    assert loader.mixture_weights(counts, names, [0.0, 0.5], temperature=2.0) == pytest.approx([0.5, 0.5])
+    it = loader.train_iterator(prepared_run, names, loader.mixture_weights(counts, names, [0.0, 0.2]), seq_len=128,
+                               batch_size=8, seed=0)
+    tokens = sum(loader.realized_mixture(next(it), 2) for _ in range(100))
+    assert abs(tokens[1] / tokens.sum() - 0.2) < 0.05, tokens[1] / tokens.sum()
+    with pytest.raises(ConfigError, match=r"data.sources\[\*\].weight: .* summing to 1.2, which leaves nothing for "
+                                          r"\['stdlib_code'\]"):
+        tiny_config("data.sources=[{name: stdlib_code, content: code}, {name: stdlib_docs, content: docs, weight: 1.2}]")
 
 
 def test_temperature_flattens_the_mixture(prepared_run):

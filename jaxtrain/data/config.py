@@ -28,7 +28,8 @@ class SourceConfig:
     content: Literal["prose", "code", "docs"] = "prose"  # picks the default quality rules
     filters: tuple[str, ...] | None = None  # quality rules to run (None: the content's defaults; []: none)
     pii: bool = True  # replace e-mail and IP addresses
-    weight: float = 0.0  # mixture weight; 0 = proportional to the source's tokens (or temperature)
+    weight: float = 0.0  # token share (0.3 = 30% of training tokens); 0 = a share of what the weighted sources leave,
+    # in proportion to the source's tokens (or temperature); when every source has a weight, they are relative
     train: bool = True  # false: curated, tokenized and evaluated, never trained on (a held-out reference set,
     # as Levanter's validation-only sets; also the positives of a quality classifier that must not be trained on)
     max_bytes: int = 0  # cap on kept text per source (0 = no cap)
@@ -160,6 +161,12 @@ class DataConfig:
         check(self.minhash_bands * self.minhash_rows <= 1024 and self.minhash_bands > 0 and self.minhash_rows > 0,
               f"data.minhash_bands x data.minhash_rows: {self.minhash_bands} x {self.minhash_rows} must be positive, "
               "<= 1024 hashes.")
+        weighted = {s.name: s.weight for s in self.sources if s.train and s.weight > 0}
+        unweighted = [s.name for s in self.sources if s.train and s.weight <= 0]
+        check(not (weighted and unweighted and sum(weighted.values()) >= 1),
+              f"data.sources[*].weight: {weighted} are token shares summing to {sum(weighted.values()):g}, which "
+              f"leaves nothing for {unweighted} (no weight: they share what is left); keep the weights below 1 in "
+              "total, or give every source a weight (then they are relative).")
         check(self.mixture_temperature >= 0,
               f"data.mixture_temperature: must be >= 0 (0 = off), got {self.mixture_temperature}.")
         for k, stage in enumerate(self.mixture_schedule):

@@ -72,17 +72,22 @@ def realized_mixture(batch: dict, num_sources: int) -> np.ndarray:
 
 def mixture_weights(counts: dict, sources: Sequence[str], weights: Sequence[float],
                     temperature: float = 0.0, trained: Sequence[bool] | None = None) -> list[float]:
-    """Configured weights; sources with weight 0 take their natural share of train tokens, or with
-    temperature T > 0 a share ~ n_tokens^(1/T) (T > 1 flattens the mixture toward small sources).
-    Sources not `trained` (train: false) get 0. counts: `shards.token_counts(run)`."""
+    """Token shares per source. Explicit weights (> 0) are final shares: a source weighted 0.5 trains on half
+    the tokens, and the sources without a weight share the rest in proportion to their train tokens (or, with
+    temperature T > 0, to n_tokens^(1/T): T > 1 flattens the mixture toward small sources). When every trained
+    source has a weight they are relative ([1, 3] is 25% and 75%). Sources not `trained` (train: false) get 0.
+    DataConfig refuses explicit weights that leave nothing to the unweighted sources. counts:
+    `shards.token_counts(run)`."""
     trained = [True] * len(sources) if trained is None else list(trained)
     natural = [counts[shards.split_name("train", s)]["tokens"] if t else 0 for s, t in zip(sources, trained)]
     if temperature > 0:
         natural = [n ** (1.0 / temperature) for n in natural]
-    total = sum(natural)
-    out = [0.0 if not t else w if w > 0 else n / total for w, n, t in zip(weights, natural, trained)]
-    norm = sum(out)
-    return [w / norm for w in out]
+    explicit = [w if t and w > 0 else 0.0 for w, t in zip(weights, trained)]
+    free = [n if t and w <= 0 else 0.0 for w, n, t in zip(weights, natural, trained)]
+    if not any(free):
+        return [w / sum(explicit) for w in explicit]
+    rest = 1.0 - sum(explicit) if any(explicit) else 1.0
+    return [w if w > 0 else rest * n / sum(free) for w, n in zip(explicit, free)]
 
 
 def mean_doc_tokens(counts: dict, sources: Sequence[str]) -> list[float]:
