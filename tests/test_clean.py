@@ -79,6 +79,17 @@ def test_pii_is_scrubbed_and_private_addresses_kept():
     assert "127.0.0.1" in text and "10.0.0.2" in text and "jane" not in text
 
 
+def test_pii_leaves_oids_and_version_strings_in_code_alone():
+    """#24.4: an OID was rewritten to '<IP_ADDRESS>.<IP_ADDRESS>.1'; addresses in the same file still go."""
+    code = ("SERVER_AUTH = '1.3.6.1.5.5.7.3.1'  # extendedKeyUsage OID\nVERSION = 'v1.2.3.4'\nOLD = '2.5.29.37.0'\n"
+            "HOST = '8.8.4.4'  # resolver\n") * 8
+    text, n = filters.scrub_pii(code)
+    assert n == 8 and "'1.3.6.1.5.5.7.3.1'" in text and "'v1.2.3.4'" in text and "'2.5.29.37.0'" in text
+    assert "8.8.4.4" not in text and "'<IP_ADDRESS>'" in text
+    r = clean.SourceRules("s", 0, rules=filters.DEFAULT_RULES["code"], min_chars=50, max_chars=50000)
+    assert r.pii and "'1.3.6.1.5.5.7.3.1'" in clean.judge(corpus.Document("s", "oids.py", code, None), r)["text"]
+
+
 def test_judge_puts_each_document_in_one_bucket():
     r = clean.SourceRules("s", 0, rules=filters.DEFAULT_RULES["prose"], min_chars=50, max_chars=5000)
     out = {name: clean.judge(corpus.Document("s", name, text, err), r) for name, text, err in [

@@ -239,7 +239,10 @@ def apply_rules(text: str, rules: tuple[str, ...], min_alpha_fraction: float = 0
 
 
 EMAIL_RE = re.compile(r"\b[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,}\b")
-IPV4_RE = re.compile(r"\b(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\b")
+# A dotted quad on its own: not four parts of a longer dotted sequence (an OID such as 1.3.6.1.5.5.7.3.1, a
+# version 1.2.3.4.5) and not glued to a word (v1.2.3.4): those are code constants, not someone's address.
+IPV4_RE = re.compile(r"(?<![\w.])(?:(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)\.){3}(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+                     r"(?![\w]|\.\d)")
 IPV6_RE = re.compile(r"\b(?:[0-9a-fA-F]{1,4}:){7}[0-9a-fA-F]{1,4}\b")
 EMAIL_TOKEN, IP_TOKEN = "<EMAIL>", "<IP_ADDRESS>"
 _KEEP_IPS = {"0.0.0.0", "127.0.0.1", "255.255.255.255"}
