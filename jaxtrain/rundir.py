@@ -130,6 +130,11 @@ class RunDir:
         return self.root / "eval.png"
 
     @property
+    def train_plot(self) -> epath.Path:
+        """Training loss, learning rate and throughput per step (train.metrics.plot_training)."""
+        return self.root / "train.png"
+
+    @property
     def tensorboard(self) -> epath.Path:
         """TensorBoard events, and jax.profiler traces under plugins/profile/ (the Profile tab reads them)."""
         return self.root / "tensorboard"

@@ -2,6 +2,7 @@
 that continues an extended schedule), parameters-only sessions for eval, sample and export, and a loop
 that neither stalls on the guard's streak flag nor carries the fault-injection field in production."""
 
+import json
 import shutil
 
 import jax
@@ -122,3 +123,23 @@ def test_the_streak_flag_is_read_one_step_late_except_where_the_loop_waits_anywa
         waits = step % 5 == 0 or step == 12
         expected = ([] if step == 1 or (step - 1) % 5 == 0 else [(step - 1, False)]) + ([(step, True)] if waits else [])
         assert checked == expected, (step, checked)
+
+
+def test_the_logged_loss_is_the_windows_mean_with_tokens_seen_and_a_training_plot(fresh_run, tmp_path):
+    """#24.3: `loss` in metrics.jsonl is the mean over the log window (it was one step's value); tokens seen
+    are logged; train.png (loss, learning rate, throughput) is drawn beside eval.png."""
+    def rows(run):
+        return {r["step"]: r for r in map(json.loads, (run / "metrics.jsonl").read_text().splitlines()) if "loss" in r}
+
+    every = tmp_path / "every"
+    shutil.copytree(fresh_run, every)
+    pipeline.train(tiny_config("train.steps=6", "train.log_every=1", "eval.every_steps=6"), every)
+    pipeline.train(tiny_config("train.steps=6", "train.log_every=3", "eval.every_steps=6"), fresh_run)
+    per_step, windows = rows(every), rows(fresh_run)
+    assert sorted(windows) == [3, 6] and [windows[s]["window_steps"] for s in (3, 6)] == [3, 3]
+    for end in (3, 6):
+        mean = np.mean([per_step[s]["loss"] for s in range(end - 2, end + 1)])
+        np.testing.assert_allclose(windows[end]["loss"], mean, rtol=1e-6)
+        assert windows[end]["loss_last"] == pytest.approx(per_step[end]["loss"], rel=1e-6)
+        assert windows[end]["tokens_seen"] == end * tiny_config().tokens_per_step
+    assert (fresh_run / "train.png").stat().st_size > 0 and (fresh_run / "eval.png").exists()

@@ -8,16 +8,17 @@ from etils import epath
 from matplotlib.figure import Figure
 
 from jaxtrain.rundir import RunDir
-from jaxtrain.train.metrics import MetricsWriter
+from jaxtrain.train.metrics import MetricsWriter, plot_training
 
 
 def write_eval(writer: MetricsWriter, record: dict, kind: str) -> None:
-    """Append to evals.jsonl (and TensorBoard), then redraw eval.png."""
+    """Append to evals.jsonl (and TensorBoard), then redraw eval.png and train.png."""
     if not writer.enabled:
         return
     writer.write({**record, "kind": kind}, path=writer.run.evals)
     writer.flush()
     plot_evals(writer.run)
+    plot_training(writer.run)
 
 
 def plot_evals(run: RunDir) -> None:

@@ -27,7 +27,7 @@ from jaxtrain.train import guard as guard_lib
 from jaxtrain.train import optimizer, resume
 from jaxtrain.train.checkpoint import Checkpointer, checkpoint_meta
 from jaxtrain.train.meters import MixtureMeter, Throughput
-from jaxtrain.train.metrics import MetricsWriter
+from jaxtrain.train.metrics import MetricsWriter, device_memory_gib
 from jaxtrain.train.preemption import Preempted, PreemptionWatcher
 from jaxtrain.train.profiler import StepProfiler
 from jaxtrain.train.resume import TrainingDiverged
@@ -141,6 +141,7 @@ class _Loop:
         self.fault_injector, self.resumes = fault_injector, resumes
         self.step = int(jax.device_get(state.step))
         self.batches_drawn = 0
+        self.window_losses: list = []
         self.rollbacks = 0
         self.compiled = None
         self.compile_s = 0.0
@@ -169,6 +170,7 @@ class _Loop:
                 self.state = self.state.replace(guard=guard_lib.reset_history(self.state.guard))
                 log(f"[train] step {self.step}: mixture stage begins; the stability guard's history starts over")
             metrics = self._train_step(restart_time - run_start)
+            self.window_losses.append(metrics["loss"])  # device scalars: read at the log, no sync per step
             self.checkpointer.raise_if_save_failed()  # a failed background write stops training here
             log_due = self.step % cfg.train.log_every == 0 or self.step == end_step
             evaluate = self.step % cfg.eval.every_steps == 0 or self.step == total
@@ -243,13 +245,22 @@ class _Loop:
         total = self.cfg.train.steps
         speed = self.throughput.measure()
         util, skipped = speed["mfu"], int(metrics["skipped_total"])
-        log(f"step {self.step:>6}/{total} {_bar(self.step / total)} loss {float(metrics['loss']):.4f} "
+        losses = np.asarray(jax.device_get(self.window_losses), np.float64)
+        self.window_losses = []
+        finite = losses[np.isfinite(losses)]  # a step the guard skipped (NaN loss) is not averaged in
+        window_loss = float(finite.mean()) if finite.size else float("nan")
+        log(f"step {self.step:>6}/{total} {_bar(self.step / total)} loss {window_loss:.4f} "
             f"| gnorm {float(metrics['grad_norm']):.3f} | {speed['tokens_per_s']:,.0f} tok/s "
             f"| {speed['tokens_per_s_per_chip']:,.0f} tok/s/chip | MFU {'n/a' if util is None else f'{util:.1%}'} "
             f"| {speed['step_time_s'] * 1000:.0f} ms/step | eta {format_duration((total - self.step) * speed['step_time_s'])}"
             + (f" | skipped {skipped} rollbacks {self.rollbacks}" if skipped or self.rollbacks else ""))
-        self.metrics.write({"step": self.step, "loss": float(metrics["loss"]), "grad_norm": float(metrics["grad_norm"]),
+        memory = device_memory_gib()
+        self.metrics.write({"step": self.step, "loss": window_loss,
+                            "loss_last": float(metrics["loss"]), "window_steps": int(losses.size),
+                            "tokens_seen": self.step * self.cfg.tokens_per_step,
+                            "grad_norm": float(metrics["grad_norm"]),
                             "lr": optimizer.lr_at(self.trainer.lr_plan, self.step - 1),
+                            **({"device_memory_gib": memory} if memory is not None else {}),
                             **speed, "skipped_steps": skipped, "rollbacks": self.rollbacks,
                             "loss_zscore": float(metrics["loss_zscore"]),
                             "grad_norm_zscore": float(metrics["grad_norm_zscore"]),

@@ -15,6 +15,7 @@ import uuid
 import jax
 import numpy as np
 from etils import epath
+from matplotlib.figure import Figure
 from tensorboardX import SummaryWriter
 
 from jaxtrain.config import LogConfig, RunConfig, to_dict
@@ -128,3 +129,36 @@ class MetricsWriter:
         sink = WandbSink(cfg.log, run, cfg.name, to_dict(cfg)) if (enabled and cfg.log.wandb) else None
         return cls(run, enabled=enabled, wandb=sink)
 
+
+
+def device_memory_gib() -> float | None:
+    """Peak bytes in use on this process's busiest device, where the backend reports it (GPU, TPU; not CPU)."""
+    stats = [d.memory_stats() for d in jax.local_devices()]
+    peaks = [st.get("peak_bytes_in_use", st.get("bytes_in_use", 0)) for st in stats if st]
+    return max(peaks) / 2**30 if peaks else None
+
+
+def plot_training(run: str | RunDir) -> None:
+    """train.png beside eval.png: the training loss (each log window's mean), the learning rate and the
+    throughput per step, from metrics.jsonl (a step logged again after a resume: its latest line)."""
+    run = RunDir(run)
+    if not run.metrics.exists():
+        return
+    rows = {}
+    for line in run.metrics.read_text().splitlines():
+        record = json.loads(line) if line.strip() else {}
+        if "loss" in record and "lr" in record:
+            rows[record["step"]] = record
+    if not rows:
+        return
+    steps = sorted(rows)
+    fig = Figure(figsize=(15, 4))  # no pyplot: no global backend state, safe in notebooks and threads
+    axes = fig.subplots(1, 3)
+    for ax, key, label in ((axes[0], "loss", "training loss (window mean, nats/token)"),
+                           (axes[1], "lr", "learning rate"), (axes[2], "tokens_per_s", "tokens/s")):
+        ax.plot(steps, [rows[s].get(key) or np.nan for s in steps], "-", lw=1.5)
+        ax.set(xlabel="step", ylabel=label, title=label.split(" (")[0])
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    with epath.Path(run.train_plot).open("wb") as f:
+        fig.savefig(f, dpi=100, format="png")
