@@ -32,6 +32,9 @@ from jaxtrain.train.loss import make_loss_fn
 from jaxtrain.train.step import TrainState, make_train_step
 
 
+READ_ATTEMPTS = 3  # a reader's tries for the latest checkpoint while a live trainer's retention deletes old ones
+
+
 @dataclasses.dataclass
 class ModelSession:
     """A run's model on a mesh, parameters only: what eval, sample, export and lm-eval need."""
@@ -106,16 +109,26 @@ class ModelSession:
                                     "first (or check the run directory's name).")
         checkpointer = self.checkpointer(read_only=True)  # a trainer may be saving beside us
         try:
-            steps = checkpointer.all_steps()
-            step = steps[-1] if (step is None and steps) else step
-            if step is None:
-                raise FileNotFoundError(f"{checkpointer.directory}: no checkpoints; run `jaxtrain train` first.")
-            if step not in steps:
-                raise FileNotFoundError(f"{checkpointer.directory}: no checkpoint for step {step}; have {steps}.")
-            params = checkpointer.restore_params(step, self.abstract_params())
+            for attempt in range(READ_ATTEMPTS):
+                steps = checkpointer.all_steps()
+                chosen = steps[-1] if (step is None and steps) else step
+                if chosen is None:
+                    raise FileNotFoundError(f"{checkpointer.directory}: no checkpoints; run `jaxtrain train` first.")
+                if chosen not in steps:
+                    raise FileNotFoundError(f"{checkpointer.directory}: no checkpoint for step {chosen}; have {steps}.")
+                try:
+                    return checkpointer.restore_params(chosen, self.abstract_params()), chosen
+                except Exception:
+                    if chosen in checkpointer.all_steps():
+                        raise  # not a step deleted under us: damage or a storage error, as it is
+                    # A live trainer's retention (checkpoint.keep) deleted it while we read: the latest again.
+                    if step is not None or attempt == READ_ATTEMPTS - 1:
+                        raise FileNotFoundError(
+                            f"{checkpointer.directory}/{chosen}: deleted while being read (a live trainer keeps the "
+                            f"latest checkpoint.keep={self.cfg.checkpoint.keep} steps); read a newer step, or keep "
+                            "some for good with checkpoint.permanent_every.") from None
         finally:
             checkpointer.close()
-        return params, step
 
 
 @dataclasses.dataclass
