@@ -151,6 +151,14 @@ def test_readers_beside_a_trainer_saving_every_step_and_a_second_trainer_refused
             shutil.move(run / "checkpoints" / str(step), tmp_path / "retired")
         return restore(self, step, abstract)
 
+    listed = Checkpointer.all_steps
+
+    def deleted_while_listed(self):  # Orbax stat-s every step's directory: one just deleted fails the listing
+        monkeypatch.setattr(Checkpointer, "all_steps", listed)
+        raise FileNotFoundError(2, "No such file or directory", str(run / "checkpoints" / "3"))
+
+    monkeypatch.setattr(Checkpointer, "all_steps", deleted_while_listed)
+    assert session.load_params()[1] == STEPS  # listed again
     monkeypatch.setattr(Checkpointer, "restore_params", deleted_while_read)
     assert session.load_params()[1] == STEPS - 1  # the latest again, not a failed `jaxtrain eval`
     with pytest.raises(FileNotFoundError, match=r"deleted while being read .*checkpoint.keep=3"):

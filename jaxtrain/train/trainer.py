@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtrain.config import RunConfig
@@ -107,28 +108,42 @@ class ModelSession:
         if not self.run.checkpoints.exists():  # checked first: a Checkpointer would create the directory
             raise FileNotFoundError(f"{self.run.checkpoints}: no checkpoints; run `jaxtrain train --run-dir {self.run}` "
                                     "first (or check the run directory's name).")
+        for attempt in range(READ_ATTEMPTS):
+            reading: list[int] = []
+            try:
+                return self._read_params(step, reading)
+            except Exception as e:
+                # A live trainer's retention (checkpoint.keep) deleted a step while we listed or read it.
+                gone = _vanished(e) or bool(reading and not (self.run.checkpoints / str(reading[0])).exists())
+                if not gone:
+                    raise  # damage or a storage error, as it is
+                if (step is not None and reading) or attempt == READ_ATTEMPTS - 1:
+                    where = f"{self.run.checkpoints}/{reading[0]}" if reading else e.filename
+                    raise FileNotFoundError(
+                        f"{where}: deleted while being read (a live trainer keeps the latest "
+                        f"checkpoint.keep={self.cfg.checkpoint.keep} steps); read a newer step, or keep some for good "
+                        "with checkpoint.permanent_every.") from None
+
+    def _read_params(self, step: int | None, reading: list[int]) -> tuple[Any, int]:
+        """One try of load_params; the step it reads is appended to `reading`."""
         checkpointer = self.checkpointer(read_only=True)  # a trainer may be saving beside us
         try:
-            for attempt in range(READ_ATTEMPTS):
-                steps = checkpointer.all_steps()
-                chosen = steps[-1] if (step is None and steps) else step
-                if chosen is None:
-                    raise FileNotFoundError(f"{checkpointer.directory}: no checkpoints; run `jaxtrain train` first.")
-                if chosen not in steps:
-                    raise FileNotFoundError(f"{checkpointer.directory}: no checkpoint for step {chosen}; have {steps}.")
-                try:
-                    return checkpointer.restore_params(chosen, self.abstract_params()), chosen
-                except Exception:
-                    if chosen in checkpointer.all_steps():
-                        raise  # not a step deleted under us: damage or a storage error, as it is
-                    # A live trainer's retention (checkpoint.keep) deleted it while we read: the latest again.
-                    if step is not None or attempt == READ_ATTEMPTS - 1:
-                        raise FileNotFoundError(
-                            f"{checkpointer.directory}/{chosen}: deleted while being read (a live trainer keeps the "
-                            f"latest checkpoint.keep={self.cfg.checkpoint.keep} steps); read a newer step, or keep "
-                            "some for good with checkpoint.permanent_every.") from None
+            steps = checkpointer.all_steps()
+            chosen = steps[-1] if (step is None and steps) else step
+            if chosen is None:
+                raise FileNotFoundError(f"{checkpointer.directory}: no checkpoints; run `jaxtrain train` first.")
+            if chosen not in steps:
+                raise FileNotFoundError(f"{checkpointer.directory}: no checkpoint for step {chosen}; have {steps}.")
+            reading.append(chosen)
+            return checkpointer.restore_params(chosen, self.abstract_params()), chosen
         finally:
             checkpointer.close()
+
+
+def _vanished(error: BaseException) -> bool:
+    """A file-not-found of a path that is gone now (Orbax lists steps by stat-ing each step's directory)."""
+    filename = getattr(error, "filename", None)
+    return isinstance(error, FileNotFoundError) and bool(filename) and not epath.Path(filename).exists()
 
 
 @dataclasses.dataclass
