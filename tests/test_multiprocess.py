@@ -123,3 +123,4 @@ def test_sigterm_to_the_launcher_reaches_every_worker_and_leaves_no_process(mp_r
     assert waited < 90 and "not restarting" in out and "restarting all" not in out, out[-3000:]
     saved = int(out.split("checkpoint of step ")[1].split()[0])
     assert (mp_run / "checkpoints" / str(saved)).exists()
+    assert (mp_run / "writer.lock").read_text() == ""  # process 0 released the run directory on its way out

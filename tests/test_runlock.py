@@ -58,6 +58,11 @@ def test_a_second_writer_is_refused_naming_the_holder_and_a_killed_holder_is_tak
             pass
         assert json.loads(RunDir(run).writer_lock.read_text())["pid"] == os.getpid()
     assert RunDir(run).writer_lock.read_text() == ""  # released: nothing to take over next time
+    with pytest.raises(RuntimeError, match="a failing writer"):
+        with runlock.writer(run):
+            assert "taking over" not in capsys.readouterr().out
+            raise RuntimeError("a failing writer")
+    assert RunDir(run).writer_lock.read_text() == ""  # released on error too
     with runlock.writer(run):
         assert "taking over" not in capsys.readouterr().out
 
@@ -105,15 +110,18 @@ def test_readers_beside_a_trainer_saving_every_step_and_a_second_trainer_refused
     trainer = subprocess.Popen([sys.executable, "-m", "jaxtrain.cli", "train", "--config", "tiny", "--run-dir", str(run),
                                 *TRAIN], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
+        lock = run / "writer.lock"
         deadline = time.time() + 240
-        while not (run / "checkpoints" / "1").exists() and trainer.poll() is None and time.time() < deadline:
-            time.sleep(0.1)
+        while not (lock.exists() and lock.read_text()) and trainer.poll() is None and time.time() < deadline:
+            time.sleep(0.05)
         capsys.readouterr()
-        # the second writer, while the first trains: refused in one line, nothing written
+        # the second writer, while the first compiles (seconds, on any machine): refused in one line, nothing written
         assert cli.main(["train", "--run-dir", str(run)]) == 2
         err = capsys.readouterr().err.strip()
         assert "\n" not in err and f"pid {trainer.pid}" in err and "jaxtrain train --config tiny" in err, err
         assert not (run / "logs").exists()
+        while not (run / "checkpoints" / "1").exists() and trainer.poll() is None and time.time() < deadline:
+            time.sleep(0.1)
         reads = {"eval": 0, "sample": 0, "export": 0}
         while trainer.poll() is None or not all(reads.values()):
             for command, extra in (("eval", []), ("sample", ["--prompt", "def ", "--tokens", "2"]),
@@ -125,6 +133,7 @@ def test_readers_beside_a_trainer_saving_every_step_and_a_second_trainer_refused
         if trainer.poll() is None:
             trainer.kill()
     assert trainer.returncode == 0, out[-3000:]
+    assert (run / "writer.lock").read_text() == "" and "taking over" not in out  # released at its end
     assert f"step {STEPS:>6}/{STEPS}" in out
     assert not (run / "checkpoints.corrupt").exists() and "set aside" not in out and "corrupt" not in out
     # Every retained checkpoint is whole: the latest `keep` steps, each restoring in full
