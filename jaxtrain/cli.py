@@ -365,6 +365,7 @@ def main(argv: list[str] | None = None) -> int:
     # sets them on any host so the AOT program is the one the slice would run. A user's LIBTPU_INIT_ARGS wins.
     apply_tpu_overlap_flags(force=args.fn is cmd_compile)
     from jaxtrain.errors import ConfigError, JaxtrainError, expected_failure
+    from jaxtrain.runlock import RunDirBusy
     from jaxtrain.train.preemption import EXIT_PREEMPTED, Preempted
     from jaxtrain.train.resume import IncompatibleCheckpoint, TrainingDiverged
 
@@ -372,6 +373,9 @@ def main(argv: list[str] | None = None) -> int:
         code = args.fn(args)
     except ConfigError as e:
         print(f"config error: {e}", file=sys.stderr)
+        return 2
+    except RunDirBusy as e:  # nothing written: no traceback file in another writer's run directory
+        print(f"error: {e}", file=sys.stderr)
         return 2
     except IncompatibleCheckpoint as e:
         print(f"checkpoint error: {e}", file=sys.stderr)

@@ -19,7 +19,7 @@ from typing import Any
 import jax
 from jax.experimental import multihost_utils
 
-from jaxtrain import runconfig
+from jaxtrain import runconfig, runlock
 from jaxtrain.config import RunConfig
 from jaxtrain.data import prepare as data_prepare
 from jaxtrain.data import stages
@@ -46,6 +46,11 @@ def prepare(cfg: RunConfig | runconfig.Resolved, run_dir: str | RunDir | None = 
     would wait, accelerators idle, while one host does CPU work): it refuses unprepared data before
     any work."""
     resolved = runconfig.given(cfg, run_dir, data=True)
+    with runlock.writer(resolved.run, primary=jax.process_index() == 0):
+        _prepare(resolved, through)
+
+
+def _prepare(resolved: runconfig.Resolved, through: str) -> None:
     cfg, run = resolved.cfg, resolved.run
     last = stages.STAGES.index(through)
     if jax.process_count() > 1:
@@ -79,13 +84,14 @@ def train(cfg: RunConfig | runconfig.Resolved, run_dir: str | RunDir | None = No
     resolved = runconfig.given(cfg, run_dir)
     cfg, run_dir = resolved.cfg, resolved.run
     mesh = build_mesh(cfg, devices)
-    if prepare_data:
-        prepare(resolved)
-    session = build_session(cfg, run_dir, mesh=mesh)  # the Trainer is built by the loop, once its plan is known
-    writer = MetricsWriter.for_run(cfg, session.run)
-    evaluator = Evaluator(session, writer)
-    result = loop.run(session, evaluate=evaluator, metrics=writer, max_steps_this_run=max_steps_this_run,
-                      fault_injector=fault_injector)
+    with runlock.writer(run_dir, primary=jax.process_index() == 0):  # before anything is written
+        if prepare_data:
+            prepare(resolved)
+        session = build_session(cfg, run_dir, mesh=mesh)  # the Trainer is built by the loop, once its plan is known
+        writer = MetricsWriter.for_run(cfg, session.run)
+        evaluator = Evaluator(session, writer)
+        result = loop.run(session, evaluate=evaluator, metrics=writer, max_steps_this_run=max_steps_this_run,
+                          fault_injector=fault_injector)
     return {**result, "evaluator": evaluator}
 
 
@@ -95,9 +101,10 @@ def run(cfg: RunConfig | runconfig.Resolved, run_dir: str | RunDir | None = None
     start = time.perf_counter()
     resolved = runconfig.given(cfg, run_dir)
     cfg, run_dir = resolved.cfg, resolved.run
-    result = train(resolved, prepare_data=True, max_steps_this_run=max_steps_this_run)
-    evaluator: Evaluator = result["evaluator"]
-    final = result["eval"] or evaluator.evaluate(result["state"].params)
+    with runlock.writer(run_dir, primary=jax.process_index() == 0):  # the final eval writes evals.jsonl
+        result = train(resolved, prepare_data=True, max_steps_this_run=max_steps_this_run)
+        evaluator: Evaluator = result["evaluator"]
+        final = result["eval"] or evaluator.evaluate(result["state"].params)
     unigram = evaluator.unigram_baseline()
     log(f"[result] {comparison(final['eval/loss'], unigram)}")
     print_samples(result["trainer"], result["state"].params, result["step"], [cfg.eval.sample_prompt])

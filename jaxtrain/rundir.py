@@ -100,6 +100,11 @@ class RunDir:
         return final.parent / f"{final.name}.partial"
 
     @property
+    def writer_lock(self) -> epath.Path:
+        """One writer per run directory (jaxtrain.runlock): a file lock here, or a lease object on gs://."""
+        return self.root / "writer.lock"
+
+    @property
     def logs(self) -> epath.Path:
         """Tracebacks of failed commands (the command line prints one line and the log's path)."""
         return self.root / "logs"

@@ -1,7 +1,7 @@
 """The house rules, checked on the source: layers only import downwards, no cycles, imports at the top.
 
 Layers (a module may import its own layer and the ones below):
-  0  errors, utils, rundir, hardware, yamlconf        facts and helpers with no jaxtrain imports of substance
+  0  errors, utils, rundir, runlock, hardware, yamlconf   facts and helpers with no jaxtrain imports of substance
   1  models, parallel, scaling, data                  the building blocks
   2  config, runconfig                                composes the sections the blocks define; the run's recorded config
   3  train                                            the Trainer, the step, the loop, checkpoints
@@ -16,7 +16,7 @@ import pathlib
 ROOT = pathlib.Path(__file__).resolve().parent.parent / "jaxtrain"
 
 LAYERS = {
-    "errors": 0, "utils": 0, "rundir": 0, "hardware": 0, "yamlconf": 0,
+    "errors": 0, "utils": 0, "rundir": 0, "runlock": 0, "hardware": 0, "yamlconf": 0,
     "models": 1, "parallel": 1, "scaling": 1, "data": 1,
     "config": 2, "runconfig": 2,
     "train": 3,

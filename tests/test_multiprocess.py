@@ -90,3 +90,37 @@ def test_launcher_restarts_the_job_after_a_crash_and_it_resumes(mp_run):
     out = launcher.communicate(timeout=600)[0]
     assert launcher.returncode == 0, out[-3000:]
     assert "restarting all 2" in out and "resuming from checkpoint step" in out and "step     40/40" in out
+
+
+def test_sigterm_to_the_launcher_reaches_every_worker_and_leaves_no_process(mp_run):
+    import psutil
+
+    cmd = [
+        sys.executable, "-m", "jaxtrain.cli", "launch", "--num-processes", "2", "--devices-per-process", "1",
+        "--max-restarts", "2", "--heartbeat-timeout", "10", "--",
+        "train", "--config", "tiny", "--run-dir", str(mp_run), "train.steps=100000", "checkpoint.every_steps=1000",
+        "eval.every_steps=1000", "train.log_every=1",  # one device per process: the cheapest pod to compile
+    ]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 240
+        while not (mp_run / "metrics.jsonl").exists() and time.time() < deadline and launcher.poll() is None:
+            time.sleep(0.2)
+        workers = psutil.Process(launcher.pid).children(recursive=True)
+        assert len(workers) >= 2, "no worker processes found"
+        launcher.send_signal(signal.SIGTERM)  # what a scheduler or `kill` does to the job
+        start = time.time()
+        out = launcher.communicate(timeout=120)[0]
+        waited = time.time() - start
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+    alive = [w.pid for w in workers if w.is_running() and w.status() != psutil.STATUS_ZOMBIE]
+    for pid in alive:
+        os.kill(pid, signal.SIGKILL)
+    assert not alive, f"workers left running: {alive}\n{out[-3000:]}"
+    assert launcher.returncode == 75, out[-3000:]  # the workers' preemption code, passed on
+    assert waited < 90 and "not restarting" in out and "restarting all" not in out, out[-3000:]
+    saved = int(out.split("checkpoint of step ")[1].split()[0])
+    assert (mp_run / "checkpoints" / str(saved)).exists()
+    assert (mp_run / "writer.lock").read_text() == ""  # process 0 released the run directory on its way out

@@ -25,7 +25,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from jaxtrain import yamlconf
+from jaxtrain import runlock, yamlconf
 from jaxtrain.config import RunConfig, save_config, to_dict
 from jaxtrain.data import stages
 from jaxtrain.data import tokenizer as tok
@@ -232,6 +232,11 @@ def import_hf(hf_dir: pathlib.Path, base: RunConfig, run_dir: pathlib.Path,
     Exact or refused: every config.json field is honoured or named in an ExportError (see
     hf.model_config_from_hf); the tensors must be exactly those the config implies."""
     run = RunDir(run_dir)
+    with runlock.writer(run):  # a writer of the run directory, like train
+        return _import_into(hf_dir, base, run, ignore_fields)
+
+
+def _import_into(hf_dir: pathlib.Path, base: RunConfig, run: RunDir, ignore_fields: tuple[str, ...]) -> RunConfig:
     if run.checkpoints.exists() and any(p.name.isdigit() for p in run.checkpoints.iterdir()):
         raise hf.ExportError(f"--run-dir {run}: already holds checkpoints; import into a new run directory "
                              "(nothing was written).")

@@ -17,7 +17,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from jaxtrain import runconfig
+from jaxtrain import runconfig, runlock
 from jaxtrain.config import RunConfig, to_dict
 from jaxtrain.data import loader
 from jaxtrain.data import tokenizer as tok
@@ -54,8 +54,9 @@ def train(cfg: RunConfig, run_dir: str | RunDir, *, evaluate: EvalHook | None = 
           fault_injector: FaultInjector | None = None) -> dict:
     """Train to cfg.train.steps (or stop after max_steps_this_run, as an interruption would)."""
     runconfig.check(cfg, run_dir)  # the recorded data and tokenizer, if training already started on them
-    return run(build_session(cfg, run_dir, devices=devices), evaluate=evaluate, metrics=metrics,
-               max_steps_this_run=max_steps_this_run, fault_injector=fault_injector)
+    with runlock.writer(run_dir, primary=jax.process_index() == 0):
+        return run(build_session(cfg, run_dir, devices=devices), evaluate=evaluate, metrics=metrics,
+                   max_steps_this_run=max_steps_this_run, fault_injector=fault_injector)
 
 
 def run(session: ModelSession, *, evaluate: EvalHook | None = None, metrics: MetricsWriter | None = None,

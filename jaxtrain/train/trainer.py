@@ -17,6 +17,7 @@ from typing import Any
 
 import jax
 import numpy as np
+from etils import epath
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxtrain.config import RunConfig
@@ -30,6 +31,9 @@ from jaxtrain.train import state as state_lib
 from jaxtrain.train.guard import GuardConfig
 from jaxtrain.train.loss import make_loss_fn
 from jaxtrain.train.step import TrainState, make_train_step
+
+
+READ_ATTEMPTS = 3  # a reader's tries for the latest checkpoint while a live trainer's retention deletes old ones
 
 
 @dataclasses.dataclass
@@ -104,18 +108,42 @@ class ModelSession:
         if not self.run.checkpoints.exists():  # checked first: a Checkpointer would create the directory
             raise FileNotFoundError(f"{self.run.checkpoints}: no checkpoints; run `jaxtrain train --run-dir {self.run}` "
                                     "first (or check the run directory's name).")
+        for attempt in range(READ_ATTEMPTS):
+            reading: list[int] = []
+            try:
+                return self._read_params(step, reading)
+            except Exception as e:
+                # A live trainer's retention (checkpoint.keep) deleted a step while we listed or read it.
+                gone = _vanished(e) or bool(reading and not (self.run.checkpoints / str(reading[0])).exists())
+                if not gone:
+                    raise  # damage or a storage error, as it is
+                if (step is not None and reading) or attempt == READ_ATTEMPTS - 1:
+                    where = f"{self.run.checkpoints}/{reading[0]}" if reading else e.filename
+                    raise FileNotFoundError(
+                        f"{where}: deleted while being read (a live trainer keeps the latest "
+                        f"checkpoint.keep={self.cfg.checkpoint.keep} steps); read a newer step, or keep some for good "
+                        "with checkpoint.permanent_every.") from None
+
+    def _read_params(self, step: int | None, reading: list[int]) -> tuple[Any, int]:
+        """One try of load_params; the step it reads is appended to `reading`."""
         checkpointer = self.checkpointer(read_only=True)  # a trainer may be saving beside us
         try:
             steps = checkpointer.all_steps()
-            step = steps[-1] if (step is None and steps) else step
-            if step is None:
+            chosen = steps[-1] if (step is None and steps) else step
+            if chosen is None:
                 raise FileNotFoundError(f"{checkpointer.directory}: no checkpoints; run `jaxtrain train` first.")
-            if step not in steps:
-                raise FileNotFoundError(f"{checkpointer.directory}: no checkpoint for step {step}; have {steps}.")
-            params = checkpointer.restore_params(step, self.abstract_params())
+            if chosen not in steps:
+                raise FileNotFoundError(f"{checkpointer.directory}: no checkpoint for step {chosen}; have {steps}.")
+            reading.append(chosen)
+            return checkpointer.restore_params(chosen, self.abstract_params()), chosen
         finally:
             checkpointer.close()
-        return params, step
+
+
+def _vanished(error: BaseException) -> bool:
+    """A file-not-found of a path that is gone now (Orbax lists steps by stat-ing each step's directory)."""
+    filename = getattr(error, "filename", None)
+    return isinstance(error, FileNotFoundError) and bool(filename) and not epath.Path(filename).exists()
 
 
 @dataclasses.dataclass
