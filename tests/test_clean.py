@@ -1,5 +1,6 @@
 """Curation: per-document rules, PII, the Beam pipeline's accounting and global dedup, bad input."""
 
+import dataclasses
 import gzip
 import json
 import os
@@ -8,9 +9,11 @@ import numpy as np
 import pytest
 
 from jaxtrain.config import ConfigError, load_config
-from jaxtrain.data import clean, corpus, filters, prepare
+from jaxtrain.data import clean, corpus, curate, filters, prepare
 from jaxtrain.data.minhash import MinHasher, band_keys, cluster, estimated_jaccard, jaccard
 from jaxtrain.rundir import RunDir
+
+from conftest import tiny_config
 
 PROSE = (
     "The committee met on Tuesday to review the budget for the coming year. Members agreed that the library "
@@ -88,6 +91,21 @@ def test_pii_leaves_oids_and_version_strings_in_code_alone():
     assert "8.8.4.4" not in text and "'<IP_ADDRESS>'" in text
     r = clean.SourceRules("s", 0, rules=filters.DEFAULT_RULES["code"], min_chars=50, max_chars=50000)
     assert r.pii and "'1.3.6.1.5.5.7.3.1'" in clean.judge(corpus.Document("s", "oids.py", code, None), r)["text"]
+
+
+def test_a_threshold_override_changes_what_a_rule_removes():
+    """#24.4: data.thresholds reaches the rules inside the curation (through source_rules), and is an input."""
+    text = ("The river is wide and the water is cold, and we walked to the old mill with a friend. " * 2).strip()
+    default, lenient = tiny_config(), tiny_config("data.thresholds.gopher_quality.min_words=20")
+    assert len(text.split()) < 50 and filters.gopher_quality(text) == "word_count"
+    for cfg, expected in ((default, "gopher_quality:word_count"), (lenient, None)):
+        rules = curate.source_rules(cfg.data)["stdlib_docs"]
+        rules = dataclasses.replace(rules, rules=("gopher_quality",), min_chars=10)
+        assert clean.judge(corpus.Document("s", "d", text, None), rules).get("reason") == expected
+    assert default.data.curation_inputs() != lenient.data.curation_inputs()
+    assert "thresholds" not in default.data.curation_inputs()  # published values: a finished corpus is reused
+    with pytest.raises(ConfigError, match=r"data.thresholds.gopher_quality.min_words: 200000 is above max_words"):
+        tiny_config("data.thresholds.gopher_quality.min_words=200000")
 
 
 def test_judge_puts_each_document_in_one_bucket():

@@ -18,6 +18,8 @@ from etils import epath
 
 from jaxtrain.data import filters, web
 from jaxtrain.data.files import Document
+from jaxtrain.data.thresholds import DEFAULT as DEFAULT_THRESHOLDS
+from jaxtrain.data.thresholds import Thresholds
 
 
 @dataclasses.dataclass(frozen=True)
@@ -37,6 +39,7 @@ class SourceRules:
     languages: tuple[str, ...] = ()  # keep only these (empty: all)
     min_language_score: float = 0.0
     url_blocklist: tuple[str, ...] = ()  # domains / URL substrings (documents with a url only)
+    thresholds: Thresholds = DEFAULT_THRESHOLDS  # the rules' thresholds (data.thresholds)
 
 
 def normalize(text: str) -> str:
@@ -82,7 +85,7 @@ def judge(doc: Document, r: SourceRules) -> dict:
         entry["language"], entry["language_score"] = web.identify(text)
         if r.languages and (entry["language"] not in r.languages or entry["language_score"] < r.min_language_score):
             return {**entry, "bucket": "removed", "reason": "language"}
-    failed, text = filters.apply_rules(text, r.rules, r.min_alpha_fraction)
+    failed, text = filters.apply_rules(text, r.rules, r.min_alpha_fraction, r.thresholds)
     if failed:
         return {**entry, "bucket": "removed", "reason": failed}
     if r.decontaminate and not r.decontaminate.isdisjoint(filters.ngrams(text, r.decontaminate_n)):

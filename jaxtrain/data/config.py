@@ -10,6 +10,7 @@ from etils import epath
 from jaxtrain.data import web
 from jaxtrain.data.corpus import EMBEDDED_SOURCES
 from jaxtrain.data.filters import ALL_RULES
+from jaxtrain.data.thresholds import Thresholds
 from jaxtrain.errors import check
 
 
@@ -135,6 +136,7 @@ class DataConfig:
     minhash_rows: int = 8
     decontaminate: tuple[str, ...] = ()  # globs of evaluation sets (text/JSONL): drop docs sharing an n-gram
     decontaminate_ngram: int = 13  # GPT-3's decontamination n-gram
+    thresholds: Thresholds = Thresholds()  # every quality rule's thresholds, published defaults (data/thresholds.py)
     quality_classifier: QualityClassifierConfig = QualityClassifierConfig()  # learned filter (off by default)
     curate_workers: int = 1  # Beam DirectRunner worker processes (1 = in-process)
     clean_shards: int = 1  # files per source and split written by curation (raise for big corpora)
@@ -180,6 +182,7 @@ class DataConfig:
             held = [n for n, w, src in zip(names, stage.weights, self.sources) if w > 0 and not src.train]
             check(not held, f"data.mixture_schedule[{k}].weights: source(s) {held} have train: false; give them weight 0.")
         self.quality_classifier.check(names, {s.name: s.type for s in self.sources})
+        self.thresholds.check()
         check(self.curate_workers > 0, f"data.curate_workers: must be positive, got {self.curate_workers}.")
         check(0 < self.clean_shards <= 99999, f"data.clean_shards: must be in 1..99999, got {self.clean_shards}.")
         check(self.seq_len > 0, f"data.seq_len: must be positive, got {self.seq_len}.")
@@ -195,10 +198,12 @@ class DataConfig:
         keys = ("min_chars", "max_chars", "min_alpha_fraction", "exact_dedup", "near_dedup", "minhash_ngram",
                 "minhash_bands", "minhash_rows", "decontaminate", "decontaminate_ngram", "clean_shards",
                 "eval_fraction")
+        changed = {"thresholds": dataclasses.asdict(self.thresholds)} if self.thresholds != Thresholds() else {}
         sources = [{k: v for k, v in dataclasses.asdict(s).items() if k not in SOURCE_FIELDS_NOT_CURATED}
                    for s in self.sources]
         qc = {"quality_classifier": dataclasses.asdict(self.quality_classifier)} if self.quality_classifier.reference else {}
-        return {"sources": sources, **{k: getattr(self, k) for k in keys}, **qc}  # off: the same inputs as before it existed
+        # off / published: the same inputs as before these existed (a finished corpus is not redone)
+        return {"sources": sources, **{k: getattr(self, k) for k in keys}, **qc, **changed}
 
 
 @dataclasses.dataclass(frozen=True)

@@ -216,6 +216,7 @@ def source_rules(d: DataConfig) -> dict[str, clean.SourceRules]:
             identify_language=s.type == "warc" or bool(s.languages), languages=tuple(s.languages),
             min_language_score=s.min_language_score,
             url_blocklist=web.read_blocklist(s.url_blocklist) if s.url_blocklist else (),
+            thresholds=d.thresholds,
         )
         for i, s in enumerate(d.sources)
     }

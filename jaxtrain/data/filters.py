@@ -4,8 +4,8 @@ Each rule takes normalized text and returns the name of the check it fails
 (reported as `rule:check`) or None; C4 also rewrites the text (it drops lines).
 Which rules run is chosen per source from its content kind (web prose, code,
 documentation) or listed explicitly in the config.
-Thresholds: Gopher (Rae et al. 2021), C4 (Raffel et al. 2020), FineWeb
-(Penedo et al. 2024), code rules after StarCoder; see ../shared/REFERENCE.md.
+Thresholds: the published ones by default (data/thresholds.py names each and its
+source: Gopher, C4, FineWeb, StarCoder's code rules); `data.thresholds` overrides them.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from __future__ import annotations
 import collections
 import re
 from collections.abc import Callable
+
+from jaxtrain.data import thresholds
 
 STOP_WORDS = frozenset({"the", "be", "to", "of", "and", "that", "have", "with"})
 # sentence ends of the common scripts, no quotes: as the terminal set of datatrove, whose code is FineWeb's
@@ -38,26 +40,26 @@ def _words(text: str) -> list[str]:
     return text.split()
 
 
-def gopher_quality(text: str) -> str | None:
+def gopher_quality(text: str, t: thresholds.GopherQuality = thresholds.DEFAULT.gopher_quality) -> str | None:
     words = _words(text)
     n = len(words)
-    if n < 50 or n > 100_000:
+    if n < t.min_words or n > t.max_words:
         return "word_count"
     mean_len = sum(map(len, words)) / n
-    if mean_len < 3 or mean_len > 10:
+    if mean_len < t.min_mean_word_length or mean_len > t.max_mean_word_length:
         return "mean_word_length"
     symbols = text.count("#") + text.count("...") + text.count("\u2026")
-    if symbols / n > 0.1:
+    if symbols / n > t.symbol_word_ratio:
         return "symbol_word_ratio"
     lines = [line for line in text.split("\n") if line.strip()]
     if lines:
-        if sum(line.lstrip().startswith(("\u2022", "-", "*")) for line in lines) / len(lines) > 0.9:
+        if sum(line.lstrip().startswith(("\u2022", "-", "*")) for line in lines) / len(lines) > t.bullet_lines:
             return "bullet_lines"
-        if sum(line.rstrip().endswith(("...", "\u2026")) for line in lines) / len(lines) > 0.3:
+        if sum(line.rstrip().endswith(("...", "\u2026")) for line in lines) / len(lines) > t.ellipsis_lines:
             return "ellipsis_lines"
-    if sum(any(c.isalpha() for c in w) for w in words) / n < 0.8:
+    if sum(any(c.isalpha() for c in w) for w in words) / n < t.non_alpha_words:
         return "non_alpha_words"
-    if len(STOP_WORDS.intersection(w.lower() for w in words)) < 2:
+    if len(STOP_WORDS.intersection(w.lower() for w in words)) < t.stop_words:
         return "stop_words"
     return None
 
@@ -101,40 +103,41 @@ def _dup_ngram_fraction(words: list[str], n: int) -> float:
     return sum(len(w) for w, c in zip(words, covered) if c) / total
 
 
-def gopher_repetition(text: str) -> str | None:
+def gopher_repetition(text: str, t: thresholds.GopherRepetition = thresholds.DEFAULT.gopher_repetition
+                      ) -> str | None:
     lines = [line for line in text.split("\n") if line.strip()]
     paragraphs = [p for p in re.split(r"\n{2,}", text) if p.strip()]
     line_frac, line_chars = _dup_fraction(lines)
     para_frac, para_chars = _dup_fraction(paragraphs)
-    if line_frac > 0.3:
+    if line_frac > t.dup_line_fraction:
         return "dup_line_fraction"
-    if para_frac > 0.3:
+    if para_frac > t.dup_paragraph_fraction:
         return "dup_paragraph_fraction"
-    if line_chars > 0.2:
+    if line_chars > t.dup_line_chars:
         return "dup_line_chars"
-    if para_chars > 0.2:
+    if para_chars > t.dup_paragraph_chars:
         return "dup_paragraph_chars"
     words = _words(text)
-    for n, limit in ((2, 0.20), (3, 0.18), (4, 0.16)):
-        if _top_ngram_fraction(words, n) > limit:
+    for n in (2, 3, 4):
+        if _top_ngram_fraction(words, n) > getattr(t, f"top_{n}gram"):
             return f"top_{n}gram"
-    for n, limit in zip(range(5, 11), (0.15, 0.14, 0.13, 0.12, 0.11, 0.10)):
-        if _dup_ngram_fraction(words, n) > limit:
+    for n in range(5, 11):
+        if _dup_ngram_fraction(words, n) > getattr(t, f"dup_{n}gram"):
             return f"dup_{n}gram"
     return None
 
 
-def fineweb(text: str) -> str | None:
+def fineweb(text: str, t: thresholds.FineWeb = thresholds.DEFAULT.fineweb) -> str | None:
     lines = [line for line in text.split("\n") if line.strip()]
     if not lines:
         return "empty"
-    if sum(line.rstrip().endswith(FINEWEB_END_PUNCT) for line in lines) / len(lines) < 0.12:
+    if sum(line.rstrip().endswith(FINEWEB_END_PUNCT) for line in lines) / len(lines) < t.line_punct_ratio:
         return "line_punct_ratio"
-    if sum(len(line.strip()) <= 30 for line in lines) / len(lines) > 0.67:
+    if sum(len(line.strip()) <= t.short_line_chars for line in lines) / len(lines) > t.short_line_ratio:
         return "short_line_ratio"
-    if _dup_fraction(lines)[1] > 0.01:
+    if _dup_fraction(lines)[1] > t.dup_line_chars:
         return "dup_line_chars"
-    if text.count("\n") / max(len(_TOKEN_RE.findall(text)), 1) > 0.3:
+    if text.count("\n") / max(len(_TOKEN_RE.findall(text)), 1) > t.list_ratio:
         return "list_ratio"
     return None
 
@@ -153,7 +156,7 @@ def _c4_sentences(line: str) -> int:
     return 1 + ends + len(_INFIX_END_RE.findall(line))
 
 
-def c4(text: str) -> tuple[str | None, str]:
+def c4(text: str, t: thresholds.C4 = thresholds.DEFAULT.c4) -> tuple[str | None, str]:
     """C4's line filter as TFDS c4_utils publishes it: (rule failed, text with the failing lines removed).
 
     Line by line: drop lines with a word over 1000 characters, strip citation marks, drop lines
@@ -164,10 +167,10 @@ def c4(text: str) -> tuple[str | None, str]:
     kept, sentences = [], 0
     for line in text.splitlines():
         line = line.strip()
-        if any(len(w) > 1000 for w in line.split()):
+        if any(len(w) > t.max_word_length for w in line.split()):
             continue
         line = CITATION_RE.sub("", line)
-        if not line.endswith(C4_END_PUNCT) or line.endswith("...") or len(line.split()) < 3:
+        if not line.endswith(C4_END_PUNCT) or line.endswith("...") or len(line.split()) < t.min_line_words:
             continue
         low = line.lower()
         if "lorem ipsum" in low:
@@ -181,22 +184,22 @@ def c4(text: str) -> tuple[str | None, str]:
         sentences += _c4_sentences(line)
         kept.append(line)
     out = "\n".join(kept)
-    if sentences < 5:
+    if sentences < t.too_few_sentences:
         return "too_few_sentences", out
     return None, out
 
 
-def code(text: str) -> str | None:
+def code(text: str, t: thresholds.Code = thresholds.DEFAULT.code) -> str | None:
     lines = text.split("\n")
-    if max(map(len, lines)) > 1000:
+    if max(map(len, lines)) > t.max_line_length:
         return "max_line_length"
-    if sum(map(len, lines)) / len(lines) > 100:
+    if sum(map(len, lines)) / len(lines) > t.mean_line_length:
         return "mean_line_length"
     head = "\n".join(lines[:5]).lower()
     if any(m in head for m in AUTOGEN_MARKERS):
         return "autogenerated"
     visible = [c for c in text if not c.isspace()]
-    if visible and sum(c.isalnum() for c in visible) / len(visible) < 0.25:
+    if visible and sum(c.isalnum() for c in visible) / len(visible) < t.alnum_fraction:
         return "alnum_fraction"
     return None
 
@@ -208,9 +211,9 @@ def alpha(text: str, min_fraction: float = 0.5) -> str | None:
     return "low_fraction" if sum(c.isalpha() for c in visible) / len(visible) < min_fraction else None
 
 
-# Rules that only judge; c4 (it also rewrites) and alpha (it takes the configured fraction) are
-# dispatched by apply_rules.
-RULES: dict[str, Callable[[str], str | None]] = {
+# Rules that only judge, each with its section of thresholds.Thresholds; c4 (it also rewrites) and alpha
+# (it takes data.min_alpha_fraction) are dispatched by apply_rules.
+RULES: dict[str, Callable[..., str | None]] = {
     "gopher_quality": gopher_quality,
     "gopher_repetition": gopher_repetition,
     "fineweb": fineweb,
@@ -224,15 +227,17 @@ DEFAULT_RULES = {
 }
 
 
-def apply_rules(text: str, rules: tuple[str, ...], min_alpha_fraction: float = 0.5) -> tuple[str | None, str]:
-    """(first failing `rule:check` or None, possibly rewritten text), rules in the order given."""
+def apply_rules(text: str, rules: tuple[str, ...], min_alpha_fraction: float = 0.5,
+                t: thresholds.Thresholds = thresholds.DEFAULT) -> tuple[str | None, str]:
+    """(first failing `rule:check` or None, possibly rewritten text), rules in the order given, each with its
+    thresholds (`data.thresholds`; the published ones by default)."""
     for name in rules:
         if name == "c4":
-            failed, text = c4(text)
+            failed, text = c4(text, t.c4)
         elif name == "alpha":
             failed = alpha(text, min_alpha_fraction)
         else:
-            failed = RULES[name](text)
+            failed = RULES[name](text, getattr(t, name))
         if failed:
             return f"{name}:{failed}", text
     return None, text
