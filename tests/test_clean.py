@@ -108,6 +108,24 @@ def test_a_threshold_override_changes_what_a_rule_removes():
         tiny_config("data.thresholds.gopher_quality.min_words=200000")
 
 
+def test_a_source_that_loses_most_of_its_bytes_is_warned_about(tmp_path, capsys):
+    """#24.4: a source that keeps 1 of 30 documents (the rest exact duplicates) is named on the console with the
+    cause, and report.md shows each source's lost share."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    page = "A page about rivers and the mills along them, with enough words to be kept as prose here.\n" * 6
+    for i in range(30):
+        (docs / f"copy{i:02d}.txt").write_text(page)
+    (docs / "other.txt").write_text(page.replace("rivers", "lakes"))
+    (docs / "third.txt").write_text(page.replace("rivers", "hills"))
+    cfg = tiny_config("data.sources=[{name: notes, type: files, filters: [], content: prose, path: '"
+                      + str(docs / "*.txt") + "'}]", "data.near_dedup=false", "data.eval_fraction=0.34")
+    prepare.prepare_corpus(cfg.data, RunDir(tmp_path / "run"))
+    out = capsys.readouterr().out
+    assert "[prepare] WARNING: source 'notes' lost 9" in out and "duplicates 100% of what was lost" in out
+    assert "| bytes lost |" in (tmp_path / "run" / "data" / "clean" / "report.md").read_text()
+
+
 def test_judge_puts_each_document_in_one_bucket():
     r = clean.SourceRules("s", 0, rules=filters.DEFAULT_RULES["prose"], min_chars=50, max_chars=5000)
     out = {name: clean.judge(corpus.Document("s", name, text, err), r) for name, text, err in [

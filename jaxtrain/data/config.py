@@ -137,6 +137,7 @@ class DataConfig:
     decontaminate: tuple[str, ...] = ()  # globs of evaluation sets (text/JSONL): drop docs sharing an n-gram
     decontaminate_ngram: int = 13  # GPT-3's decontamination n-gram
     thresholds: Thresholds = Thresholds()  # every quality rule's thresholds, published defaults (data/thresholds.py)
+    warn_lost_fraction: float = 0.9  # warn when curation removes more of a source's bytes (web crawls lose most)
     quality_classifier: QualityClassifierConfig = QualityClassifierConfig()  # learned filter (off by default)
     curate_workers: int = 1  # Beam DirectRunner worker processes (1 = in-process)
     clean_shards: int = 1  # files per source and split written by curation (raise for big corpora)
@@ -183,6 +184,8 @@ class DataConfig:
             check(not held, f"data.mixture_schedule[{k}].weights: source(s) {held} have train: false; give them weight 0.")
         self.quality_classifier.check(names, {s.name: s.type for s in self.sources})
         self.thresholds.check()
+        check(0 < self.warn_lost_fraction <= 1,
+              f"data.warn_lost_fraction: must be in (0, 1], got {self.warn_lost_fraction}.")
         check(self.curate_workers > 0, f"data.curate_workers: must be positive, got {self.curate_workers}.")
         check(0 < self.clean_shards <= 99999, f"data.clean_shards: must be in 1..99999, got {self.clean_shards}.")
         check(self.seq_len > 0, f"data.seq_len: must be positive, got {self.seq_len}.")

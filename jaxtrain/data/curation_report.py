@@ -79,7 +79,22 @@ def build(ledger_files: list[epath.Path], sources: list[str], read_counts: dict[
                                        "trained_on_digest": classifier.get("trained_on_digest")}
         for key in ("removed", "removed_bytes", "duplicates", "unreadable", "skipped", "decoded"):
             r[key] = dict(sorted(r[key].items()))
+        lost = sum(r["removed_bytes"].values()) + r["duplicate_bytes"]
+        r["lost_fraction"] = round(lost / max(lost + r["kept_bytes"], 1), 4)  # of the judged bytes (not the cap)
     return report
+
+
+def lost_warning(name: str, r: dict, limit: float) -> str | None:
+    """One line when curation removed more than `limit` of a source's judged bytes, naming the biggest causes."""
+    if r.get("lost_fraction", 0.0) <= limit:
+        return None
+    causes = {**r["removed_bytes"], "duplicates": r["duplicate_bytes"]}
+    top = sorted(causes.items(), key=lambda kv: -kv[1])[:3]
+    total = sum(causes.values()) or 1
+    named = ", ".join(f"{k} {v / total:.0%}" for k, v in top if v)
+    return (f"source {name!r} lost {r['lost_fraction']:.0%} of its bytes to curation ({named} of what was lost); "
+            "look at the examples in report.md, then loosen data.thresholds.<rule> or the source's filters if that "
+            "is not what you want (data.warn_lost_fraction sets this warning's level).")
 
 
 def write(report: dict, out_dir: epath.Path) -> None:
@@ -93,14 +108,14 @@ def write(report: dict, out_dir: epath.Path) -> None:
 def markdown(report: dict) -> str:
     lines = ["# Curation report", "",
              "| source | input docs | input MB | kept docs | kept MB | held out | removed | duplicates | unreadable "
-             "| skipped | capped | PII replaced |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+             "| skipped | capped | PII replaced | bytes lost |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name, r in report.items():
         lines.append(
             f"| {name} | {r['input_docs']} | {r['input_bytes'] / 1e6:.2f} | {r['kept_docs']} | {r['kept_bytes'] / 1e6:.2f} "
             f"| {r['eval_docs']} | {sum(r['removed'].values())} | {sum(r['duplicates'].values())} "
             f"| {sum(r['unreadable'].values())} | {sum(r['skipped'].values())} | {r['capped_docs']} "
-            f"| {r['pii_replaced']} |")
+            f"| {r['pii_replaced']} | {r['lost_fraction']:.0%} |")
     for name, r in report.items():
         lines += ["", f"## {name}", "", "| outcome | docs | MB | example |", "|---|---:|---:|---|"]
         for rule, n in r["removed"].items():

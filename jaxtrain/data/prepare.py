@@ -116,6 +116,8 @@ def prepare_corpus(d: DataConfig, run: RunDir, *, inputs_checked: bool = False) 
                     "evidence (DCLM trained on 400,000)")
         for s in d.sources:
             _log_source(s.name, report[s.name])
+            if warning := curation_report.lost_warning(s.name, report[s.name], d.warn_lost_fraction):
+                log(f"[prepare] WARNING: {warning}")
             r = report[s.name]
             if r["kept_docs"] - r["eval_docs"] <= 0 or r["eval_docs"] <= 0:
                 raise ConfigError(
