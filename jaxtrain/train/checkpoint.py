@@ -94,6 +94,10 @@ class _OrbaxErrorLog(logging.Filter):
 
 _ORBAX_ERRORS = _OrbaxErrorLog()
 logging.getLogger("absl").addFilter(_ORBAX_ERRORS)  # Orbax logs through absl's logger
+# Orbax warnings that describe what a reader asked for (read_only=True) or a checkpoint layout it writes itself
+# (no step metadata file in a composite written without one): nothing for the user to act on.
+_ORBAX_NOISE = ("Given directory is read only=", "Metadata file does not exist:")
+logging.getLogger("absl").addFilter(lambda record: not record.getMessage().startswith(_ORBAX_NOISE))
 
 
 def storage_status(error: BaseException) -> str | None:
@@ -161,6 +165,7 @@ class Checkpointer:
             async_options=ocp.AsyncOptions(create_directories_asynchronously=False),
             create=not read_only,
             read_only=read_only,
+            **({"save_interval_steps": 0} if read_only else {}),  # what Orbax would set itself, with a warning
             preservation_policy=None if read_only else preservation.AnyPreservationPolicy(policies),
             cleanup_tmp_directories=not read_only,  # a trainer clears leftovers of a save killed mid-write
         )
