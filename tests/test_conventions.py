@@ -5,6 +5,7 @@ import importlib.metadata
 import pathlib
 import re
 import shutil
+import subprocess
 import sys
 import tomllib
 
@@ -55,6 +56,15 @@ def test_profiler_switch_writes_a_trace_for_tensorboard_and_perfetto(observed_ru
     assert any(n.endswith(".xplane.pb") for n in names), names
     assert any(n.endswith(".trace.json.gz") for n in names), names
     assert all(pathlib.Path(p).stat().st_size > 0 for p in traces)
+
+
+def test_the_docs_tensorboard_command_reads_the_runs_events(observed_run):
+    """#24.3: `tensorboard --logdir RUN/tensorboard` (installed by the README's setup) finds the training scalars."""
+    tensorboard = pathlib.Path(sys.executable).parent / "tensorboard"
+    out = subprocess.run([str(tensorboard), "--inspect", "--logdir", str(RunDir(observed_run).tensorboard)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "scalars" in out.stdout and "last_step            4" in out.stdout, out.stdout[-2000:]
 
 
 def test_tokenization_prints_no_tfds_download_lines(prepared_run, tmp_path, capfd):
