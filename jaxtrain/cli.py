@@ -174,7 +174,8 @@ def cmd_import_hf(args) -> None:
     from jaxtrain.export.handoff import import_hf
 
     resolved = _resolve(args)
-    cfg = import_hf(pathlib.Path(args.hf_dir), resolved.cfg, resolved.run, tuple(args.ignore_field or ()))
+    cfg = import_hf(pathlib.Path(args.hf_dir), resolved.cfg, resolved.run, tuple(args.ignore_field or ()),
+                    repo_id=args.repo_id)
     print(f"[import-hf] {args.hf_dir} -> {resolved.run} (step-0 checkpoint, {cfg.model.num_layers} layers, "
           f"vocab {cfg.model.vocab_size}); point data.sources at your corpus and run "
           f"`jaxtrain train --run-dir {resolved.run}`")
@@ -285,6 +286,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "tokenizer_config.json) or tokenizer.model"))
     p.add_argument("--ignore-field", action="append", metavar="FIELD",
                    help="a config.json field you know does not change the computation (unknown fields are refused)")
+    p.add_argument("--repo-id", metavar="ORG/NAME", default=None, help="the base model's Hugging Face Hub id, for the "
+                   "exported card's base_model (default: read from a Hub cache path or config.json)")
     p = add("ablate", cmd_ablate, "train one small model per curation variant and compare them on a trusted source",
             description="Curation ablations: the same model, tokenizer and token budget on the raw, heuristic and "
             "classifier-filtered versions of the run's sources; held-out bits per byte on --target (never trained on).",

@@ -90,6 +90,12 @@ def test_the_card_of_a_trained_run_equals_the_ledger_the_shards_and_the_steps(fr
     assert "eval/loss" in model_card.text and "## Data card" in model_card.text
 
 
+def _overrides(docs):
+    return ["data.sources=[{name: notes, type: files, filters: [], content: prose, license: cc-by-4.0, "
+            f"path: '{docs}/*.txt'}}]", "data.near_dedup=false", "data.eval_fraction=0.2",
+            "tokenizer.vocab_size=300", "model.vocab_size=300"]
+
+
 def _docs_run(tmp_path, benchmark=None):
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -100,9 +106,7 @@ def _docs_run(tmp_path, benchmark=None):
     (docs / "leak.txt").write_text("A leaked benchmark item follows here in the corpus.\n"
                                    "Which planet in the solar system has the longest day of all the planets? "
                                    "Venus, whose day lasts longer than its year.\n" * 2)
-    overrides = ["data.sources=[{name: notes, type: files, filters: [], content: prose, license: cc-by-4.0, "
-                 f"path: '{docs}/*.txt'}}]", "data.near_dedup=false", "data.eval_fraction=0.2",
-                 "tokenizer.vocab_size=300", "model.vocab_size=300"]
+    overrides = _overrides(docs)
     if benchmark:
         overrides.append(f"data.decontaminate=['{benchmark}']")
     return docs, tiny_config(*overrides)
@@ -132,6 +136,32 @@ def test_a_benchmark_file_that_overlaps_the_corpus_removes_the_document_and_the_
     assert changed.startswith(f"{docs / 'd03.txt'}: changed since curation")
     assert any("d03.txt" in u for u in data["unknown"])
     assert card.front_matter(data)["license"] == "cc-by-4.0"
+
+
+def test_multiple_choice_benchmarks_and_empty_task_files(tmp_path, capsys):
+    """A new user's trial: a document quoting a multiple-choice item's context and correct ending is removed
+    (the fields were joined in order, wrong ending first); an empty built-in task file does not stop the card;
+    a benchmark with no 13-word span is warned about."""
+    bench = tmp_path / "mc.jsonl"
+    bench.write_text(json.dumps({"ctx": "The violet harbor keeper counted eleven lanterns then",
+                                 "endings": ["flew to the moon on a paper kite made of old maps",
+                                             "walked home along the quiet pier before the storm came in"],
+                                 "label": 1}) + "\n")
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"q": "Two plus two?", "a": "Four"}) + "\n")
+    docs, cfg = _docs_run(tmp_path, bench)
+    (docs / "quote.txt").write_text("Story time. The violet harbor keeper counted eleven lanterns then walked home "
+                                    "along the quiet pier before the storm came in. The end of the story is near.\n" * 3)
+    cfg = tiny_config(*[o for o in _overrides(docs)], f"data.decontaminate=['{bench}', '{short}']")
+    run = RunDir(tmp_path / "run")
+    pipeline.prepare(cfg, run)
+    assert "short.jsonl has no span of 13 words" in capsys.readouterr().out
+    removed = [json.loads(line)["id"] for path in clean.ledger_files(run.clean) for line in path.read_text().splitlines()
+               if json.loads(line).get("reason") == "decontaminated"]
+    assert sorted(r.rsplit("/", 1)[-1] for r in removed) == ["quote.txt"]
+    (run.tasks / "empty_task.jsonl").write_text("")
+    data = card.data_card(cfg, run)
+    assert any(e["set"].endswith("empty_task.jsonl") and e["ngrams"] == 0 for e in data["decontamination"]["sets"])
 
 
 def test_a_benchmark_file_without_text_is_refused_in_one_line(tmp_path):

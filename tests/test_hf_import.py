@@ -236,6 +236,25 @@ def _tiny_hf_dir(prepared_run, tmp_path):
     return hf_dir, cfg
 
 
+def test_the_base_models_hub_id_and_card_metadata_reach_the_exported_card(prepared_run, tmp_path):
+    """A Hub cache layout names the repository; the base's card metadata is kept; the card's YAML says base_model."""
+    import shutil
+
+    from jaxtrain.export import card, handoff
+
+    hf_dir, _ = _tiny_hf_dir(prepared_run, tmp_path)
+    cached = tmp_path / "hub" / "models--acme--tiny-llama" / "snapshots" / "0123abc"
+    shutil.copytree(hf_dir, cached)
+    (cached / "README.md").write_text("---\nlicense: apache-2.0\nlanguage: [en, de]\n---\n# base\n")
+    record = handoff.base_model_record(cached)
+    assert record["repo_id"] == "acme/tiny-llama" and record["card_metadata"]["language"] == ["en", "de"]
+    assert handoff.base_model_record(hf_dir, repo_id="org/given")["repo_id"] == "org/given"
+    meta = card.front_matter({"sources": [], "base_model": record})
+    assert meta["base_model"] == "acme/tiny-llama" and meta["license"] == "apache-2.0"
+    assert card.front_matter({"sources": [], "base_model": {**record, "license": "Proprietary: internal"}}
+                             )["license_name"] == "proprietary-internal"
+
+
 def test_an_imported_run_evaluates_before_training_and_refuses_another_tokenizer_before_any_work(
         prepared_run, tmp_path, capsys):
     """#22.4: `jaxtrain eval` on a model just imported prepares the run's data and scores its held-out split;

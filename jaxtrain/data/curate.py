@@ -30,8 +30,9 @@ from etils import epath
 
 from jaxtrain.data import clean, corpus, files, filters, quality, web
 from jaxtrain.data.config import DataConfig
-from jaxtrain.errors import ConfigError
 from jaxtrain.data.minhash import MinHasher, band_keys
+from jaxtrain.errors import ConfigError
+from jaxtrain.utils import log
 
 RECORD_FIELDS = ("url", "domain", "record_id", "date", "language", "quality_score")  # provenance and scores: into the cleaned JSONL
 READ = "read"  # the tagged output of _Read: (source, ledger lines its units require)
@@ -157,42 +158,60 @@ def _write_ledger(item: tuple[tuple[str, int], Iterable[dict]], out_dir: str) ->
     (epath.Path(out_dir) / clean.ledger_file(source, shard)).write_text("\n".join(lines) + "\n")
 
 
-def decontamination_ngrams(patterns: tuple[str, ...], n: int) -> frozenset:
-    """The n-grams of the evaluation sets: text files whole, and a JSONL record by all its string values
-    (a benchmark's prompt, choices and answer, whatever its fields are called)."""
+def decontamination_ngrams(patterns: tuple[str, ...], n: int, *, strict: bool = True) -> frozenset:
+    """The n-grams of the evaluation sets: text files whole, and a JSONL record by its string values (a
+    benchmark's prompt, choices and answer, whatever its fields are called). strict: a file without text is
+    refused (the user named it); otherwise it adds nothing (a built-in task that got no examples)."""
     grams: set[str] = set()
     for pattern in patterns:
         for path in files.readable_matches(pattern):
-            for text in benchmark_texts(path):
-                grams |= filters.ngrams(text, n)
+            found: set[str] = set()
+            for text in benchmark_texts(path, strict=strict):
+                found |= filters.ngrams(text, n)
+            if strict and not found:
+                log(f"[prepare] WARNING: data.decontaminate: {path} has no span of {n} words, so no document can "
+                    f"match it; lower data.decontaminate_ngram (benchmarks of short items use 8)")
+            grams |= found
     return frozenset(grams)
 
 
-def benchmark_texts(path: str) -> Iterator[str]:
-    """The texts of one evaluation-set file: a JSONL file's records (their string values joined), any other
-    file as the readers see it. A file with no text is refused: it would decontaminate against nothing."""
+def benchmark_texts(path: str, *, strict: bool = True) -> Iterator[str]:
+    """The texts of one evaluation-set file: a JSONL file's records (record_texts), any other file as the
+    readers see it."""
     if path.endswith((".jsonl", ".jsonl.gz")):
-        texts = list(_jsonl_texts(path))
+        texts = [t for record in _jsonl_records(path) for t in record_texts(record)]
     else:
         texts = [doc.text for doc in files.read_path(path, "eval") if doc.text]
     texts = [t for t in texts if t.strip()]
-    if not texts:
+    if strict and not texts:
         raise ConfigError(f"data.decontaminate: {path} holds no text to decontaminate against; give text files or "
                           "JSONL records with string fields (prompt, answer, ...).")
     yield from texts
 
 
-def _jsonl_texts(path: str) -> Iterator[str]:
+def _jsonl_records(path: str) -> Iterator[Any]:
     with epath.Path(path).open("rb") as raw:
         stream = gzip.GzipFile(fileobj=raw) if path.endswith(".gz") else raw
         for lineno, line in enumerate(stream, 1):
             if not line.strip():
                 continue
             try:
-                yield _strings(json.loads(line))
+                yield json.loads(line)
             except ValueError as e:
                 raise ConfigError(f"data.decontaminate: {path}:{lineno} is not JSON ({e}); fix the line or give "
                                   "the file as text.") from e
+
+
+def record_texts(record: Any) -> list[str]:
+    """What a benchmark record can leak as: all its strings in field order, and for a multiple-choice record
+    (a list of strings beside the prompt's fields) the prompt followed by each choice, as a document that
+    quotes the question and its answer would read."""
+    whole = _strings(record)
+    if not isinstance(record, dict):
+        return [whole]
+    prompt = "\n".join(v for v in record.values() if isinstance(v, str))
+    choices = [c for v in record.values() if isinstance(v, list) for c in v if isinstance(c, str)]
+    return [whole, *(f"{prompt} {c}" for c in choices)] if prompt and choices else [whole]
 
 
 def _strings(value: Any) -> str:

@@ -19,6 +19,7 @@ carries them). Every number is read from a record the pipeline keeps, never esti
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from jaxtrain import __version__
@@ -72,7 +73,7 @@ def _overlap(run: RunDir, cfg: RunConfig, report: dict) -> dict:
     train_grams = {s.name: _doc_ngrams(run, s.name, n) for s in cfg.data.sources if s.train}
     out = []
     for pattern, kind in sets.items():
-        grams = curate.decontamination_ngrams((pattern,), n)
+        grams = curate.decontamination_ngrams((pattern,), n, strict=kind == "data.decontaminate")
         remaining = {name: sum(1 for doc in docs if not doc.isdisjoint(grams)) for name, docs in train_grams.items()}
         out.append({"set": pattern, "kind": kind, "ngrams": len(grams), "training_documents_overlapping": remaining})
     removed = {name: r["removed"].get("decontaminated", 0) for name, r in report.items()}
@@ -89,6 +90,10 @@ def data_card(cfg: RunConfig, run_dir: str | RunDir) -> dict:
     run = RunDir(run_dir)
     base = json.loads(run.base_model.read_text()) if run.base_model.exists() else None
     unknown: list[str] = []
+    if base:
+        unknown.append(f"the base model's own training data ({base['source']}): not described by this card")
+        if "not declared" in base["license"]:
+            unknown.append("the base model's license: its model card declares none")
     prepared = run.curation_report.exists() and run.token_counts.exists()
     card: dict[str, Any] = {"jaxtrain": __version__, "run": str(run), "name": cfg.name, "base_model": base}
     checkpoints = _checkpoints(run, cfg)
@@ -133,6 +138,7 @@ def data_card(cfg: RunConfig, run_dir: str | RunDir) -> dict:
             unknown.append(f"source {s.name}: a TFDS dataset, recorded by name and version only")
     if not checkpoints:
         unknown.append("no checkpoint yet: nothing trained")
+
     card["sources"] = sources
     card["decontamination"] = _overlap(run, cfg, report)
     card["chain"] = {
@@ -214,9 +220,14 @@ def front_matter(card: dict) -> dict:
     one = next(iter(declared)).lower() if len(declared) == 1 else None
     if one in HUB_LICENSES:
         meta["license"] = one
-    else:
+    else:  # the Hub asks for license_name in its id form (lower case, digits, . and -) with `other`
         meta["license"] = "other"
-        meta["license_name"] = (one if one and "not declared" not in one else "mixed-or-undeclared").replace(" ", "-")
+        if any("not declared" in d for d in declared) or not declared:
+            meta["license_name"] = "undeclared"
+        elif one:
+            meta["license_name"] = re.sub(r"-+", "-", re.sub(r"[^a-z0-9.-]", "-", one)).strip("-") or "undeclared"
+        else:
+            meta["license_name"] = "multiple-licenses"  # each is in the data card's sources table
     if card["base_model"] and card["base_model"].get("repo_id"):  # the Hub wants a repository id, not a local path
         meta["base_model"] = card["base_model"]["repo_id"]
     languages = sorted({lang for s in card["sources"] if s["trained_on"] for lang in s["languages_kept"]})

@@ -42,8 +42,9 @@ from jaxtrain.train.trainer import build_trainer, load_params
 from jaxtrain.utils import log
 
 def _eval_at(run_dir: str | RunDir, step: int) -> dict:
-    """The evaluation of the exported step (the last line for it: a resume may repeat a step), or {}."""
-    path = RunDir(run_dir).metrics
+    """The evaluation of the exported step, in-loop or offline (evals.jsonl; the last line for it: a resume or
+    a later `jaxtrain eval` may repeat a step), or {}."""
+    path = RunDir(run_dir).evals
     if not path.exists():
         return {}
     rows = [json.loads(line) for line in path.read_text().splitlines()]
@@ -80,7 +81,8 @@ def model_card(cfg: RunConfig, run_dir: str | RunDir, step: int, fingerprint: st
         "",
     ]
     if ev:
-        lines += ["- " + ", ".join(f"{k} = {v:.4f}" for k, v in ev.items() if k.startswith("eval/"))]
+        lines += ["- " + ", ".join(f"{k} = {v:.4f}" for k, v in ev.items()
+                                   if k.startswith(("eval/", "tasks/")) and isinstance(v, float))]
     else:
         lines += [f"- none recorded for step {step} (`jaxtrain eval --run-dir RUN --step {step}` records one)"]
     lines += ["", card.render(data).replace("# Data card", "## Data card", 1).replace("\n## ", "\n### "),
@@ -151,6 +153,7 @@ def export_run(cfg: RunConfig, run_dir: str | RunDir, out_dir: pathlib.Path, ste
 
 def _write_export(cfg: RunConfig, run: RunDir, step: int, tensors: dict, out_dir: pathlib.Path) -> None:
     save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt", "jaxtrain_step": str(step)})
+    (out_dir / "model.safetensors").chmod(0o644)  # safetensors writes 0600; the export's other files are 0644
     tokenizer = export_tokenizer(run, out_dir, cfg.model.max_seq_len)
     (out_dir / "config.json").write_text(json.dumps(hf.hf_config(cfg.model, tokenizer.bos_id, tokenizer.eos_id),
                                                     indent=2))
@@ -225,7 +228,7 @@ def load_hf_dir(hf_dir: pathlib.Path) -> tuple[dict, dict[str, np.ndarray]]:
 
 
 def import_hf(hf_dir: pathlib.Path, base: RunConfig, run_dir: pathlib.Path,
-              ignore_fields: tuple[str, ...] = ()) -> RunConfig:
+              ignore_fields: tuple[str, ...] = (), repo_id: str | None = None) -> RunConfig:
     """A new run directory whose step-0 checkpoint holds the Hugging Face Llama weights and whose tokenizer
     is the directory's own (tokenizer.json or tokenizer.model; BOS/EOS ids come from it).
 
@@ -265,22 +268,26 @@ def _import_into(hf_dir: pathlib.Path, base: RunConfig, run: RunDir, ignore_fiel
                            imported_from=str(hf_dir))
     ckpt.save(0, state, None, meta, force=True)
     ckpt.close()
-    run.base_model.write_text(json.dumps(base_model_record(hf_dir), indent=1))
+    run.base_model.write_text(json.dumps(base_model_record(hf_dir, repo_id), indent=1))
     save_config(cfg, run.config)
     return cfg
 
 
-def base_model_record(hf_dir: pathlib.Path) -> dict:
-    """What a continued-pretraining run starts from: the directory, the digest of the weight files read, and
-    the license its model card declares (YAML front matter of README.md), when it has one."""
+def base_model_record(hf_dir: pathlib.Path, repo_id: str | None = None) -> dict:
+    """What a continued-pretraining run starts from: the directory, its Hub repository id (given, or read from a
+    Hub cache path `models--ORG--NAME/snapshots/...`, or config.json's `_name_or_path`), the digest of the weight
+    files read, and the metadata its model card declares (YAML front matter of README.md), license first."""
     hf_dir = pathlib.Path(hf_dir)
-    license_ = "not declared (no README.md front matter)"
+    front: dict = {}
     readme = hf_dir / "README.md"
     if readme.exists() and readme.read_text().startswith("---"):
         front = yaml.safe_load(readme.read_text().split("---", 2)[1]) or {}
-        license_ = str(front.get("license", license_))
     files = sorted(weight_files(hf_dir))
+    cached = re.search(r"models--([\w.-]+)--([\w.-]+)/snapshots/", str(hf_dir.resolve()))
     name = str(read_hf_config(hf_dir).get("_name_or_path", ""))
-    repo_id = name if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not pathlib.Path(name).exists() else None
-    return {"source": str(hf_dir.resolve()), "repo_id": repo_id, "weight_files": files,
-            "weights_sha256": stages.file_digest(*(hf_dir / f for f in files), length=64), "license": license_}
+    named = name if re.fullmatch(r"[\w.-]+/[\w.-]+", name) and not pathlib.Path(name).exists() else None
+    return {"source": str(hf_dir.resolve()),
+            "repo_id": repo_id or (f"{cached.group(1)}/{cached.group(2)}" if cached else named),
+            "weight_files": files, "weights_sha256": stages.file_digest(*(hf_dir / f for f in files), length=64),
+            "license": str(front.get("license", "not declared (no README.md front matter)")),
+            "card_metadata": json.loads(json.dumps(front, default=str))}
