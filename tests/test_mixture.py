@@ -1,6 +1,6 @@
 """`jaxtrain mixture` (#21): the mixing law's fit and proposal on synthetic data from the law itself, the
-sampled mixtures inside the repetition bound, and a tiny search (4 proxies x 3 steps) that trains ordinary run
-directories with the target held out, writes its reports and resumes without training again."""
+sampled mixtures inside the repetition bound, and a tiny search (3 one-layer proxies x 3 steps) that trains
+ordinary run directories with the target held out, writes its reports and resumes without training again."""
 
 import dataclasses
 import json
@@ -34,6 +34,9 @@ def test_the_law_is_recovered_from_its_own_points_and_its_optimum_proposed():
     assert mixing.hull_distance(r_PxK[3], r_PxK) < 1e-9 and mixing.hull_distance(proposal, r_PxK) > 0.01
 
 
+SMALL = ("model.num_layers=1",)  # proxies smaller than the base run's model
+
+
 @pytest.fixture(scope="module")
 def base(tmp_path_factory):
     """A tiny run with three sources: one target, two to mix."""
@@ -63,18 +66,19 @@ def test_a_bad_target_too_few_sources_or_proxies_are_refused_in_one_line(base):
 def test_a_tiny_search_trains_proxies_fits_the_law_and_writes_a_proposal(base):
     tmp, resolved = base
     out = tmp / "search"
-    fit = mixture.run_mixture(resolved, "stdlib_docs", out, proxies=4, steps=3)
+    fit = mixture.run_mixture(resolved, "stdlib_docs", out, proxies=3, steps=3, proxy_overrides=SMALL)
     lines = mixture.ablate.read_results(out / mixture.RESULTS)
-    assert [(r["proxy"], r["seed"]) for r in lines] == [(0, 0), (1, 0), (2, 0), (3, 0)]
+    assert [(r["proxy"], r["seed"]) for r in lines] == [(0, 0), (1, 0), (2, 0)]
     assert all(math.isfinite(r["target_bpb"]) and r["target_bpb"] > 0 for r in lines)
-    assert len({tuple(r["mixture"].values()) for r in lines}) == 4  # four different mixtures
+    assert len({tuple(r["mixture"].values()) for r in lines}) == 3  # three different mixtures
     run = RunDir(out / "p01-s0")
     cfg = load_config(str(run.config))
+    assert cfg.model.num_layers == 1 and cfg.train.steps == 3  # the proxy overrides, the proxy budget
     _, weights = loader.training_batches(cfg.data, run, batch_size=cfg.train.batch_size)
     shares = lines[1]["mixture"]
     assert weights == pytest.approx([shares["stdlib_code"], 0.0, shares["package_metadata"]], abs=1e-5)  # target held out
     assert run.tokenizer.read_bytes() == resolved.run.tokenizer.read_bytes()  # one tokenizer for all proxies
-    assert math.isfinite(fit["held_out_mae"]) and len(fit["proxies"]) == 4
+    assert math.isfinite(fit["held_out_mae"]) and len(fit["proxies"]) == 3
     report = (out / "mixture.md").read_text()
     assert f"Leave-one-out mean absolute error: **{fit['held_out_mae']:.4f} bpb**" in report
     assert "| proposal |" in report and "| natural |" in report and "| uniform |" in report
@@ -93,11 +97,12 @@ def test_a_finished_search_is_read_back_and_another_target_refused(base, monkeyp
     if not before:
         pytest.skip("needs the previous test's proxies")
     monkeypatch.setattr(pipeline, "train", lambda *a, **k: pytest.fail("a finished proxy was trained again"))
-    fit = mixture.run_mixture(resolved, "stdlib_docs", out, proxies=4, steps=3)
-    assert mixture.ablate.read_results(out / mixture.RESULTS) == before and len(fit["proxies"]) == 4
+    fit = mixture.run_mixture(resolved, "stdlib_docs", out, proxies=3, steps=3, proxy_overrides=SMALL)
+    assert mixture.ablate.read_results(out / mixture.RESULTS) == before and len(fit["proxies"]) == 3
     with pytest.raises(Exception, match=r"--out .*: holds a mixture search on target 'stdlib_docs' with proxies of "
-                                        r"1536 tokens \(overrides \[\]\); this one is on 'package_metadata'"):
-        mixture.run_mixture(resolved, "package_metadata", out, proxies=4, steps=3)
+                                        r"1536 tokens \(overrides \['model.num_layers=1'\]\); this one is on "
+                                        r"'package_metadata'"):
+        mixture.run_mixture(resolved, "package_metadata", out, proxies=3, steps=3, proxy_overrides=SMALL)
     with pytest.raises(Exception, match=r"--steps: must be positive, got 0"):
-        mixture.run_mixture(resolved, "stdlib_docs", out, proxies=4, steps=0)
+        mixture.run_mixture(resolved, "stdlib_docs", out, proxies=3, steps=0)
     assert json.loads((out / mixture.RESULTS).read_text().splitlines()[0])["epochs"]["stdlib_code"] > 0

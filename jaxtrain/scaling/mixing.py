@@ -6,8 +6,8 @@ a function of the training shares r (r_j >= 0, sum r_j = 1):
     L(r) = c + k * exp(sum_j t_j r_j)
 
 Because the shares sum to 1, t + a (every t_j shifted by a) is the same law with k * exp(a); the fit
-reports the centred t (sum t_j = 0). It is fitted by variable projection: for a given t the law is linear in
-(c, k), solved exactly by least squares, and t is searched with L-BFGS-B from several starts.
+reports the centred t (sum t_j = 0). It is fitted by trust-region least squares with the exact Jacobian from several
+starts of t (c and k, linear for a given t, solved exactly for each start).
 
 The repetition bound (`share_caps`): at the planned full run (B training tokens: train.steps x
 tokens_per_step) no source may be repeated more than E epochs, E = max(max_epochs, B / N) (N: the trained
@@ -24,7 +24,7 @@ import dataclasses
 from typing import Callable, Sequence
 
 import numpy as np
-from scipy.optimize import linprog, minimize
+from scipy.optimize import least_squares, linprog, minimize
 
 FLOOR = 1e-3  # the least share a proxy or the proposal gives a source (a weight of 0 would mean "unweighted")
 MAX_EPOCHS = 4.0  # default repetition bound at the full run (Muennighoff et al. 2023)
@@ -84,24 +84,31 @@ def _solve_ck(e_P: np.ndarray, y_P: np.ndarray) -> tuple[float, float]:
     return float(sol[0]), float(sol[1])
 
 
-def fit_law(r_PxK, y_P, starts: int = 8, ridge: float = 1e-8) -> MixingLaw:
-    """The least-squares law through (mixture, loss) points (see the module docstring). A small ridge on t
-    picks one answer when there are fewer points than parameters."""
+def fit_law(r_PxK, y_P, starts: int = 6, ridge: float = 1e-8) -> MixingLaw:
+    """The least-squares law through (mixture, loss) points (see the module docstring): trust-region least
+    squares on (c, k, t) with the exact Jacobian, from several starts of t (c and k solved for each). A small
+    ridge on the centred t picks one answer when there are fewer points than parameters."""
     r_PxK, y_P = np.asarray(r_PxK, dtype=np.float64), np.asarray(y_P, dtype=np.float64)
-    scale = float(np.std(y_P)) or 1.0
+    scale, k_dim = float(np.std(y_P)) or 1.0, r_PxK.shape[1]
+    centre = np.sqrt(ridge) * (np.eye(k_dim) - 1.0 / k_dim)
 
-    def objective(t):
-        e = np.exp(r_PxK @ t)
-        c, k = _solve_ck(e, y_P)
-        return float(np.mean(((c + k * e - y_P) / scale) ** 2) + ridge * np.sum((t - t.mean()) ** 2))
+    def residuals(x):
+        return np.r_[(x[0] + x[1] * np.exp(r_PxK @ x[2:]) - y_P) / scale, centre @ x[2:]]
+
+    def jacobian(x):
+        e = np.exp(r_PxK @ x[2:])
+        top = np.column_stack([np.ones_like(e), e, x[1] * e[:, None] * r_PxK]) / scale
+        return np.vstack([top, np.column_stack([np.zeros((k_dim, 2)), centre])])
 
     rng = np.random.default_rng(0)
-    k_dim = r_PxK.shape[1]
-    x0s = [np.zeros(k_dim), *[rng.normal(0, 3, k_dim) for _ in range(starts - 1)]]
-    best = min((minimize(objective, x0, method="L-BFGS-B", bounds=[(-T_BOUND, T_BOUND)] * k_dim,
-                         options={"ftol": 1e-15, "gtol": 1e-10}) for x0 in x0s),
-               key=lambda res: res.fun)
-    t = best.x - best.x.mean()  # the centred gauge: exp(r.t) = exp(r.t_c) * exp(mean t) when sum r = 1
+    fits = []
+    for t0 in [np.zeros(k_dim), *[rng.normal(0, 3, k_dim) for _ in range(starts - 1)]]:
+        x0 = np.r_[_solve_ck(np.exp(r_PxK @ t0), y_P), t0]
+        lo, hi = np.r_[-np.inf, -np.inf, [-T_BOUND] * k_dim], np.r_[np.inf, np.inf, [T_BOUND] * k_dim]
+        fits.append(least_squares(residuals, x0, jac=jacobian, bounds=(lo, hi), xtol=1e-12, ftol=1e-12, gtol=1e-12,
+                                  max_nfev=100))
+    best = min(fits, key=lambda res: res.cost).x[2:]
+    t = best - best.mean()  # the centred gauge: exp(r.t) = exp(r.t_c) * exp(mean t) when sum r = 1
     c, k = _solve_ck(np.exp(r_PxK @ t), y_P)
     return MixingLaw(c, k, tuple(float(x) for x in t))
 
