@@ -19,10 +19,10 @@ loss on a target source, and the mixture that law says is best.
   is reported beside that of predicting the mean. The proposal minimizes the fitted L under the same bounds;
   outside the convex hull of the sampled mixtures it is flagged "extrapolated".
 
-Outputs in OUT: mixture.jsonl (a line per finished proxy and seed), mixture.md, mixture.png (predicted vs
-measured), proposal.yaml (`base:` the run's config, `data.sources` with the proposed weights). A killed search
-resumes: finished proxies are read back, a half-trained one continues from its checkpoint. Another target,
-budget or proxy override in the same OUT is refused.
+Outputs in OUT: mixture.jsonl (a line per finished proxy and seed), mixture.md, mixture_fit.json (the same
+numbers), mixture.png (predicted vs measured), proposal.yaml (`base:` the run's config, `data.sources` with the
+proposed weights). A killed search resumes: finished proxies are read back, a half-trained one continues from
+its checkpoint. Another target, budget or proxy override in the same OUT is refused.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ from matplotlib.figure import Figure
 from jaxtrain import ablate, pipeline, yamlconf
 from jaxtrain.config import RunConfig, from_dict, to_dict
 from jaxtrain.data import shards
+from jaxtrain.data.config import SourceConfig
 from jaxtrain.errors import ConfigError
 from jaxtrain.rundir import RunDir
 from jaxtrain.runconfig import Resolved
@@ -180,7 +181,7 @@ def run_mixture(base: Resolved, target: str, out_dir: pathlib.Path, proxies: int
                       "proxy_overrides": list(proxy_overrides),
                       "mixture": {s: round(float(r), 6) for s, r in zip(search.sources, shares)},
                       "epochs": search.epochs(shares, budget), **ablate.score(cfg, base.run, target)}
-            log(f"[mixture] proxy {index + 1}/{proxies}, seed {seed}: {target} {record['target_bpb']:.4f} bits per byte")
+            log(f"[mixture] proxy {index + 1}/{proxies}, seed {seed}: {target} {record['target_bpb']:.4f} bits/byte")
             with results_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
     fit = fit_search(ablate.read_results(results_path), search)
@@ -208,12 +209,16 @@ def fit_search(results: list[dict], search: Search) -> dict:
     distance = mixing.hull_distance(proposal, r_PxK)
     mixtures = {"proposal": proposal, "natural": search.natural, "uniform": search.uniform,
                 "best proxy": r_PxK[int(np.argmin(y_P))]}
+    measured = {"natural": 0, "best proxy": int(np.argmin(y_P))}  # proxy 0 is the natural mixture
+    found = {name: {"shares": [round(float(x), 6) for x in r], "predicted_bpb": float(law.predict(r)[0])}
+             for name, r in mixtures.items()}
+    for name, i in measured.items():
+        if np.allclose(r_PxK[i], mixtures[name], atol=1e-6):
+            found[name]["measured_bpb"] = float(y_P[i])
     return {"sources": list(search.sources), "proxies": proxies, "law": dataclasses.asdict(law),
             "held_out_mae": held["mae"], "mean_baseline_mae": held["mean_baseline_mae"],
             "caps": [float(u) for u in search.caps], "hull_distance": distance,
-            "extrapolated": distance > HULL_TOLERANCE,
-            "mixtures": {name: {"shares": [round(float(x), 6) for x in r], "predicted_bpb": float(law.predict(r)[0])}
-                         for name, r in mixtures.items()}}
+            "extrapolated": distance > HULL_TOLERANCE, "mixtures": found}
 
 
 def write_reports(fit: dict, search: Search, base: Resolved, target: str, out_dir: pathlib.Path) -> None:
@@ -231,33 +236,37 @@ def write_reports(fit: dict, search: Search, base: Resolved, target: str, out_di
         spread = f"{p['spread']:.4f}" if p["seeds"] > 1 else "n/a"
         lines.append(f"| {p['proxy']} | {p['seeds']} | " + " | ".join(f"{p['mixture'][s]:.3f}" for s in sources)
                      + f" | {p['target_bpb']:.4f} | {spread} | {p['fitted_bpb']:.4f} | {p['held_out_bpb']:.4f} |")
-    terms = " + ".join(f"{t:+.3f}·r[{s}]" for s, t in zip(sources, law["t"]))
-    lines += ["", "## Fit", "", f"L(r) = {law['c']:.4f} + {law['k']:.4f} · exp({terms})", "",
+    terms = " ".join(f"{t:+.3f}·r[{s}]" for s, t in zip(sources, law["t"]))
+    lines += ["", "## Fit", "", f"L(r) = {law['c']:.4f} + {law['k']:.4g} · exp({terms})", "",
               f"Leave-one-out mean absolute error: **{fit['held_out_mae']:.4f} bpb** (predicting the other proxies' "
               f"mean instead: {fit['mean_baseline_mae']:.4f} bpb)"
               + ("" if fit["held_out_mae"] < fit["mean_baseline_mae"] else
                  ": the law predicts no better than the mean; do not trust the proposal") + ".", "",
-              "## Proposal", "", "| mixture | " + " | ".join(sources) + " | predicted bpb |",
-              "|---|" + "---:|" * len(sources) + "---:|"]
-    lines.append("| cap (repetition bound) | " + " | ".join(f"{u:.3f}" for u in fit["caps"]) + " | |")
+              "## Proposal", "", "| mixture | " + " | ".join(sources) + " | predicted bpb | measured bpb |",
+              "|---|" + "---:|" * len(sources) + "---:|---:|"]
+    lines.append("| cap (repetition bound) | " + " | ".join(f"{u:.3f}" for u in fit["caps"]) + " | | |")
     for name, m in fit["mixtures"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{x:.3f}" for x in m["shares"]) + f" | {m['predicted_bpb']:.4f} |")
+        measured = f"{m['measured_bpb']:.4f}" if "measured_bpb" in m else "not trained"
+        lines.append(f"| {name} | " + " | ".join(f"{x:.3f}" for x in m["shares"])
+                     + f" | {m['predicted_bpb']:.4f} | {measured} |")
     lines += ["", f"The proposal is {where}. `proposal.yaml` holds it as config: "
               f"`jaxtrain train --config {out_dir / 'proposal.yaml'} --run-dir NEW_RUN`."]
     (out_dir / "mixture.md").write_text("\n".join(lines) + "\n")
+    (out_dir / "mixture_fit.json").write_text(json.dumps(fit, indent=1) + "\n")
     (out_dir / "proposal.yaml").write_text(_proposal_yaml(fit, base, target, where))
     _plot(fit, target, out_dir / "mixture.png")
 
 
 def _proposal_yaml(fit: dict, base: Resolved, target: str, where: str) -> str:
     share = dict(zip(fit["sources"], fit["mixtures"]["proposal"]["shares"]))
+    defaults = {f.name: yamlconf.to_dict(f.default) for f in dataclasses.fields(SourceConfig)
+                if f.default is not dataclasses.MISSING}
     sources = []
     for s in to_dict(base.cfg)["data"]["sources"]:
-        if s["name"] == target:
-            s["train"] = False
-        elif s["name"] in share:
+        s["train"] = s["name"] != target and s["train"]
+        if s["name"] in share:
             s["weight"] = share[s["name"]]
-        sources.append(s)
+        sources.append({k: v for k, v in s.items() if k in ("name", "weight", "train") or v != defaults.get(k)})
     predicted = {name: f"{m['predicted_bpb']:.4f}" for name, m in fit["mixtures"].items()}
     header = (f"# jaxtrain mixture: the proposed mixture for held-out `{target}` ({len(fit['proxies'])} proxies; "
               f"leave-one-out error {fit['held_out_mae']:.4f} bpb;\n# predicted {predicted['proposal']} bpb vs natural "

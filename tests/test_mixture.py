@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import yaml
 
-from jaxtrain import mixture, pipeline, runconfig
+from jaxtrain import cli, mixture, pipeline, runconfig
 from jaxtrain.config import CONFIG_DIR, load_config
 from jaxtrain.data import loader
 from jaxtrain.rundir import RunDir
@@ -45,6 +45,7 @@ def base(tmp_path_factory):
     cfg["data"]["sources"] = [{"name": "stdlib_code", "type": "embedded", "content": "code", "max_bytes": 60000},
                               {"name": "stdlib_docs", "type": "embedded", "content": "docs", "max_bytes": 40000},
                               {"name": "package_metadata", "type": "embedded", "content": "docs", "max_bytes": 40000}]
+    cfg["data"]["near_dedup"] = False  # MinHash: seconds this test does not need
     cfg["tokenizer"]["sample_bytes"] = 140000
     (tmp / "base.yaml").write_text(yaml.safe_dump(cfg))
     return tmp, runconfig.resolve(str(tmp / "base.yaml"), [], str(tmp / "run"), data=True)
@@ -83,6 +84,8 @@ def test_a_tiny_search_trains_proxies_fits_the_law_and_writes_a_proposal(base):
     assert f"Leave-one-out mean absolute error: **{fit['held_out_mae']:.4f} bpb**" in report
     assert "| proposal |" in report and "| natural |" in report and "| uniform |" in report
     assert (out / "mixture.png").stat().st_size > 0
+    assert fit["mixtures"]["natural"]["measured_bpb"] == lines[0]["target_bpb"]  # proxy 0: the natural mixture
+    assert json.loads((out / "mixture_fit.json").read_text())["held_out_mae"] == fit["held_out_mae"]
     proposed = load_config(str(out / "proposal.yaml"))  # usable as --config: `base:` the run's config
     by_name = {s.name: s for s in proposed.data.sources}
     assert by_name["stdlib_docs"].train is False
@@ -90,7 +93,7 @@ def test_a_tiny_search_trains_proxies_fits_the_law_and_writes_a_proposal(base):
     assert [by_name[s].weight for s in fit["sources"]] == pytest.approx(fit["mixtures"]["proposal"]["shares"])
 
 
-def test_a_finished_search_is_read_back_and_another_target_refused(base, monkeypatch):
+def test_a_finished_search_is_read_back_and_another_target_refused(base, monkeypatch, capsys):
     tmp, resolved = base
     out = tmp / "search"
     before = mixture.ablate.read_results(out / mixture.RESULTS)
@@ -105,4 +108,11 @@ def test_a_finished_search_is_read_back_and_another_target_refused(base, monkeyp
         mixture.run_mixture(resolved, "package_metadata", out, proxies=3, steps=3, proxy_overrides=SMALL)
     with pytest.raises(Exception, match=r"--steps: must be positive, got 0"):
         mixture.run_mixture(resolved, "stdlib_docs", out, proxies=3, steps=0)
+    # The command line: the same search read back and printed; another target refused in one line.
+    argv = ["mixture", "--run-dir", str(resolved.run), "--out", str(out), "--proxies", "3", "--steps", "3"]
+    assert cli.main([*argv, "--target", "stdlib_docs", "--proxy-overrides", *SMALL]) == 0
+    assert "[mixture] 3 proxies; report" in capsys.readouterr().out
+    assert cli.main([*argv, "--target", "package_metadata"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("config error: --out ") and "Give another --out." in err and len(err.splitlines()) == 1
     assert json.loads((out / mixture.RESULTS).read_text().splitlines()[0])["epochs"]["stdlib_code"] > 0
