@@ -207,14 +207,14 @@ def fit_search(results: list[dict], search: Search) -> dict:
     starts = np.stack([*r_PxK, search.natural, search.uniform])
     proposal = mixing.propose(law, search.caps, starts)
     distance = mixing.hull_distance(proposal, r_PxK)
-    mixtures = {"proposal": proposal, "natural": search.natural, "uniform": search.uniform,
-                "best proxy": r_PxK[int(np.argmin(y_P))]}
-    measured = {"natural": 0, "best proxy": int(np.argmin(y_P))}  # proxy 0 is the natural mixture
-    found = {name: {"shares": [round(float(x), 6) for x in r], "predicted_bpb": float(law.predict(r)[0])}
-             for name, r in mixtures.items()}
-    for name, i in measured.items():
-        if np.allclose(r_PxK[i], mixtures[name], atol=1e-6):
-            found[name]["measured_bpb"] = float(y_P[i])
+    mixtures = {"proposal": proposal, "best inside the sampled hull": mixing.propose_in_hull(law, r_PxK),
+                "natural": search.natural, "uniform": search.uniform, "best proxy": r_PxK[int(np.argmin(y_P))]}
+    found = {}
+    for name, r in mixtures.items():
+        found[name] = {"shares": [round(float(x), 6) for x in r], "predicted_bpb": float(law.predict(r)[0])}
+        trained = [i for i in range(len(y_P)) if np.allclose(r_PxK[i], r, atol=1e-5)]  # a proxy measured it
+        if trained:
+            found[name]["measured_bpb"] = float(y_P[trained[0]])
     return {"sources": list(search.sources), "proxies": proxies, "law": dataclasses.asdict(law),
             "held_out_mae": held["mae"], "mean_baseline_mae": held["mean_baseline_mae"],
             "caps": [float(u) for u in search.caps], "hull_distance": distance,
@@ -237,7 +237,7 @@ def write_reports(fit: dict, search: Search, base: Resolved, target: str, out_di
         lines.append(f"| {p['proxy']} | {p['seeds']} | " + " | ".join(f"{p['mixture'][s]:.3f}" for s in sources)
                      + f" | {p['target_bpb']:.4f} | {spread} | {p['fitted_bpb']:.4f} | {p['held_out_bpb']:.4f} |")
     terms = " ".join(f"{t:+.3f}·r[{s}]" for s, t in zip(sources, law["t"]))
-    lines += ["", "## Fit", "", f"L(r) = {law['c']:.4f} + {law['k']:.4g} · exp({terms})", "",
+    lines += ["", "## Fit", "", f"L(r) = {law['c']:.4f} {law['k']:+.4g} · exp({terms})", "",
               f"Leave-one-out mean absolute error: **{fit['held_out_mae']:.4f} bpb** (predicting the other proxies' "
               f"mean instead: {fit['mean_baseline_mae']:.4f} bpb)"
               + ("" if fit["held_out_mae"] < fit["mean_baseline_mae"] else
@@ -249,7 +249,8 @@ def write_reports(fit: dict, search: Search, base: Resolved, target: str, out_di
         measured = f"{m['measured_bpb']:.4f}" if "measured_bpb" in m else "not trained"
         lines.append(f"| {name} | " + " | ".join(f"{x:.3f}" for x in m["shares"])
                      + f" | {m['predicted_bpb']:.4f} | {measured} |")
-    lines += ["", f"The proposal is {where}. `proposal.yaml` holds it as config: "
+    lines += ["", f"The proposal is {where}. The best inside the hull is what the proxies support without "
+              "extrapolating. `proposal.yaml` holds the proposal as config: "
               f"`jaxtrain train --config {out_dir / 'proposal.yaml'} --run-dir NEW_RUN`."]
     (out_dir / "mixture.md").write_text("\n".join(lines) + "\n")
     (out_dir / "mixture_fit.json").write_text(json.dumps(fit, indent=1) + "\n")

@@ -32,6 +32,9 @@ def test_the_law_is_recovered_from_its_own_points_and_its_optimum_proposed():
     proposal = mixing.propose(law, caps, r_PxK)
     assert proposal.tolist() == pytest.approx([0.2, 0.6, 0.2], abs=1e-4)
     assert mixing.hull_distance(r_PxK[3], r_PxK) < 1e-9 and mixing.hull_distance(proposal, r_PxK) > 0.01
+    inside = mixing.propose_in_hull(law, r_PxK)  # what the proxies support without extrapolating
+    assert mixing.hull_distance(inside, r_PxK) < 1e-6
+    assert law.predict(proposal)[0] < law.predict(inside)[0] <= law.predict(r_PxK).min() + 1e-9
 
 
 SMALL = ("model.num_layers=1",)  # proxies smaller than the base run's model

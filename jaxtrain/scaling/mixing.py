@@ -144,6 +144,18 @@ def propose(law: MixingLaw, caps: Sequence[float], starts_SxK, floor: float = FL
     return bound(best, caps, floor)
 
 
+def propose_in_hull(law: MixingLaw, points_PxK) -> np.ndarray:
+    """The mixture minimizing the law among convex combinations of the sampled points (no extrapolation)."""
+    points_PxK = np.asarray(points_PxK, dtype=np.float64)
+    p = len(points_PxK)
+    res = minimize(lambda lam: float(law.predict(lam @ points_PxK)[0]), np.full(p, 1.0 / p), method="SLSQP",
+                   bounds=[(0.0, 1.0)] * p, constraints=[{"type": "eq", "fun": lambda lam: lam.sum() - 1.0}])
+    best = np.clip(res.x, 0.0, None) @ points_PxK
+    best = best / best.sum()
+    sampled = points_PxK[np.argmin(law.predict(points_PxK))]
+    return best if law.predict(best)[0] <= law.predict(sampled)[0] else sampled
+
+
 def hull_distance(r_K, points_PxK) -> float:
     """L1 distance from r to the convex hull of the points (0: inside). A linear program: r = sum_i l_i p_i + s,
     l >= 0, sum l = 1, minimize |s|_1."""
