@@ -12,6 +12,7 @@
     jaxtrain import-hf path/to/llama --run-dir runs/cont --config llama-1b
     jaxtrain scaling  sweep --config tiny --base-run runs/tiny --budgets 1e11 3e11
     jaxtrain ablate   --run-dir runs/demo --target stdlib_docs   curation variants compared on a trusted source
+    jaxtrain mixture  --run-dir runs/demo --target stdlib_docs   proxies on sampled mixtures, a mixing law, a proposal
 
 Every command names its run with `--run-dir RUN` (scaling sweep: `--base-run`) and resolves its config
 once (`jaxtrain.runconfig.resolve`); the old `jaxtrain eval RUN` and `jaxtrain export RUN OUT` still
@@ -83,22 +84,15 @@ def _resolve(args: argparse.Namespace, *, run_attr: str = "run_dir", data: bool 
     return resolved
 
 
-def cmd_prepare(args) -> None:
-    from jaxtrain import pipeline
+def _prepare_through(through: str):
+    def cmd(args) -> None:
+        from jaxtrain import pipeline
 
-    pipeline.prepare(_resolve(args, data=True), through="curation")
-
-
-def cmd_tokenizer(args) -> None:
-    from jaxtrain import pipeline
-
-    pipeline.prepare(_resolve(args, data=True), through="tokenizer")
+        pipeline.prepare(_resolve(args, data=True), through=through)
+    return cmd
 
 
-def cmd_tokenize(args) -> None:
-    from jaxtrain import pipeline
-
-    pipeline.prepare(_resolve(args, data=True), through="shards")
+cmd_prepare, cmd_tokenizer, cmd_tokenize = (_prepare_through(s) for s in ("curation", "tokenizer", "shards"))
 
 
 def cmd_train(args) -> None:
@@ -189,6 +183,17 @@ def cmd_ablate(args) -> None:
     results = ablate.run_ablation(base, args.target, out, args.variants, args.seeds, args.steps)
     print((out / "ablation.md").read_text() + f"[ablate] {len(results)} runs; table {out / 'ablation.md'}, "
           f"plot {out / 'ablation.png'}")
+
+
+def cmd_mixture(args) -> None:
+    from jaxtrain import mixture
+
+    base = _resolve(args, data=True, require_recorded=True)
+    out = pathlib.Path(args.out) if args.out else pathlib.Path(str(base.run)) / "mixture"
+    fit = mixture.run_mixture(base, args.target, out, args.proxies, args.steps, args.seeds, args.proxy_overrides,
+                              args.max_epochs, args.sample_seed)
+    print((out / "mixture.md").read_text() + f"[mixture] {len(fit['proxies'])} proxies; report {out / 'mixture.md'}, "
+          f"plot {out / 'mixture.png'}, proposal {out / 'proposal.yaml'}")
 
 
 def cmd_scaling(args) -> None:
@@ -298,6 +303,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1], help="training seeds per variant (default: 0 1)")
     p.add_argument("--steps", type=int, default=None, help="training steps per run (default: the run's train.steps)")
     p.add_argument("--out", default=None, help="output directory (default: RUN/ablations)")
+    p = add("mixture", cmd_mixture, "propose a data mixture: one small proxy per mixture sampled around the natural "
+            "shares (within the full run's repetition bound), a mixing law fitted to their held-out bits per byte on "
+            "--target (never trained on), checked on held-out proxies, and the mixture it predicts best",
+            run_dir_required=True)
+    p.add_argument("--target", required=True, metavar="SOURCE", help="the source to score on (held out)")
+    p.add_argument("--proxies", type=int, default=16, help="sampled mixtures, one proxy each (default 16; >= 3)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per proxy (default: the run's train.steps)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds per proxy (default: 0)")
+    p.add_argument("--proxy-overrides", nargs="+", metavar="key=value", default=(), help="proxies only (e.g. a smaller model)")
+    p.add_argument("--max-epochs", type=float, default=4.0, help="repetition bound: most epochs of a source at the "
+                   "full run (default 4, or the natural mixture's when higher)")
+    p.add_argument("--sample-seed", type=int, default=0, help="seed of the sampled mixtures")
+    p.add_argument("--out", default=None, help="output directory (default: RUN/mixture)")
     p = sub.add_parser("scaling", help="scaling laws: plan a compute-optimal run, sweep a ladder, fit L(N, D)",
                        description="plan: N and D for a budget; sweep: IsoFLOP ladder of real runs; fit: law constants.")
     p.add_argument("action", choices=["plan", "sweep", "fit"])

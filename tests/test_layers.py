@@ -6,7 +6,7 @@ Layers (a module may import its own layer and the ones below):
   2  config, runconfig                                composes the sections the blocks define; the run's recorded config
   3  train                                            the Trainer, the step, the loop, checkpoints
   4  evaluate, export                                 built on a trained run
-  5  pipeline, sweep                                  stages wired together
+  5  pipeline, sweep, ablate, mixture                 stages wired together
   6  cli                                              arguments -> library calls
 """
 
@@ -21,7 +21,7 @@ LAYERS = {
     "config": 2, "runconfig": 2,
     "train": 3,
     "evaluate": 4, "export": 4,
-    "pipeline": 5, "sweep": 5, "ablate": 5,
+    "pipeline": 5, "sweep": 5, "ablate": 5, "mixture": 5,
     "cli": 6,
 }
 # Function-level imports are for optional heavy dependencies only (each with a comment in the code).
