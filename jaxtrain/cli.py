@@ -156,12 +156,9 @@ def cmd_card(args) -> None:
     from jaxtrain.export import card
 
     resolved = _resolve(args, require_recorded=True)
-    out = pathlib.Path(args.out) if args.out else None
-    written = card.write(resolved.cfg, resolved.run, out)
-    where = out or resolved.run
-    print(f"[card] {where}/{card.CARD_MD} and {card.CARD_JSON}: {len(written['sources'])} sources, "
-          f"{len(written['unknown'])} things it cannot vouch for" +
-          "".join(f"\n[card]   unknown: {u}" for u in written["unknown"]))
+    written = card.write(resolved.cfg, resolved.run, pathlib.Path(args.out) if args.out else None)
+    print(f"[card] {args.out or resolved.run}/{card.CARD_MD} and {card.CARD_JSON}: {len(written['sources'])} sources, "
+          f"{len(written['unknown'])} things it cannot vouch for" + "".join(f"\n[card]   unknown: {u}" for u in written["unknown"]))
 
 
 def cmd_import_hf(args) -> None:
