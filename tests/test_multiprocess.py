@@ -124,3 +124,16 @@ def test_sigterm_to_the_launcher_reaches_every_worker_and_leaves_no_process(mp_r
     saved = int(out.split("checkpoint of step ")[1].split()[0])
     assert (mp_run / "checkpoints" / str(saved)).exists()
     assert (mp_run / "writer.lock").read_text() == ""  # process 0 released the run directory on its way out
+
+
+def test_the_launcher_does_not_restart_a_refused_job(monkeypatch):
+    """A new user's trial: a second launch on a busy run directory was refused (exit 2) and then restarted twice;
+    a refusal or expected failure ends the launch at once with its code."""
+    from jaxtrain.parallel import launch as launch_lib
+
+    codes = iter([2, 0])
+    calls = []
+    monkeypatch.setattr(launch_lib, "run_job", lambda *a, **k: calls.append(a) or next(codes))
+    assert launch_lib.launch(["train"], 2, max_restarts=3) == 2 and len(calls) == 1
+    codes = iter([1, 0])
+    assert launch_lib.launch(["train"], 2, max_restarts=3) == 0  # a crash is still restarted

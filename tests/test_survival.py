@@ -12,6 +12,7 @@ import jax
 import numpy as np
 import pytest
 from etils import epath
+from etils import epath
 
 from jaxtrain import cli, pipeline
 from jaxtrain.train import loop
@@ -80,12 +81,71 @@ def test_readers_check_the_parameters_checksums(fresh_run):
     session.load_params(2)
     meta_file = fresh_run / "checkpoints" / "2" / "meta" / "metadata"
     meta = json.loads(meta_file.read_text())
-    assert set(meta["checksums"]) == {"step", "rng"} | {k for k in meta["checksums"] if k.split("/")[0] in
+    assert set(meta["array_checksums"]) == {"step", "rng"} | {k for k in meta["array_checksums"] if k.split("/")[0] in
                                                         ("params", "opt_state", "guard")}
-    meta["checksums"]["params/head_DxV"] = "0" * 16  # as if the array's bits had changed since
+    meta["array_checksums"]["params/head_DxV"] = "0" * 16  # as if the array's bits had changed since
     meta_file.write_text(json.dumps(meta))
     with pytest.raises(CheckpointDamaged, match="array params/head_DxV does not match its checksum"):
         session.load_params(2)  # eval, sample and export read the parameters this way
+
+
+def test_the_checksum_catches_what_plain_sums_miss():
+    """A new user's trial: two sign-bit flips in opposite directions, or two flips of one bit at an even
+    distance, left a plain and a position-weighted sum unchanged; every such pair changes the checksum now."""
+    from jaxtrain.train.checksums import checksums
+
+    x = np.linspace(-2, 2, 64, dtype=np.float32)
+    bits = x.view(np.uint32).copy()
+    before = checksums({"x": jax.numpy.asarray(x)})["x"]
+    for i, j, bit in ((3, 40, 31), (10, 12, 30), (0, 2, 7)):
+        flipped = bits.copy()
+        flipped[i] ^= np.uint32(1 << bit)
+        flipped[j] ^= np.uint32(1 << bit)
+        assert checksums({"x": jax.numpy.asarray(flipped.view(np.float32))})["x"] != before, (i, j, bit)
+    swapped = x.copy()
+    swapped[[5, 6]] = swapped[[6, 5]]
+    assert checksums({"x": jax.numpy.asarray(swapped)})["x"] != before
+
+
+def test_a_damaged_data_position_or_set_aside_failure_is_named(fresh_run, capsys, monkeypatch):
+    """A new user's trial: a flipped bit in the data position skipped ten batches silently; a checkpoint that
+    could not be moved aside (checkpoints/ on another filesystem) ended every rerun in a traceback."""
+    pipeline.train(tiny_config(*BASE, "train.steps=4"), fresh_run)
+    position = fresh_run / "checkpoints" / "4" / "data" / "process_0-of-1.json"
+    position.write_text(position.read_text().replace('"next_step": 4', '"next_step": 6'))
+    gpath = type(epath.Path("/"))
+    real_rename, moved = gpath.rename, []
+
+    def cross_device(self, target):  # as os.rename across filesystems
+        if "checkpoints.corrupt" in str(target):
+            moved.append(target)
+            raise OSError(18, "Invalid cross-device link")
+        return real_rename(self, target)
+
+    monkeypatch.setattr(gpath, "rename", cross_device)
+    capsys.readouterr()
+    pipeline.train(tiny_config(*BASE, "train.steps=6"), fresh_run)
+    out = capsys.readouterr().out
+    assert "does not match its digest in meta" in out and "resuming from checkpoint step 2" in out
+    assert moved and (fresh_run / "checkpoints.corrupt" / "4").is_dir()  # moved by copying, the rename refused
+
+
+def test_a_shard_damaged_during_training_stops_in_one_line(fresh_run, monkeypatch):
+    """A new user's trial: ArrayRecord's chunk-hash error mid-run was a 55-line traceback naming no file."""
+    from jaxtrain.data import loader
+    from jaxtrain.data.shards import ShardDamaged
+
+    real_next, drawn = loader.TrainBatches.__next__, []
+
+    def damaged(self):
+        drawn.append(1)
+        if len(drawn) == 3:
+            raise RuntimeError("Corrupted Riegeli/records file: chunk data hash mismatch at 95662")
+        return real_next(self)
+
+    monkeypatch.setattr(loader.TrainBatches, "__next__", damaged)
+    with pytest.raises(ShardDamaged, match=r"data/tfds: a token shard is damaged \(Corrupted Riegeli.*rerun the same"):
+        pipeline.train(tiny_config(*BASE, "train.steps=4"), fresh_run)
 
 
 def test_incompatible_model_or_tokenizer_is_refused(fresh_run):

@@ -20,11 +20,16 @@ from etils import epath
 
 from jaxtrain.data import clean, stages
 from jaxtrain.data import tokenizer as tok
+from jaxtrain.errors import JaxtrainError
 from jaxtrain.rundir import RunDir
 
 DATASET_NAME = "jaxtrain_tokens"
 DOC_LENGTHS_DIR = "doc_lengths"  # tokens per document in stored order, for random-access packing
 ENCODE_BATCH = 256
+
+
+class ShardDamaged(JaxtrainError):
+    """A token shard that fails its own hash check while being read."""
 
 
 def split_name(split: str, source: str) -> str:

@@ -28,6 +28,8 @@ import time
 
 from jaxtrain.utils import log
 
+EXPECTED_FAILURE = 2  # what the CLI exits with on a one-line refusal or expected failure (jaxtrain.cli.main)
+
 FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 STOP_GRACE_S = 300  # after a signal, workers get this long to save and exit before they are killed
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
@@ -158,6 +160,10 @@ def launch(argv: list[str], num_processes: int, devices_per_process: int = 1, ma
                 return code
             if code == 0:
                 return 0
+            if code == EXPECTED_FAILURE:  # a refusal (busy run directory, bad config, disk full): the same again
+                log(f"[launch] a process was refused or stopped on an expected failure (exit code {code}; its one "
+                    "line is above); not restarting")
+                return code
             if attempt < max_restarts:
                 log(f"[launch] a process exited with code {code}; restarting all {num_processes} "
                     f"(attempt {attempt + 2} of {max_restarts + 1}); training resumes from the last checkpoint")

@@ -21,11 +21,13 @@ from __future__ import annotations
 import collections
 import contextlib
 import errno
+import hashlib
 import json
 import logging
 import os
 import pathlib
 import re
+import shutil
 import threading
 from typing import Any
 
@@ -51,6 +53,10 @@ DAMAGED_STATUS = frozenset({"DATA_LOSS", "NOT_FOUND", "OUT_OF_RANGE", "FAILED_PR
 
 class CheckpointDamaged(JaxtrainError, ValueError):
     """A checkpoint whose files are missing, truncated or do not decode: it will not read back, however often."""
+
+
+class CheckpointSetAsideFailed(JaxtrainError):
+    """A damaged or abandoned checkpoint that could not be moved out of the run's way."""
 
 
 class CheckpointWriteFailed(JaxtrainError):
@@ -124,6 +130,11 @@ class _FrozenIteratorState:
         return self._encoded
 
 
+def _position_digest(state: dict) -> str:
+    """sha256 of a data position (canonical JSON): recorded in meta, checked on restore."""
+    return hashlib.sha256(json.dumps(state, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def checkpoint_dir(directory: str | pathlib.Path) -> epath.Path:
     """Absolute local path, or a gs:// URI kept as it is (Orbax writes to GCS itself)."""
     path = epath.Path(directory)
@@ -192,17 +203,31 @@ class Checkpointer:
             target = target.with_name(f"{step}.{len(list(target.parent.iterdir()))}")
         _barrier(f"jaxtrain:quarantine-{step}-before")
         if jax.process_index() == 0:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            (self.directory / str(step)).rename(target)
+            source = self.directory / str(step)
+            try:
+                target.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    source.rename(target)
+                except OSError as e:
+                    if e.errno != errno.EXDEV:
+                        raise
+                    shutil.move(os.fspath(source), os.fspath(target))  # checkpoints/ on another filesystem
+            except OSError as e:
+                raise CheckpointSetAsideFailed(
+                    f"{source}: could not be moved aside to {target} ({e.strerror or e}); it must leave the run's "
+                    f"way before training resumes: move it out of {self.directory} by hand, then rerun.") from e
         _barrier(f"jaxtrain:quarantine-{step}-after")
         self.manager.reload()
         return target
 
     def save(self, step: int, state: Any, data_iterator: Any | None, meta: dict, force: bool = False) -> bool:
-        meta = {**meta, "checksums": checksums.checksums(state)}
+        meta = {**meta, "array_checksums": checksums.checksums(state)}
+        data = data_iterator.get_state() if data_iterator is not None else None
+        if data is not None:
+            meta["data_position_sha256"] = _position_digest(data)
         items = {"state": ocp.args.StandardSave(state), "meta": ocp.args.JsonSave(meta)}
-        if data_iterator is not None:
-            items["data"] = grain.checkpoint.CheckpointSave(_FrozenIteratorState(data_iterator.get_state()))
+        if data is not None:
+            items["data"] = grain.checkpoint.CheckpointSave(_FrozenIteratorState(data))
         self.wait()  # Orbax waits for the previous save too: its failure is that step's
         try:
             with _ORBAX_ERRORS.quiet():
@@ -263,8 +288,12 @@ class Checkpointer:
         """Restore onto the shardings carried by `abstract_state` (ShapeDtypeStructs), and the data position."""
         restored = self._restore_items(step, state=ocp.args.StandardRestore(abstract_state),
                                        meta=ocp.args.JsonRestore())
-        verify_checksums(restored["state"], restored["meta"].get("checksums"), f"{self.directory}/{step}")
+        verify_checksums(restored["state"], restored["meta"].get("array_checksums"), f"{self.directory}/{step}")
         data_state = self.data_state(step) if data_iterator is not None else None
+        expected = restored["meta"].get("data_position_sha256")
+        if data_state is not None and expected is not None and _position_digest(data_state) != expected:
+            raise CheckpointDamaged(f"{self.directory}/{step}/data: the data position {data_state} does not match "
+                                    "its digest in meta: it is damaged.")
         if data_state is not None:
             data_iterator.set_state(data_state)
         elif data_iterator is not None and step > 0 and not restored["meta"].get("imported_from"):
@@ -281,7 +310,7 @@ class Checkpointer:
                                       args=ocp.args.PyTreeRestore(item={"params": abstract_params},
                                                                   restore_args={"params": restore_args},
                                                                   partial_restore=True))
-        verify_checksums({"params": restored["params"]}, self.restore_meta(step).get("checksums"),
+        verify_checksums({"params": restored["params"]}, self.restore_meta(step).get("array_checksums"),
                          f"{self.directory}/{step}")
         return restored["params"]
 
@@ -334,6 +363,9 @@ class Checkpointer:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:  # Orbax reads meta and _METADATA with json.loads
             raise CheckpointDamaged(f"{self.directory}/{step}: a file does not decode ({type(e).__name__}: {e}).") \
                 from e
+        except (KeyError, AttributeError) as e:  # Orbax's array metadata decoded, but a field's name is damaged
+            raise CheckpointDamaged(f"{self.directory}/{step}: its array metadata is damaged ({type(e).__name__}: "
+                                    f"{str(e)[:200]}).") from e
 
     def wait(self) -> None:
         """Until the save in progress has committed; CheckpointWriteFailed when it has failed."""

@@ -1,8 +1,9 @@
 """A checksum of every array of a checkpoint, computed where the array lives.
 
-Two 32-bit sums of each array's bits: plain, and weighted by the element's
-(odd) position, so a swap is caught as well as any single flipped bit. One
-jitted reduction over the whole tree runs on the devices that hold the arrays
+Two 32-bit sums over each array's words, each word first mixed with its
+position and a seed by murmur3's finalizer: any single changed word changes
+both sums, a swap is caught, and several changes cancel with probability
+2^-64. One jitted reduction over the whole tree runs on the devices that hold the arrays
 and brings back 8 bytes per array. The sums are modular, so they do not depend
 on how an array is sharded: a resume on another mesh checks the same numbers.
 Orbax and TensorStore check neither: a flipped bit in Orbax's zstd-compressed
@@ -41,12 +42,28 @@ def _words(x: jax.Array) -> jax.Array:
     return bits.astype(jnp.uint32).ravel()
 
 
+_GOLDEN, _M1, _M2 = 0x9E3779B9, 0x85EBCA6B, 0xC2B2AE35  # murmur3's fmix32 constants
+_SEEDS = (0x0, 0x5BD1E995)  # two independent sums: 64 bits per array
+
+
+def _fmix(x: jax.Array) -> jax.Array:
+    """murmur3's 32-bit finalizer: a bijection whose output bits each depend on every input bit."""
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(_M1)
+    x = x ^ (x >> 13)
+    x = x * jnp.uint32(_M2)
+    return x ^ (x >> 16)
+
+
 @jax.jit
 def _sums(leaves: list[jax.Array]) -> jax.Array:
     def one(x: jax.Array) -> jax.Array:
         w = _words(x)
-        odd = jnp.arange(w.size, dtype=jnp.uint32) * 2 + 1  # odd weights: a flipped bit always changes the sum
-        return jnp.stack([w.sum(dtype=jnp.uint32), (w * odd).sum(dtype=jnp.uint32)])
+        position = jnp.arange(w.size, dtype=jnp.uint32) * jnp.uint32(_GOLDEN)
+        # Each word mixed with its position: one changed word changes each sum (fmix is a bijection), and two
+        # changes cancel with probability 2^-32 per sum, wherever they are (a plain or weighted sum of raw bits
+        # misses two flips of the sign bit, or of one bit at an even distance).
+        return jnp.stack([_fmix(w ^ position ^ jnp.uint32(seed)).sum(dtype=jnp.uint32) for seed in _SEEDS])
     return jnp.stack([one(x) for x in leaves]) if leaves else jnp.zeros((0, 2), jnp.uint32)
 
 
@@ -68,4 +85,6 @@ def mismatch(tree: Any, saved: dict[str, str] | None) -> str | None:
         return None
     first = bad[0]
     more = f" (and {len(bad) - 1} more arrays)" if len(bad) > 1 else ""
-    return f"array {first} does not match its checksum (saved {saved.get(first)}, read {now[first]}){more}"
+    if first not in saved:
+        return f"array {first} has no checksum in meta (meta's list of checksums is damaged){more}"
+    return f"array {first} does not match its checksum (saved {saved[first]}, read {now[first]}){more}"

@@ -19,7 +19,7 @@ import numpy as np
 
 from jaxtrain import runconfig, runlock
 from jaxtrain.config import RunConfig, to_dict
-from jaxtrain.data import loader
+from jaxtrain.data import loader, shards
 from jaxtrain.data import tokenizer as tok
 from jaxtrain.rundir import RunDir
 from jaxtrain.scaling import flops
@@ -220,7 +220,15 @@ class _Loop:
         log(f"[train] {self.flops_per_token / 1e6:.1f} MFLOPs/token (6N + causal attention); peak {peak}")
 
     def _train_step(self, restart_offset: float) -> dict:
-        batch = next(self.data_iter)
+        try:
+            batch = next(self.data_iter)
+        except Exception as e:  # ArrayRecord checks each chunk's hash: a shard damaged since the stage was checked
+            if "Riegeli" not in str(e) and "array_record" not in str(e).lower():
+                raise
+            raise shards.ShardDamaged(
+                f"{self.trainer.run.tfds}: a token shard is damaged ({str(e).splitlines()[0][:200]}); rerun the same "
+                "command: the shards stage finds the file by its sha256 and rebuilds it, and training resumes from "
+                "the last checkpoint.") from e
         self.mixture.add(batch)
         del batch["source_ids"]
         if self.fault_injector is not None:  # tests only: production batches carry no such field
