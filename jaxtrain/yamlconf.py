@@ -118,12 +118,27 @@ def _yaml_problem(e: yaml.YAMLError) -> str:
     return f"{where}: {e.problem}{started}"
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """safe_load that refuses a key given twice in one mapping (PyYAML keeps the last one silently)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen: dict = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping (first at line {seen[key]})",
+                    key_node.start_mark)
+            seen[key] = key_node.start_mark.line + 1
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml(path: epath.Path, resolve_base, seen: tuple = ()) -> dict:
     """A YAML mapping with its `base:` chain merged in; `resolve_base(name)` finds a base's path."""
     if path in seen:
         raise ConfigError(f"{path}: 'base' chain loops back to itself.")
     try:
-        raw = yaml.safe_load(path.read_text())
+        raw = yaml.load(path.read_text(), Loader=_UniqueKeyLoader)  # a SafeLoader: no Python objects
     except yaml.YAMLError as e:
         raise ConfigError(f"{path}: not valid YAML{_yaml_problem(e)}; fix the syntax there.") from e
     if raw is None:

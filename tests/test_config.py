@@ -52,6 +52,15 @@ def test_a_yaml_syntax_error_is_one_line_with_line_and_column(tmp_path):
                             "(while parsing a flow sequence that starts at line 3, column 10); fix the syntax there.")
 
 
+def test_a_key_given_twice_is_refused_not_silently_the_last(tmp_path):
+    """A new user's trial: num_layers: 2 then num_layers: 3 trained a 3-layer model without a word."""
+    dup = tmp_path / "dup.yaml"
+    dup.write_text("base: tiny\nmodel:\n  num_layers: 2\n  num_layers: 3\n")
+    with pytest.raises(ConfigError, match=r"dup.yaml: not valid YAML at line 4, column 3: key 'num_layers' appears "
+                                          r"twice in one mapping \(first at line 3\)"):
+        load_config(str(dup))
+
+
 def test_resolved_config_round_trips_through_the_run_dir(tmp_path):
     cfg = load_config("tiny", ["model.num_layers=3"])
     save_config(cfg, tmp_path / "config.yaml")
