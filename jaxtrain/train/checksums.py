@@ -34,12 +34,23 @@ def keyed_leaves(tree: Any) -> dict[str, Any]:
 
 
 def _words(x: jax.Array) -> jax.Array:
-    """The array's bits as uint32 words: narrower types widened, wider ones split, booleans as bytes."""
+    """The array's bits as uint32 words, in its own shape (a reshape of a sharded array would gather it):
+    narrower types widened, wider ones split along a new last axis, booleans as bytes."""
     if x.dtype == jnp.bool_:
         x = x.astype(jnp.uint8)
     size = x.dtype.itemsize
     bits = jax.lax.bitcast_convert_type(x, jnp.uint32 if size >= 4 else jnp.dtype(f"uint{8 * size}"))
-    return bits.astype(jnp.uint32).ravel()
+    return bits.astype(jnp.uint32)
+
+
+def _positions(shape: tuple[int, ...]) -> jax.Array:
+    """Each element's row-major index (mod 2^32), built from per-axis iotas: no flattened copy."""
+    index = jnp.zeros(shape, jnp.uint32)
+    stride = 1
+    for axis in reversed(range(len(shape))):
+        index = index + jax.lax.broadcasted_iota(jnp.uint32, shape, axis) * jnp.uint32(stride % 2**32)
+        stride *= shape[axis]
+    return index
 
 
 _GOLDEN, _M1, _M2 = 0x9E3779B9, 0x85EBCA6B, 0xC2B2AE35  # murmur3's fmix32 constants
@@ -56,21 +67,22 @@ def _fmix(x: jax.Array) -> jax.Array:
 
 
 @jax.jit
-def _sums(leaves: list[jax.Array]) -> jax.Array:
-    def one(x: jax.Array) -> jax.Array:
-        w = _words(x)
-        position = jnp.arange(w.size, dtype=jnp.uint32) * jnp.uint32(_GOLDEN)
-        # Each word mixed with its position: one changed word changes each sum (fmix is a bijection), and two
-        # changes cancel with probability 2^-32 per sum, wherever they are (a plain or weighted sum of raw bits
-        # misses two flips of the sign bit, or of one bit at an even distance).
-        return jnp.stack([_fmix(w ^ position ^ jnp.uint32(seed)).sum(dtype=jnp.uint32) for seed in _SEEDS])
-    return jnp.stack([one(x) for x in leaves]) if leaves else jnp.zeros((0, 2), jnp.uint32)
+def _leaf_sums(x: jax.Array) -> jax.Array:
+    """Each word mixed with its position and a seed, summed mod 2^32, for two seeds. One changed word changes
+    each sum (fmix is a bijection); two changes cancel with probability 2^-32 per sum, wherever they are (a plain
+    or position-weighted sum of the raw bits misses two flips of the sign bit)."""
+    w = _words(x)
+    position = _positions(w.shape) * jnp.uint32(_GOLDEN)
+    return jnp.stack([_fmix(w ^ position ^ jnp.uint32(seed)).sum(dtype=jnp.uint32) for seed in _SEEDS])
 
 
 def checksums(tree: Any) -> dict[str, str]:
     """Leaf key -> 16 hex digits, computed where the arrays live (one small transfer back)."""
     keyed = keyed_leaves(tree)
-    values = np.asarray(_sums(list(keyed.values())))
+    # One leaf at a time, each waited for (a jitted function per shape, dtype and sharding): the temporaries of
+    # one array at most, where one program over the whole tree held many at once (16 GB on the CPU mesh for
+    # GPT-2 small's state), and no two programs' collectives in flight together (the CPU mesh can stall).
+    values = np.asarray([np.asarray(_leaf_sums(x)) for x in keyed.values()]).reshape(-1, 2)
     return {k: f"{int(a):08x}{int(b):08x}" for k, (a, b) in zip(keyed, values)}
 
 
