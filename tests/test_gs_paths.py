@@ -116,7 +116,8 @@ def test_stages_publish_and_recover_on_gs(fake_gcs, tmp_path, monkeypatch):
     monkeypatch.setattr(stages, "FAULT_HOOK", None)
     report = prepare.prepare_corpus(cfg.data, run)
     assert report["notes"]["read"] == report["notes"]["input_docs"] == 40
-    assert stages.marker(run, "curation")["digest"] == stages.file_digest(run.curation_report, run.clean / "read_counts.json")
+    assert stages.marker(run, "curation")["digest"] == stages.file_digest(run.curation_report, run.clean / "read_counts.json",
+                                                                       run.curation_inputs)
     prepare.prepare_tokenizer(cfg.tokenizer, cfg.data, cfg.model.vocab_size, run)
     assert stages.marker(run, "tokenizer")["digest"] == tok.fingerprint(run.tokenizer)
     assert not (fake_gcs / "bucket/runs/r2/data/clean.partial").exists()
