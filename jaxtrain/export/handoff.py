@@ -236,10 +236,11 @@ def import_hf(hf_dir: pathlib.Path, base: RunConfig, run_dir: pathlib.Path,
     hf.model_config_from_hf); the tensors must be exactly those the config implies."""
     run = RunDir(run_dir)
     with runlock.writer(run):  # a writer of the run directory, like train
-        return _import_into(hf_dir, base, run, ignore_fields)
+        return _import_into(hf_dir, base, run, ignore_fields, repo_id)
 
 
-def _import_into(hf_dir: pathlib.Path, base: RunConfig, run: RunDir, ignore_fields: tuple[str, ...]) -> RunConfig:
+def _import_into(hf_dir: pathlib.Path, base: RunConfig, run: RunDir, ignore_fields: tuple[str, ...],
+                 repo_id: str | None) -> RunConfig:
     if run.checkpoints.exists() and any(p.name.isdigit() for p in run.checkpoints.iterdir()):
         raise hf.ExportError(f"--run-dir {run}: already holds checkpoints; import into a new run directory "
                              "(nothing was written).")
