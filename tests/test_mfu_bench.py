@@ -32,6 +32,7 @@ def _check(figures: dict) -> None:
     assert figures["ratio_tokens_per_s_jax_over_torch"] == pytest.approx(jax_r["tokens_per_s"] / torch_r["tokens_per_s"])
 
 
+@pytest.mark.slow  # 18 s: the benchmark is run by hand (BENCHMARKS.md); the layers and conventions tests read it
 def test_mfu_benchmark_runs_both_frameworks_at_tiny_size(tmp_path):
     figures = _run(tmp_path, "--no-torch-compile")
     _check(figures)

@@ -51,6 +51,8 @@ def _same_batches(log, reference, steps):
         np.testing.assert_allclose(log[s]["loss"], reference[s]["loss"], atol=1e-5, err_msg=f"step {s}")
 
 
+@pytest.mark.slow  # 90-130 s on 2 cores; by default test_multiprocess (SIGTERM to the launcher: every worker saves
+# and exits 75) and test_process_faults (SIGTERM, then a bit-identical resume) cover its parts
 def test_sigterm_to_one_process_saves_the_same_step_everywhere_and_resumes_bit_identically(
         prepared_run, tmp_path, uninterrupted):
     reference_log, (reference_step, reference_params) = uninterrupted

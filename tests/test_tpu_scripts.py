@@ -196,6 +196,7 @@ def _git_head() -> str | None:
         return None
 
 
+@pytest.mark.slow  # 29 s of real training; the fake-gcloud tests check every command and retry by default
 def test_relaunch_loop_end_to_end_real_training(fake, prepared_run, tmp_path):
     """The fake executes the remote commands locally: real setup (git clone at a commit), real
     training; the test kills it mid-run and preempts the VM; the loop recreates, sets up again,
