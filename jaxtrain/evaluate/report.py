@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import json
-
 from etils import epath
 from matplotlib.figure import Figure
 
 from jaxtrain.rundir import RunDir
-from jaxtrain.train.metrics import MetricsWriter, plot_training
+from jaxtrain.train.metrics import MetricsWriter, latest_per_step, plot_training
 
 
 def write_eval(writer: MetricsWriter, record: dict, kind: str) -> None:
@@ -23,9 +21,8 @@ def write_eval(writer: MetricsWriter, record: dict, kind: str) -> None:
 
 def plot_evals(run: RunDir) -> None:
     run = RunDir(run)
-    rows = [json.loads(line) for line in run.evals.read_text().splitlines() if line.strip()]
-    in_loop = {r["step"]: r for r in rows if r.get("kind") == "in-loop"}  # a step replayed after a resume: the latest
-    rows = [in_loop[s] for s in sorted(in_loop)] or rows
+    in_loop = latest_per_step(run.evals, lambda r: r.get("kind") == "in-loop")
+    rows = [in_loop[s] for s in sorted(in_loop)] or list(latest_per_step(run.evals).values())
     keys = sorted({k for r in rows for k in r if k.startswith("eval/") and (k.endswith("/loss") or k.endswith("bpb"))})
     fig = Figure(figsize=(11, 4))  # no pyplot: no global backend state, safe in notebooks and threads
     axes = fig.subplots(1, 2)

@@ -38,18 +38,14 @@ from jaxtrain.rundir import (
     RunDir,
 )
 from jaxtrain.train.checkpoint import checkpoint_meta
+from jaxtrain.train.metrics import latest_per_step
 from jaxtrain.train.trainer import build_trainer, load_params
 from jaxtrain.utils import log
 
 def _eval_at(run_dir: str | RunDir, step: int) -> dict:
     """The evaluation of the exported step, in-loop or offline (evals.jsonl; the last line for it: a resume or
     a later `jaxtrain eval` may repeat a step), or {}."""
-    path = RunDir(run_dir).evals
-    if not path.exists():
-        return {}
-    rows = [json.loads(line) for line in path.read_text().splitlines()]
-    evals = [r for r in rows if "eval/loss" in r and r.get("step") == step]
-    return evals[-1] if evals else {}
+    return latest_per_step(RunDir(run_dir).evals, lambda r: "eval/loss" in r).get(step, {})
 
 
 def tokenizer_description(cfg: RunConfig, run_dir: str | RunDir) -> str:

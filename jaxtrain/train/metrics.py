@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from typing import Callable
 
 import jax
 import numpy as np
@@ -138,17 +139,21 @@ def device_memory_gib() -> float | None:
     return max(peaks) / 2**30 if peaks else None
 
 
+def latest_per_step(path: epath.Path, keep: Callable[[dict], bool] = lambda record: True) -> dict[int, dict]:
+    """The JSONL records of a metrics file that `keep` accepts, by step; a step written again (after a resume,
+    or a later `jaxtrain eval`) is its latest line. {} when the file does not exist."""
+    path = epath.Path(path)
+    if not path.exists():
+        return {}
+    records = (json.loads(line) for line in path.read_text().splitlines() if line.strip())
+    return {r["step"]: r for r in records if keep(r)}
+
+
 def plot_training(run: str | RunDir) -> None:
     """train.png beside eval.png: the training loss (each log window's mean), the learning rate and the
     throughput per step, from metrics.jsonl (a step logged again after a resume: its latest line)."""
     run = RunDir(run)
-    if not run.metrics.exists():
-        return
-    rows = {}
-    for line in run.metrics.read_text().splitlines():
-        record = json.loads(line) if line.strip() else {}
-        if "loss" in record and "lr" in record:
-            rows[record["step"]] = record
+    rows = latest_per_step(run.metrics, lambda r: "loss" in r and "lr" in r)
     if not rows:
         return
     steps = sorted(rows)
