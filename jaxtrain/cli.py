@@ -8,6 +8,7 @@
     jaxtrain eval     --run-dir runs/demo      held-out loss of a checkpoint
     jaxtrain sample   --run-dir runs/demo --prompt "def "
     jaxtrain compile  --config llama-1b --topology v5p-8   AOT compile for a TPU slice: fits in HBM?
+    jaxtrain plan     --flops 1e21 --topology v5p-8       a budget to a config that fits (AOT-searched memory)
     jaxtrain export   --run-dir runs/demo --out hf-demo     a Hugging Face model directory
     jaxtrain import-hf path/to/llama --run-dir runs/cont --config llama-1b
     jaxtrain scaling  sweep --config tiny --base-run runs/tiny --budgets 1e11 3e11
@@ -24,7 +25,6 @@ Overrides are trailing `key=value` pairs: `jaxtrain train --config tiny model.nu
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import pathlib
 import sys
@@ -32,11 +32,8 @@ import tempfile
 import time
 import traceback
 
-from jaxtrain.hardware import (  # standard library only: no JAX import
-    ASSUMED_MFU,
-    CHIPS,
-    apply_tpu_overlap_flags,
-)
+from jaxtrain import cli_scaling  # standard library only at import, like this module
+from jaxtrain.hardware import ASSUMED_MFU, apply_tpu_overlap_flags, quiet_libtpu_off_tpu  # stdlib only: no JAX
 
 # Library imports happen inside the command functions, on purpose: the simulated-device
 # flag must be in XLA_FLAGS before JAX is first imported (_simulated_devices_default),
@@ -125,8 +122,13 @@ def cmd_run(args) -> None:
 def cmd_compile(args) -> int:
     from jaxtrain.train.aot import compile_for_topology
 
-    report = compile_for_topology(_resolve(args).cfg, args.topology, num_slices=args.num_slices, assumed_mfu=args.mfu)
+    cfg = _resolve(args).cfg
+    report = compile_for_topology(cfg, args.topology, num_slices=args.num_slices, assumed_mfu=args.mfu)
     print(report.render())
+    if not report.fits:
+        from jaxtrain import plan
+
+        print(f"suggestion      {plan.suggest_fit(cfg, args.topology, report.bytes_per_chip)}")
     return 0 if report.fits else 3
 
 
@@ -191,33 +193,6 @@ def cmd_mixture(args) -> None:
                               args.max_epochs, args.sample_seed)
     print((out / "mixture.md").read_text() + f"[mixture] {len(fit['proxies'])} proxies; report {out / 'mixture.md'}, "
           f"plot {out / 'mixture.png'}, proposal {out / 'proposal.yaml'}")
-
-
-def cmd_scaling(args) -> None:
-    from jaxtrain import pipeline, sweep
-
-    if args.action == "plan":
-        if not (args.flops or (args.chip_hours and args.chip)):
-            raise SystemExit("jaxtrain scaling plan: give --flops, or --chip-hours with --chip (and --mfu)")
-        print(sweep.plan(args.flops, args.chip_hours, args.chip, args.mfu, args.constants))
-    elif args.action == "sweep":
-        if args.legacy_run_dir:
-            if args.base_run:
-                raise SystemExit("jaxtrain scaling sweep: give the base run once, with --base-run")
-            args.base_run = args.legacy_run_dir
-            args.deprecated = (f"`jaxtrain scaling sweep --run-dir {args.base_run}` is deprecated; use "
-                               f"`jaxtrain scaling sweep --base-run {args.base_run}`")
-        base = _resolve(args, run_attr="base_run", data=True, default="tiny")
-        pipeline.prepare(base)
-        ladder = [tuple(int(x) for x in rung.split("x")) for rung in args.ladder] if args.ladder else sweep.DEFAULT_LADDER
-        results = sweep.run_sweep(base, pathlib.Path(args.out), args.budgets, ladder)
-        print(f"[sweep] {len(results)} runs in {args.out}/sweep.jsonl")
-        if len(results) >= 5:
-            print(json.dumps(sweep.fit_sweep(results, pathlib.Path(args.out)), indent=2))
-    else:
-        results = sweep.read_results(pathlib.Path(args.input))
-        print(json.dumps(sweep.fit_sweep(results, pathlib.Path(args.out)), indent=2))
-        print(f"[fit] plot: {pathlib.Path(args.out) / 'scaling_fit.png'}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -313,25 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "full run (default 4, or the natural mixture's when higher)")
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the sampled mixtures")
     p.add_argument("--out", default=None, help="output directory (default: RUN/mixture)")
-    p = sub.add_parser("scaling", help="scaling laws: plan a compute-optimal run, sweep a ladder, fit L(N, D)",
-                       description="plan: N and D for a budget; sweep: IsoFLOP ladder of real runs; fit: law constants.")
-    p.add_argument("action", choices=["plan", "sweep", "fit"])
-    p.add_argument("--flops", type=float, help="plan: training compute C in FLOPs")
-    p.add_argument("--chip-hours", type=float, help="plan: budget in chip-hours (with --chip and --mfu)")
-    p.add_argument("--chip", choices=sorted(CHIPS), help="plan: chip whose bf16 peak sets the FLOPs")
-    p.add_argument("--mfu", type=float, default=0.4, help="plan: assumed model FLOPs utilization")
-    p.add_argument("--constants", help="plan: scaling_fit.json from `scaling fit` (default: Epoch AI constants)")
-    p.add_argument("--config", "-c", default=None, help="sweep: base preset (default: tiny, or the base run's "
-                   "saved config)")
-    p.add_argument("--base-run", metavar="RUN", default=None, help="sweep: the base run directory, whose prepared data and "
-                   "tokenizer every rung shares (default: the config's run_dir)")
-    p.add_argument("--run-dir", dest="legacy_run_dir", default=None, help=argparse.SUPPRESS)  # old name of --base-run
-    p.add_argument("--budgets", type=float, nargs="+", default=[3e12, 1e13], help="sweep: FLOP budgets")
-    p.add_argument("--ladder", nargs="+", metavar="LAYERSxWIDTH", help="sweep: model sizes, e.g. 1x16 2x32 (default: 5 rungs)")
-    p.add_argument("--out", default="runs/scaling", help="sweep/fit: output directory")
-    p.add_argument("--input", default="runs/scaling/sweep.jsonl", help="fit: sweep results")
-    p.add_argument("overrides", nargs="*", metavar="key=value")
-    p.set_defaults(fn=cmd_scaling)
+    cli_scaling.add_parsers(sub, _resolve)
     p = add("eval", cmd_eval, "held-out loss of a checkpoint, with the unigram baseline")
     p.add_argument("--step", type=int, default=None, help="checkpoint step (default: latest)")
     p = add("sample", cmd_sample, "generate text from a checkpoint")
@@ -381,7 +338,8 @@ def main(argv: list[str] | None = None) -> int:
     _simulated_devices_default()
     # Collective/compute overlap on TPU (hardware.TPU_OVERLAP_FLAGS), read by libtpu when JAX starts; `compile`
     # sets them on any host so the AOT program is the one the slice would run. A user's LIBTPU_INIT_ARGS wins.
-    apply_tpu_overlap_flags(force=args.fn is cmd_compile)
+    apply_tpu_overlap_flags(force=args.fn in (cmd_compile, cli_scaling.cmd_plan))
+    quiet_libtpu_off_tpu()  # libtpu installed on a laptop (AOT, or JAX probing backends): no metadata warnings
     from jaxtrain.errors import ConfigError, JaxtrainError, expected_failure
     from jaxtrain.runlock import RunDirBusy
     from jaxtrain.train.preemption import EXIT_PREEMPTED, Preempted

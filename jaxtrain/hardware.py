@@ -113,3 +113,20 @@ def apply_tpu_overlap_flags(environ: dict | None = None, force: bool = False) ->
         return False
     environ["LIBTPU_INIT_ARGS"] = " ".join(TPU_OVERLAP_FLAGS)
     return True
+
+
+# libtpu loaded on a machine that is not a TPU VM (AOT compilation for a topology) looks for the VM's metadata
+# and prints warnings and an INVALID_ARGUMENT line about worker hostnames; these say "one local host, no
+# metadata server" and change nothing in what is compiled (the topology is described explicitly).
+OFF_TPU_LIBTPU_ENV = {"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0",
+                      "TPU_HOST_BOUNDS": "1,1,1"}
+
+
+def quiet_libtpu_off_tpu(environ: dict | None = None) -> bool:
+    """Set OFF_TPU_LIBTPU_ENV (before JAX is imported) where this is not a TPU host; values already set are kept."""
+    environ = os.environ if environ is None else environ
+    if looks_like_tpu_host():
+        return False
+    for key, value in OFF_TPU_LIBTPU_ENV.items():
+        environ.setdefault(key, value)
+    return True

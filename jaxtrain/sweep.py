@@ -1,4 +1,4 @@
-"""Driving scaling studies: IsoFLOP sweeps of real runs, fits, and compute-optimal plans.
+"""Driving scaling studies: IsoFLOP sweeps of real runs and fits (plans from them: `jaxtrain.plan`).
 
 The laws and FLOP counts live in `jaxtrain.scaling`; this module drives them.
 Each (budget, size) pair of a sweep is a real training run
@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import pathlib
 import shutil
 from typing import Sequence
 
-from jaxtrain import hardware, pipeline
-from jaxtrain.config import CONFIG_DIR, RunConfig, load_config
+from jaxtrain import pipeline
+from jaxtrain.config import RunConfig
 from jaxtrain.rundir import RunDir
 from jaxtrain.runconfig import Resolved
 from jaxtrain.scaling import laws
@@ -95,7 +94,8 @@ def fit_sweep(results: list[dict], out_dir: pathlib.Path) -> dict:
     flops = [r["flops"] for r in results]
     constants = laws.fit_law(n, d, losses)
     optima = laws.isoflop_optima(flops, n, losses)
-    summary = {"constants": dataclasses.asdict(constants), "isoflop_optimal_params": optima}
+    summary = {"constants": dataclasses.asdict(constants), "isoflop_optimal_params": optima,
+               "flops_range": [min(flops), max(flops)]}  # `jaxtrain plan` says when a budget is far outside it
     if len(optima) >= 2:
         k, p = laws.power_law(list(optima), list(optima.values()))
         summary["n_opt_power_law"] = {"k": k, "exponent": p}
@@ -103,38 +103,3 @@ def fit_sweep(results: list[dict], out_dir: pathlib.Path) -> dict:
     laws.plot_fit(out_dir / "scaling_fit.png", n, d, losses, constants, flops)
     (out_dir / "scaling_fit.json").write_text(json.dumps(summary, indent=2))
     return summary
-
-
-def nearest_preset(n_params: float) -> tuple[str, float]:
-    """The preset in configs/ whose matmul-parameter count is closest in log space."""
-    best = None
-    for path in sorted(CONFIG_DIR.glob("*.yaml")):
-        n = matmul_params(load_config(path.stem).model)
-        score = abs(math.log(n / n_params))
-        if best is None or score < best[2]:
-            best = (path.stem, n, score)
-    return best[0], best[1]
-
-
-def plan(flops: float | None = None, chip_hours: float | None = None, chip: str | None = None, mfu: float = 0.4,
-         constants_file: str | None = None) -> str:
-    """`jaxtrain scaling plan`: the compute-optimal N and D for a budget, in FLOPs or chip-hours."""
-    constants = laws.EPOCH_AI
-    if constants_file:
-        constants = laws.LawConstants(**json.loads(pathlib.Path(constants_file).read_text())["constants"])
-    if flops:
-        budget = flops
-    elif chip_hours and chip:
-        budget = laws.flops_from_chip_hours(chip_hours, hardware.CHIPS[chip].peak_flops, mfu)
-    else:
-        raise ValueError("give flops, or chip_hours with chip (and mfu)")
-    result = laws.compute_optimal(budget, constants)
-    preset, preset_n = nearest_preset(result.params)
-    source = f"fit {constants_file}" if constants_file else "Epoch AI replication of Chinchilla"
-    return "\n".join([
-        f"compute        {budget:.3e} FLOPs",
-        f"parameters     {result.params:.3e}  (compute-optimal N)",
-        f"tokens         {result.tokens:.3e}  ({result.tokens_per_param:.1f} tokens per parameter)",
-        f"predicted loss {result.predicted_loss:.3f}  (constants: {source})",
-        f"nearest preset {preset} ({preset_n:.3e} matmul parameters)",
-    ])

@@ -98,3 +98,4 @@ def test_cli_compile_runs_libtpu_with_the_collective_overlap_flags():
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "-> fits" in proc.stdout and "attention       splash" in proc.stdout
     assert "--xla_tpu_enable_async_collective_fusion=true" in proc.stdout
+    assert "unexpected worker hostname" not in proc.stderr and "host bounds" not in proc.stderr  # #24.6: no noise

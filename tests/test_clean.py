@@ -1,5 +1,6 @@
 """Curation: per-document rules, PII, the Beam pipeline's accounting and global dedup, bad input."""
 
+import collections
 import dataclasses
 import gzip
 import json
@@ -9,7 +10,7 @@ import numpy as np
 import pytest
 
 from jaxtrain.config import ConfigError, load_config
-from jaxtrain.data import clean, corpus, curate, filters, prepare
+from jaxtrain.data import clean, corpus, curate, curation_report, filters, prepare
 from jaxtrain.data.minhash import MinHasher, band_keys, cluster, estimated_jaccard, jaccard
 from jaxtrain.rundir import RunDir
 
@@ -124,6 +125,33 @@ def test_a_source_that_loses_most_of_its_bytes_is_warned_about(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "[prepare] WARNING: source 'notes' lost 9" in out and "duplicates 100% of what was lost" in out
     assert "| bytes lost |" in (tmp_path / "run" / "data" / "clean" / "report.md").read_text()
+
+
+def test_a_sample_of_what_each_rule_removed_is_written_for_inspection(tmp_path):
+    """#24.4: removed text could not be looked at. removed_samples.jsonl holds up to SAMPLES_PER_RULE documents
+    per source and rule (their text, the rule, the id), the same ones on a rerun; the ledger stays text-free."""
+    docs = tmp_path / "docs"
+    docs.mkdir()
+    for i in range(30):
+        (docs / f"short{i:02d}.txt").write_text(f"tiny note {i}")
+    for i in range(3):
+        (docs / f"list{i}.txt").write_text("\n".join(f"- item {j} of list {i}" for j in range(40)))
+    for i, word in enumerate(("river", "lake", "hill")):
+        (docs / f"prose{i}.txt").write_text(f"A {word}. " + PROSE)
+    cfg = tiny_config("data.sources=[{name: notes, type: files, content: prose, path: '" + str(docs / "*.txt") + "'}]",
+                      "data.near_dedup=false", "data.min_chars=50", "data.eval_fraction=0.34")
+    samples = []
+    for attempt in ("run", "again"):
+        prepare.prepare_corpus(cfg.data, RunDir(tmp_path / attempt))
+        clean_dir = tmp_path / attempt / "data" / "clean"
+        samples.append([json.loads(line) for line in (clean_dir / curation_report.REMOVED_SAMPLES).read_text().splitlines()])
+    by_rule = collections.Counter(r["rule"] for r in samples[0])
+    assert by_rule == {"too_short": curation_report.SAMPLES_PER_RULE, "c4:too_few_sentences": 3}
+    assert all(r["source"] == "notes" and r["text"].startswith(("tiny note", "- item")) for r in samples[0])
+    assert samples[0] == samples[1]  # the same sample on every run (ordered by a hash of the document key)
+    ledger = "".join(p.read_text() for p in (tmp_path / "run" / "data" / "clean").glob("*ledger*"))
+    assert "tiny note" not in ledger and "excerpt" not in ledger
+    assert curation_report.REMOVED_SAMPLES in (tmp_path / "run" / "data" / "clean" / "report.md").read_text()
 
 
 def test_judge_puts_each_document_in_one_bucket():

@@ -6,8 +6,8 @@ Layers (a module may import its own layer and the ones below):
   2  config, runconfig                                composes the sections the blocks define; the run's recorded config
   3  train                                            the Trainer, the step, the loop, checkpoints
   4  evaluate, export                                 built on a trained run
-  5  pipeline, sweep, ablate, mixture                 stages wired together
-  6  cli                                              arguments -> library calls
+  5  pipeline, sweep, ablate, mixture, plan           stages wired together
+  6  cli, cli_scaling                                 arguments -> library calls
 """
 
 import ast
@@ -21,13 +21,13 @@ LAYERS = {
     "config": 2, "runconfig": 2,
     "train": 3,
     "evaluate": 4, "export": 4,
-    "pipeline": 5, "sweep": 5, "ablate": 5, "mixture": 5,
-    "cli": 6,
+    "pipeline": 5, "sweep": 5, "ablate": 5, "mixture": 5, "plan": 5,
+    "cli": 6, "cli_scaling": 6,
 }
 # Function-level imports are for optional heavy dependencies only (each with a comment in the code).
 OPTIONAL_HEAVY = {"torch", "transformers", "lm_eval", "libtpu", "apache_beam.io.gcp", "wandb", "tokenizers"}
 # cli.py imports the library inside each command: XLA_FLAGS must be set before JAX is first imported.
-LAZY_BY_DESIGN = {"jaxtrain.cli"}
+LAZY_BY_DESIGN = {"jaxtrain.cli", "jaxtrain.cli_scaling"}
 
 
 def _modules() -> dict[str, pathlib.Path]:

@@ -2,8 +2,9 @@ import numpy as np
 import pytest
 
 from jaxtrain import cli
+from jaxtrain.plan import nearest_preset
 from jaxtrain.scaling import laws
-from jaxtrain.sweep import fit_sweep, nearest_preset, rung_config
+from jaxtrain.sweep import fit_sweep, rung_config
 
 from conftest import tiny_config
 

@@ -29,6 +29,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from etils import epath
 
 from jaxtrain.data import clean, corpus, files, filters, quality, web
+from jaxtrain.data.curation_report import REMOVED_SAMPLES, SAMPLES_PER_RULE
 from jaxtrain.data.config import DataConfig
 from jaxtrain.data.minhash import MinHasher, band_keys
 from jaxtrain.errors import ConfigError
@@ -36,6 +37,7 @@ from jaxtrain.utils import log
 
 RECORD_FIELDS = ("url", "domain", "record_id", "date", "language", "quality_score")  # provenance and scores: into the cleaned JSONL
 READ = "read"  # the tagged output of _Read: (source, ledger lines its units require)
+SAMPLE_CHARS = 2000  # the start of each sampled document
 
 
 def _read_tfds(index_range: tuple[int, int], spec: dict) -> files.Reader:
@@ -56,8 +58,26 @@ class _Read(beam.DoFn):
 
 
 def _judge(doc: files.Document, rules: clean.SourceRules) -> Iterator[dict]:
-    """The document's ledger entry (one per document; the ledger check counts on it)."""
-    yield clean.judge(doc, rules)
+    """The document's ledger entry (one per document; the ledger check counts on it); a removed one carries
+    the start of its text for the removed-document samples (never into the ledger)."""
+    entry = clean.judge(doc, rules)
+    if entry["bucket"] == "removed" and doc.text:
+        entry["excerpt"] = doc.text[:SAMPLE_CHARS]
+    yield entry
+
+
+def _sample_record(e: dict) -> tuple[tuple[str, str], dict]:
+    """(source, rule) -> the sampled document: a hash of its key orders the sample (the same on every runner)."""
+    rank = hashlib.sha1(e["key"].encode()).hexdigest()[:12]
+    text = e.get("excerpt") or e.get("text", "")[:SAMPLE_CHARS]
+    return (e["source"], e["reason"]), {"source": e["source"], "rule": e["reason"], "id": e["id"], "rank": rank,
+                                        **{k: e[k] for k in ("url", "blocked_by") if k in e}, "text": text}
+
+
+def _write_samples(groups: list[tuple[tuple[str, str], list[dict]]], out_dir: str) -> None:
+    records = sorted((r for _, rs in groups for r in rs), key=lambda r: (r["source"], r["rule"], r["rank"]))
+    (epath.Path(out_dir) / REMOVED_SAMPLES).write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "rank"}, ensure_ascii=False) + "\n" for r in records))
 
 
 def _write_read_counts(counts: list[tuple[str, int]], out_dir: str) -> None:
@@ -148,7 +168,7 @@ class _WriteShard(beam.DoFn):
 
 
 def _ledger_line(e: dict) -> str:
-    return json.dumps({k: v for k, v in e.items() if k not in ("text", "digest")}, ensure_ascii=False)
+    return json.dumps({k: v for k, v in e.items() if k not in ("text", "digest", "excerpt")}, ensure_ascii=False)
 
 
 def _write_ledger(item: tuple[tuple[str, int], Iterable[dict]], out_dir: str) -> None:
@@ -309,6 +329,10 @@ def run(d: DataConfig, out_dir: epath.Path, workers: int = 1) -> None:
         written = (kept | "By shard" >> beam.Map(lambda e: ((e["source"], shard_of(e["digest"], n)), e))
                    | "Group shard" >> beam.GroupByKey()
                    | "Write" >> beam.ParDo(_WriteShard(str(out_dir), d.eval_fraction, n), beam.pvalue.AsDict(lowest)))
+        _ = (done | "Not kept, all" >> beam.Flatten() | "Removed" >> beam.Filter(lambda e: e["bucket"] == "removed")
+             | "By rule" >> beam.Map(_sample_record)
+             | "Sample per rule" >> beam.combiners.Top.SmallestPerKey(SAMPLES_PER_RULE, key=lambda r: r["rank"])
+             | "Samples" >> beam.combiners.ToList() | "Write samples" >> beam.Map(_write_samples, str(out_dir)))
         _ = ([*done, written] | "Ledger" >> beam.Flatten()
              | "Ledger by shard" >> beam.Map(lambda e: ((e["source"], shard_of(e["key"], n)), e))
              | "Group ledger" >> beam.GroupByKey() | "Write ledger" >> beam.Map(_write_ledger, str(out_dir)))

@@ -9,6 +9,8 @@ import numpy as np
 from etils import epath
 from matplotlib.figure import Figure
 
+REMOVED_SAMPLES = "removed_samples.jsonl"  # beside the ledger (written by curate): documents each rule removed
+SAMPLES_PER_RULE = 20  # per source and rule: enough to judge a threshold by eye, small enough to read
 BUCKETS = ("kept", "removed", "duplicate", "unreadable", "skipped", "capped")
 
 
@@ -93,8 +95,8 @@ def lost_warning(name: str, r: dict, limit: float) -> str | None:
     total = sum(causes.values()) or 1
     named = ", ".join(f"{k} {v / total:.0%}" for k, v in top if v)
     return (f"source {name!r} lost {r['lost_fraction']:.0%} of its bytes to curation ({named} of what was lost); "
-            "look at the examples in report.md, then loosen data.thresholds.<rule> or the source's filters if that "
-            "is not what you want (data.warn_lost_fraction sets this warning's level).")
+            f"look at what each rule removed in {REMOVED_SAMPLES} beside report.md, then loosen data.thresholds.<rule> "
+            "or the source's filters if that is not what you want (data.warn_lost_fraction sets this warning's level).")
 
 
 def write(report: dict, out_dir: epath.Path) -> None:
@@ -140,6 +142,8 @@ def markdown(report: dict) -> str:
                          f"{qc['majority_rate']}) on {qc['held_out_docs']} documents |")
         lines.append(f"| accounted / input | {r['accounted']} / {r['input_docs']} | | |")
         lines.append(f"| counted when read | {r['read']} | | |")
+    lines += ["", f"Up to {SAMPLES_PER_RULE} documents each rule removed, per source (the start of each): "
+              f"`{REMOVED_SAMPLES}` in this directory (`jq 'select(.rule == \"gopher_repetition\")' removed_samples.jsonl`)."]
     return "\n".join(lines) + "\n"
 
 

@@ -52,7 +52,8 @@ MODEL_NAME = SENTENCEPIECE_FILE
 _TRAINER_REFUSALS = (
     (re.compile(r"Vocabulary size too high \((\d+)\)\. Please set it to a value <= (\d+)"),
      "tokenizer.vocab_size={0}: the corpus can fill at most {1} pieces; set tokenizer.vocab_size<={1} (and "
-     "model.vocab_size to match) or add data (tokenizer.sample_bytes caps the text it reads)."),
+     "model.vocab_size to match) or add data (tokenizer.sample_bytes caps the text it reads); for a published "
+     "tokenizer of that size (the llama presets: Llama 3's), set tokenizer.model_file."),
     (re.compile(r"Vocabulary size is smaller than required_chars\. (\d+) vs (\d+)"),
      "tokenizer.vocab_size={0}: the corpus's characters, the byte pieces and the special pieces need {1}; set "
      "tokenizer.vocab_size>={1} (and model.vocab_size to match)."),

@@ -93,12 +93,17 @@ class CompileReport:
             [
                 f"topology        {self.topology} ({self.num_chips} x {self.device_kind})",
                 f"HBM per chip    {_size(self.bytes_per_chip)} of {_size(self.hbm_per_chip)} "
-                f"({self.bytes_per_chip / self.hbm_per_chip:.1%}, {_size(self.spare_bytes)} spare) -> "
+                f"({self.bytes_per_chip / self.hbm_per_chip:.1%}, "
+                + (f"{_size(self.spare_bytes)} spare) -> " if self.spare_bytes >= 0 else
+                   f"{_size(-self.spare_bytes)} over) -> ")
                 + ("fits" if self.fits else f"DOES NOT FIT (needs {HBM_HEADROOM:.0%} of HBM spare)"),
                 f"  state+batch   {_size(self.arguments_bytes)}   temporaries {_size(self.temp_bytes)}",
-                f"attention       {self.attention} ({self.pallas_kernels} Pallas kernel calls in the program)",
+                f"attention       {self.attention} ("
+                + (f"{self.pallas_kernels} Pallas kernel calls in the program)" if self.compiler_error is None
+                   else "Pallas kernel calls not known: the program did not compile)"),
                 f"FLOPs per step  {self.model_flops_per_step:.3e} (model, 6N + causal attention)",
-                f"                compiler: {self.compiler_flops_per_chip:.3e} per chip (a scanned layer counted once)",
+                "                compiler: " + (f"{self.compiler_flops_per_chip:.3e} per chip (a scanned layer counted once)"
+                                                if self.compiler_error is None else "n/a (the program did not compile)"),
                 f"projected       {self.projected_tokens_per_s_per_chip:,.0f} tokens/s per chip at an assumed "
                 f"{self.assumed_mfu:.0%} MFU ({self.peak_flops_per_chip / 1e12:.0f} TFLOP/s peak)",
                 f"compile time    {self.compile_seconds:.1f}s",
