@@ -112,8 +112,9 @@ def run_cli(args):
         os.environ.update(env)
 
 
-def parse_only(args):
-    """The CLI parser and the config check of `main`, without running the command."""
+def parse_only(args, written=frozenset()):
+    """The CLI parser and the config check of `main`, without running the command; a config an earlier command
+    of the block writes (`written`: its --out, e.g. `jaxtrain plan`) is parsed but not loaded."""
     parser = cli.build_parser()
     try:
         parsed, extra = parser.parse_known_args(args)
@@ -124,7 +125,8 @@ def parse_only(args):
     overrides = [*getattr(parsed, "overrides", []), *extra]
     bad = [a for a in overrides if "=" not in a or a.startswith("-")]
     assert not bad, f"jaxtrain {shlex.join(args)}: unrecognized arguments {bad}"
-    load_config(getattr(parsed, "config", None) or "tiny", overrides)
+    if getattr(parsed, "config", None) not in written:
+        load_config(getattr(parsed, "config", None) or "tiny", overrides)
 
 
 def seed_run_dirs(argvs, work, prepared_run):
@@ -204,9 +206,11 @@ def test_shell_block(block, work, prepared_run):
     if kind_of_block == "skip":
         pytest.skip(f"{block_id}: {reason}")
     if kind_of_block == "parse-only":
+        written = set()
         for argv in argvs:  # as written: no tiny substitutions, nothing runs
             assert command_for(argv)[0] == "jaxtrain", f"{block_id}: parse-only blocks hold jaxtrain commands only"
-            parse_only(argv[1:])
+            parse_only(argv[1:], frozenset(written))
+            written.update(argv[i + 1] for i, a in enumerate(argv[:-1]) if a == "--out")
         return
     seed_run_dirs(argvs, work, prepared_run)
     with chdir(work):
