@@ -117,9 +117,10 @@ def apply_tpu_overlap_flags(environ: dict | None = None, force: bool = False) ->
 
 # libtpu loaded on a machine that is not a TPU VM (AOT compilation for a topology) looks for the VM's metadata
 # and prints warnings and an INVALID_ARGUMENT line about worker hostnames; these say "one local host, no
-# metadata server" and change nothing in what is compiled (the topology is described explicitly).
+# metadata server" and change nothing in what is compiled (the topology is described explicitly). Without a TPU
+# there is no device to guard, so two compiles at once need not refuse each other over libtpu's lock file.
 OFF_TPU_LIBTPU_ENV = {"TPU_SKIP_MDS_QUERY": "1", "TPU_WORKER_HOSTNAMES": "localhost", "TPU_WORKER_ID": "0",
-                      "TPU_HOST_BOUNDS": "1,1,1"}
+                      "TPU_HOST_BOUNDS": "1,1,1", "ALLOW_MULTIPLE_LIBTPU_LOAD": "1"}
 
 
 def quiet_libtpu_off_tpu(environ: dict | None = None) -> bool:

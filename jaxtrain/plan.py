@@ -66,6 +66,7 @@ class Plan:
     budget_text: str
     notes: list[str]
     mfu: float
+    constants_source: str = "Epoch AI's refit of Chinchilla"
     compiled: list[tuple[str, int, "aot.CompileReport | None"]] = dataclasses.field(default_factory=list)
 
     @property
@@ -87,9 +88,14 @@ def slice_chips(topology: str) -> tuple[hardware.Chip, int]:
 
 def budget_flops(flops: float | None, chip_hours: float | None, tokens: float | None, chip: hardware.Chip,
                  mfu: float, constants: laws.LawConstants) -> tuple[float, str]:
-    given = [name for name, v in (("--flops", flops), ("--chip-hours", chip_hours), ("--tokens", tokens)) if v]
+    given = [(name, v) for name, v in (("--flops", flops), ("--chip-hours", chip_hours), ("--tokens", tokens))
+             if v is not None]
     if len(given) != 1:
-        raise ConfigError(f"jaxtrain plan: give one budget: --flops, --chip-hours or --tokens (got {given or 'none'}).")
+        raise ConfigError("jaxtrain plan: give one budget: --flops, --chip-hours or --tokens (got "
+                          f"{[name for name, _ in given] or 'none'}).")
+    name, value = given[0]
+    if not (math.isfinite(value) and value > 0):
+        raise ConfigError(f"{name}: must be a positive finite number, got {value:g} (e.g. {name}=1e21).")
     if flops:
         return flops, f"{flops:.3g} FLOPs"
     if chip_hours:
@@ -102,20 +108,27 @@ def budget_flops(flops: float | None, chip_hours: float | None, tokens: float | 
     return math.sqrt(lo * hi), f"{tokens:.3g} tokens"
 
 
+# Widths: 1, 2 or 4 heads of HEAD_DIM (multi-head), then multiples of GQA_KV_HEADS heads (Llama 3: 2048, 3072,
+# 4096, 8192), so the KV heads are always 8 beyond 4 heads and a tensor axis of up to 8 splits them.
+WIDTHS = (HEAD_DIM, 2 * HEAD_DIM, 4 * HEAD_DIM, *(GQA_KV_HEADS * HEAD_DIM * k for k in range(1, 33)))
+ASPECT_WEIGHT = 0.25  # how much a width/layers ratio away from WIDTH_PER_LAYER costs against a miss of N (log)
+
+
 def model_shape(base: RunConfig, n_params: float) -> RunConfig:
-    """The Llama-shaped model (HEAD_DIM heads, WIDTH_PER_LAYER, GQA, SwiGLU 8/3 d rounded to 256) whose
-    matmul parameters are closest to n_params in log space; the base config's vocabulary and dtypes."""
+    """The Llama-shaped model (WIDTHS, GQA, SwiGLU 8/3 d rounded to 256) whose matmul parameters are closest to
+    n_params in log space, with a width per layer near WIDTH_PER_LAYER; the base config's vocabulary and dtypes."""
     best = None
-    for layers in range(1, 161):
-        width = HEAD_DIM * max(1, round(WIDTH_PER_LAYER * layers / HEAD_DIM))
+    for width in WIDTHS:
         heads = width // HEAD_DIM
-        model = dataclasses.replace(base.model, num_layers=layers, embed_dim=width, num_heads=heads,
-                                    num_kv_heads=math.gcd(heads, GQA_KV_HEADS), head_dim=HEAD_DIM,
-                                    mlp_dim=256 * math.ceil(8 * width / 3 / 256),
-                                    max_seq_len=max(base.model.max_seq_len, base.data.seq_len))
-        score = abs(math.log(matmul_params(model) / n_params))
-        if best is None or score < best[0]:
-            best = (score, model)
+        for layers in range(1, 161):
+            model = dataclasses.replace(base.model, num_layers=layers, embed_dim=width, num_heads=heads,
+                                        num_kv_heads=GQA_KV_HEADS if heads % GQA_KV_HEADS == 0 else heads,
+                                        head_dim=HEAD_DIM, mlp_dim=256 * math.ceil(8 * width / 3 / 256),
+                                        max_seq_len=max(base.model.max_seq_len, base.data.seq_len))
+            score = (abs(math.log(matmul_params(model) / n_params))
+                     + ASPECT_WEIGHT * abs(math.log(width / (WIDTH_PER_LAYER * layers))))
+            if best is None or score < best[0]:
+                best = (score, model)
     return dataclasses.replace(base, model=best[1])
 
 
@@ -185,15 +198,35 @@ def search_memory(plan: Plan, compile_fn: Callable[[RunConfig], "aot.CompileRepo
     return plan
 
 
+def read_constants(path: str) -> tuple[laws.LawConstants, tuple]:
+    """The law constants and the fitted compute range of a `jaxtrain scaling fit` file, or a one-line refusal."""
+    fields = [f.name for f in dataclasses.fields(laws.LawConstants)]
+    try:
+        fit = json.loads(pathlib.Path(path).read_text())
+        given = fit["constants"]
+        missing = [f for f in fields if f not in given]
+        if missing:
+            raise KeyError(", ".join(missing))
+        return laws.LawConstants(**{f: float(given[f]) for f in fields}), tuple(fit.get("flops_range") or (0, 0))
+    except OSError as e:
+        raise ConfigError(f"--constants {path}: cannot read it ({e.strerror or e}); give the scaling_fit.json "
+                          "that `jaxtrain scaling fit` wrote.") from e
+    except (ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"--constants {path}: not a scaling_fit.json (needs constants {fields}; {e!s:.80}); give "
+                          "the file `jaxtrain scaling fit` wrote.") from e
+
+
 def make_plan(base: RunConfig, topology: str, *, flops: float | None = None, chip_hours: float | None = None,
               tokens: float | None = None, mfu: float = hardware.ASSUMED_MFU,
               constants_file: str | None = None) -> Plan:
     """Steps 1-4 of the module docstring (no compilation)."""
     chip, chips = slice_chips(topology)
-    constants, fitted = laws.EPOCH_AI, EPOCH_AI_RANGE
+    if not 0 < mfu <= 1:
+        raise ConfigError(f"--mfu: must be in (0, 1], got {mfu:g} (MaxText's published dense TPU results are 0.45-0.71).")
+    constants, fitted, source = laws.EPOCH_AI, EPOCH_AI_RANGE, "Epoch AI's refit of Chinchilla"
     if constants_file:
-        fit = json.loads(pathlib.Path(constants_file).read_text())
-        constants, fitted = laws.LawConstants(**fit["constants"]), tuple(fit.get("flops_range") or (0, 0))
+        constants, fitted = read_constants(constants_file)
+        source = f"{constants_file} (jaxtrain scaling fit)"
     compute, text = budget_flops(flops, chip_hours, tokens, chip, mfu, constants)
     law = laws.compute_optimal(compute, constants)
     notes = []
@@ -203,6 +236,15 @@ def make_plan(base: RunConfig, topology: str, *, flops: float | None = None, chi
     elif not fitted[1]:
         notes.append(f"{constants_file} does not record the compute it was fitted on: rerun `jaxtrain scaling fit`")
     cfg = model_shape(base, law.params)
+    shape_n = matmul_params(cfg.model)
+    if abs(math.log(shape_n / law.params)) > math.log(2):
+        notes.append(f"the nearest model shape has {shape_n:.3g} matmul parameters, more than 2x from the "
+                     f"compute-optimal {law.params:.3g} (the vocabulary's {base.model.vocab_size} x width dominates "
+                     "small models; the shapes stop at 160 layers of 32768)")
+    state = (shape_n + (0 if cfg.model.tie_embeddings else cfg.model.embed_dim * cfg.model.vocab_size)) * 12
+    if state > chips * chip.hbm_bytes * (1 - aot.HBM_HEADROOM):
+        notes.append(f"the weights and Adam moments alone ({state / 2**30:,.0f} GiB) exceed the HBM of all "
+                     f"{chips} chips ({chips * chip.hbm_bytes / 2**30:,.0f} GiB): use a slice with more chips")
     seq = cfg.data.seq_len
     batch = max(chips, 2 ** round(math.log2(BATCH_RULE[0] * compute ** BATCH_RULE[1] / seq)))
     steps = max(1, round(law.tokens / (batch * seq)))
@@ -214,34 +256,40 @@ def make_plan(base: RunConfig, topology: str, *, flops: float | None = None, chi
                                       warmup_steps=min(WARMUP_STEPS, max(1, steps // 10))))
     if steps < 1000:
         notes.append(f"only {steps} steps of {batch} sequences: the budget is small for this batch rule")
-    return Plan(cfg, topology, chips, chip, compute, law, text, notes, mfu)
+    return Plan(cfg, topology, chips, chip, compute, law, text, notes, mfu, source)
 
 
 def render_yaml(plan: Plan, base_name: str) -> str:
     m, t, o = plan.cfg.model, plan.cfg.train, plan.cfg.optimizer
-    checked = ("fits" if plan.fits else "DOES NOT FIT") if plan.compiled else "not compiled (--no-compile)"
     law = plan.law
+    if plan.compiled:
+        memory = f"# Memory: {'fits' if plan.fits else 'DOES NOT FIT'} by AOT compile for {plan.topology}."
+        searched = "the cheapest setting that fits (AOT search)"
+    else:
+        memory = f"# Memory: not checked (--no-compile): run jaxtrain compile --config THIS --topology {plan.topology}."
+        searched = "the base config's, not checked (--no-compile)"
     return "\n".join([
         f"# jaxtrain plan: {plan.budget_text} on {plan.topology} ({plan.chips} x {plan.chip.name}).",
         f"# Compute {plan.flops:.3g} FLOPs -> compute-optimal N {law.params:.3g}, D {law.tokens:.3g} tokens "
-        f"(predicted loss {law.predicted_loss:.3f}).",
-        f"# Memory: {checked} by AOT compile for {plan.topology}.",
+        f"(predicted loss {law.predicted_loss:.3f}; constants: {plan.constants_source}).",
+        memory,
         *[f"# Note: {n}." for n in plan.notes],
         f"base: {base_name}",
         f"name: plan-{plan.topology.replace(':', '-')}",
         "model:",
-        f"  num_layers: {m.num_layers}  # width {WIDTH_PER_LAYER} per layer (Llama 3 8B: 128)",
+        f"  num_layers: {m.num_layers}  # near width {WIDTH_PER_LAYER} per layer (Llama 3 8B: 128)",
         f"  embed_dim: {m.embed_dim}  # {matmul_params(m):.3g} matmul parameters, the nearest Llama shape to N",
         f"  num_heads: {m.num_heads}  # head_dim {HEAD_DIM}",
-        f"  num_kv_heads: {m.num_kv_heads}  # grouped-query attention, Llama 3's 8 KV heads",
+        f"  num_kv_heads: {m.num_kv_heads}  # " + ("grouped-query attention, Llama 3's 8 KV heads"
+                                                  if m.num_kv_heads < m.num_heads else "multi-head (4 heads or fewer)"),
         f"  head_dim: {m.head_dim}",
         f"  mlp_dim: {m.mlp_dim}  # SwiGLU, 8/3 of the width rounded up to 256",
         f"  max_seq_len: {m.max_seq_len}",
-        f"  remat: {m.remat}  # the cheapest setting that fits (AOT search)",
+        f"  remat: {m.remat}  # {searched}",
         "train:",
         f"  batch_size: {t.batch_size}  # DeepSeek LLM rule 0.292 C^0.3271 tokens, a power of two of sequences",
         f"  steps: {t.steps}  # D / tokens per step",
-        f"  microbatches: {t.microbatches}  # gradient accumulation that fits (AOT search)",
+        f"  microbatches: {t.microbatches}  # gradient accumulation: {searched}",
         "optimizer:",
         f"  learning_rate: {o.learning_rate}  # DeepSeek LLM rule 0.3118 C^-0.125",
         f"  warmup_steps: {o.warmup_steps}  # DeepSeek LLM's 2000, or a tenth of a shorter run",
@@ -256,7 +304,7 @@ def render_summary(plan: Plan) -> str:
     lines = [f"budget          {plan.budget_text} = {plan.flops:.3e} FLOPs on {plan.topology} "
              f"({plan.chips} x {plan.chip.name})",
              f"scaling law     N {law.params:.3e}, D {law.tokens:.3e} tokens ({law.tokens_per_param:.1f} per "
-             f"parameter), predicted loss {law.predicted_loss:.3f}",
+             f"parameter), predicted loss {law.predicted_loss:.3f} (constants: {plan.constants_source})",
              f"model           {cfg.model.num_layers} layers x {cfg.model.embed_dim}, {cfg.model.num_heads} heads "
              f"({cfg.model.num_kv_heads} KV), MLP {cfg.model.mlp_dim}: {matmul_params(cfg.model):.3e} matmul params",
              f"batch, lr       {cfg.train.batch_size} x {cfg.data.seq_len} tokens, peak lr {cfg.optimizer.learning_rate}, "
@@ -297,9 +345,11 @@ def law_summary(flops: float | None = None, chip_hours: float | None = None, chi
                 mfu: float = 0.4, constants_file: str | None = None) -> str:
     """`jaxtrain scaling plan`: the compute-optimal N and D for a budget, in FLOPs or chip-hours (no config:
     `jaxtrain plan` writes one)."""
-    constants = laws.EPOCH_AI
-    if constants_file:
-        constants = laws.LawConstants(**json.loads(pathlib.Path(constants_file).read_text())["constants"])
+    constants = read_constants(constants_file)[0] if constants_file else laws.EPOCH_AI
+    for name, value in (("--flops", flops), ("--chip-hours", chip_hours), ("--mfu", mfu)):
+        if value is not None and not (math.isfinite(value) and 0 < value and (name != "--mfu" or value <= 1)):
+            raise ConfigError(f"{name}: must be a positive finite number{' up to 1' if name == '--mfu' else ''}, "
+                              f"got {value:g}.")
     if flops:
         budget = flops
     elif chip_hours and chip:

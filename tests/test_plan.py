@@ -33,7 +33,7 @@ def test_a_flops_budget_becomes_a_config_that_loads_with_the_published_rules(tmp
     assert cfg.optimizer.learning_rate == pytest.approx(0.3118 * 1e21 ** -0.125, rel=1e-2)
     assert cfg.train.steps * batch * cfg.data.seq_len == pytest.approx(law.tokens, rel=0.01)
     assert (cfg.mesh.data, cfg.mesh.fsdp, cfg.mesh.tensor) == (1, -1, 1)
-    assert "not compiled (--no-compile)" in out.read_text() and "s/step" in printed and "MFU" in printed
+    assert "# Memory: not checked (--no-compile)" in out.read_text() and "s/step" in printed and "MFU" in printed
     assert "extrapolated" not in printed  # 1e21 is inside the compute Chinchilla's law was fitted on
 
 
@@ -48,6 +48,47 @@ def test_chip_hours_and_token_budgets_and_a_budget_far_outside_the_fit(tmp_path)
     with pytest.raises(SystemExit):  # one budget only (argparse: mutually exclusive)
         cli.main(["plan", "--flops", "1e21", "--tokens", "1e9", "--topology", "v5p-8", "--no-compile"])
     assert cli.main(["plan", "--flops", "1e21", "--topology", "v9-8", "--no-compile"]) == 2  # named in one line
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--chip-hours=-5"], "--chip-hours: must be a positive finite number, got -5"),
+    (["--flops", "0"], "--flops: must be a positive finite number, got 0"),
+    (["--flops", "nan"], "--flops: must be a positive finite number, got nan"),
+    (["--flops", "inf"], "--flops: must be a positive finite number, got inf"),
+    (["--flops", "1e21", "--mfu", "0"], "--mfu: must be in (0, 1], got 0"),
+    (["--flops", "1e21", "--mfu", "2"], "--mfu: must be in (0, 1], got 2"),
+    (["--flops", "1e21", "--constants", "missing.json"], "--constants missing.json: cannot read it"),
+    (["--flops", "1e21", "--constants", "broken.json"], "--constants broken.json: not a scaling_fit.json"),
+    (["--flops", "1e21", "--constants", "empty.json"], "--constants empty.json: not a scaling_fit.json"),
+])
+def test_bad_budgets_mfu_and_constants_are_one_line_before_anything_is_written(tmp_path, monkeypatch, capsys,
+                                                                                args, says):
+    """From a new user's trial: these gave tracebacks (complex powers, NaN, a division by zero after the YAML
+    was written) or, for a constants file without constants, silently used Epoch AI's."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "broken.json").write_text("{\n")
+    (tmp_path / "empty.json").write_text('{"constants": {}}')
+    assert cli.main(["plan", *args, "--topology", "v5p-8", "--no-compile", "--out", "p.yaml"]) == 2
+    err = capsys.readouterr().err
+    assert says in err and err.count("\n") == 1, err
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_shapes_keep_eight_kv_heads_and_say_which_constants_they_used(tmp_path):
+    """The trial's plans had 37 heads (1 KV) and 15 heads (1 KV) under a comment promising Llama 3's 8 KV heads."""
+    for flops, topology in ((1e20, "v5e:2x4"), (1e22, "v4-32"), (6.4e20, "v5e-16"), (1e23, "v6e-8")):
+        m = plan.make_plan(load_config("llama-1b"), topology, flops=flops).cfg.model
+        assert m.num_kv_heads == 8 and m.num_heads % 8 == 0, (flops, m)
+        assert 64 <= m.embed_dim / m.num_layers <= 256  # near Llama's width per layer
+    fit = tmp_path / "fit.json"
+    fit.write_text('{"constants": {"E": 1.8, "A": 480, "B": 2000, "alpha": 0.35, "beta": 0.36}, '
+                   '"flops_range": [1e11, 1e13]}')
+    p = plan.make_plan(load_config("llama-1b"), "v5p-8", flops=1e21, constants_file=str(fit))
+    text = plan.render_yaml(p, "llama-1b")
+    assert f"constants: {fit} (jaxtrain scaling fit)" in text and "extrapolated" in text  # 1e21 >> 10 x 1e13
+    assert "not checked (--no-compile)" in text and "(AOT search)" not in text
+    assert any("exceed the HBM of all 4 chips" in n for n in plan.make_plan(load_config("llama-1b"), "v5p-8",
+                                                                             flops=1e27).notes)
 
 
 def _report(used: int, hbm: int = 95 * GiB) -> CompileReport:

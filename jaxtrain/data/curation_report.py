@@ -143,7 +143,8 @@ def markdown(report: dict) -> str:
         lines.append(f"| accounted / input | {r['accounted']} / {r['input_docs']} | | |")
         lines.append(f"| counted when read | {r['read']} | | |")
     lines += ["", f"Up to {SAMPLES_PER_RULE} documents each rule removed, per source (the start of each): "
-              f"`{REMOVED_SAMPLES}` in this directory (`jq 'select(.rule == \"gopher_repetition\")' removed_samples.jsonl`)."]
+              f"`{REMOVED_SAMPLES}` in this directory (a rule's name carries the check that fired after a colon: "
+              "`jq 'select(.rule | startswith(\"gopher_repetition\"))' " + REMOVED_SAMPLES + "`)."]
     return "\n".join(lines) + "\n"
 
 

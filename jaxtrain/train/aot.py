@@ -12,6 +12,7 @@ per chip an assumed MFU would give, before anyone rents the slice.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import math
 import re
 import time
@@ -22,7 +23,7 @@ from jax.experimental import topologies
 
 from jaxtrain import hardware
 from jaxtrain.config import RunConfig
-from jaxtrain.errors import ConfigError
+from jaxtrain.errors import ConfigError, JaxtrainError
 from jaxtrain.models import attention
 from jaxtrain.scaling import flops
 from jaxtrain.train.trainer import build_trainer
@@ -119,13 +120,22 @@ def _size(n: float) -> str:
 def compile_for_topology(cfg: RunConfig, accelerator: str, num_slices: int = 1,
                          assumed_mfu: float = hardware.ASSUMED_MFU) -> CompileReport:
     gen, name = topology_name(accelerator)
+    if not 0 < assumed_mfu <= 1:
+        raise ConfigError(f"--mfu: must be in (0, 1], got {assumed_mfu:g} (MaxText's published dense TPU results are "
+                          "0.45-0.71).")
     kwargs = {"chip_config_name": "megacore"} if gen in ("v4", "v5p") else {}
     if num_slices > 1:
         kwargs["num_slices"] = num_slices
     try:
         devices = topologies.get_topology_desc(platform="tpu", topology_name=name, **kwargs).devices
-    except Exception as e:  # libtpu missing or topology unknown to it
-        raise RuntimeError(f"cannot describe TPU topology {name}: {e}. Install the extra: pip install -e '.[tpu]'") from e
+    except Exception as e:  # libtpu missing, held by another process, or the topology unknown to it
+        if importlib.util.find_spec("libtpu") is None:
+            raise JaxtrainError(f"--topology {accelerator}: AOT compilation needs libtpu, the TPU compiler: "
+                                "pip install -e '.[tpu]' (python3 dev.py test installs it).") from e
+        if "lockfile" in str(e):
+            raise JaxtrainError(f"--topology {accelerator}: another process holds libtpu (a TPU job or another "
+                                "compile); wait for it, or set ALLOW_MULTIPLE_LIBTPU_LOAD=1 if no TPU is in use.") from e
+        raise JaxtrainError(f"--topology {accelerator}: libtpu cannot describe {name}: {str(e).splitlines()[0]}") from e
     trainer = build_trainer(cfg, "/nonexistent-aot-run", devices=list(devices))  # nothing is read or written
     batch = trainer.abstract_batch()
     abstract_state = trainer.abstract_state()
