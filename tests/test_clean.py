@@ -124,7 +124,9 @@ def test_a_source_that_loses_most_of_its_bytes_is_warned_about(tmp_path, capsys)
     prepare.prepare_corpus(cfg.data, RunDir(tmp_path / "run"))
     out = capsys.readouterr().out
     assert "[prepare] WARNING: source 'notes' lost 9" in out and "duplicates 100% of what was lost" in out
-    assert "| bytes lost |" in (tmp_path / "run" / "data" / "clean" / "report.md").read_text()
+    report = (tmp_path / "run" / "data" / "clean" / "report.md").read_text()
+    assert "| bytes lost |" in report
+    assert "| duplicate (exact) | 29 | |" in report and "copy00.txt |" in report and "0000|" not in report  # by id
 
 
 def test_a_sample_of_what_each_rule_removed_is_written_for_inspection(tmp_path):

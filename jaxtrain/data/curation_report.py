@@ -55,7 +55,8 @@ def build(ledger_files: list[epath.Path], sources: list[str], read_counts: dict[
                 elif bucket == "duplicate":
                     r["duplicates"][reason.split(":", 1)[0]] += 1
                     r["duplicate_bytes"] += e.get("bytes", 0)
-                    r["examples"].setdefault(reason.split(":", 1)[0] + "_duplicate", f"{e['id']} of {reason.split(':', 1)[1]}")
+                    kind, representative = reason.split(":", 1)  # the representative's key: "0003|its id"
+                    r["examples"].setdefault(kind + "_duplicate", f"{e['id']} of {representative.split('|', 1)[-1]}")
                 elif bucket == "unreadable":
                     r["unreadable"][reason] += 1
                     r["examples"].setdefault(f"unreadable:{reason}", e["id"])

@@ -91,7 +91,8 @@ def prepare_corpus(d: DataConfig, run: RunDir, *, inputs_checked: bool = False) 
     if not inputs_checked:
         check_sources(d)
     start = time.perf_counter()
-    log(f"[prepare] curating {len(d.sources)} sources (Apache Beam, {d.curate_workers} worker(s))")
+    log(f"[prepare] curating {len(d.sources)} source{'s' if len(d.sources) != 1 else ''} (Apache Beam, "
+        f"{d.curate_workers} worker{'s' if d.curate_workers != 1 else ''})")
     report: dict = {}
 
     def write(tmp_dir: epath.Path) -> str:
