@@ -362,6 +362,10 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"[train] {e}", file=sys.stderr)
         return 4
+    except KeyboardInterrupt:  # Ctrl-C outside the trainer's own save-and-stop: finished work is kept
+        print(f"interrupted: rerun the same `jaxtrain {args.command}` to continue (finished stages, proxies and "
+              "committed checkpoints are reused)", file=sys.stderr)
+        return 130
     except Exception as e:  # expected failures (JaxtrainError, disk full, permissions, missing files): one line
         line = str(e) if isinstance(e, JaxtrainError) else expected_failure(e)
         if line is None:

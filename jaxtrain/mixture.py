@@ -150,7 +150,7 @@ def _refuse_another_search(out_dir: pathlib.Path, results: list[dict], search: S
         if planned is not None and not np.allclose([r["mixture"].get(s, -1) for s in search.sources], planned,
                                                    atol=1e-5):
             raise ConfigError(f"--out {out_dir}: proxy {r['proxy']} was trained on {r['mixture']}, but this search "
-                              f"samples {dict(zip(search.sources, np.round(planned, 6)))} (the base run's sources, "
+                              f"samples {dict(zip(search.sources, (round(float(x), 6) for x in planned)))} (the base run's sources, "
                               "token counts, budget, --max-epochs or --sample-seed changed). Give another --out.")
 
 
@@ -188,7 +188,8 @@ def run_mixture(base: Resolved, target: str, out_dir: pathlib.Path, proxies: int
             log(f"[mixture] proxy {index + 1}/{proxies}, seed {seed}: {target} {record['target_bpb']:.4f} bits/byte")
             with results_path.open("a") as f:
                 f.write(json.dumps(record) + "\n")
-    fit = fit_search(ablate.read_results(results_path), search)
+    fit = {**fit_search(ablate.read_results(results_path), search), "max_epochs": max_epochs,
+           "sample_seed": sample_seed}  # the bound and the draws the proposal was made under
     write_reports(fit, search, base, target, out_dir)
     return fit
 
@@ -221,7 +222,7 @@ def fit_search(results: list[dict], search: Search) -> dict:
             found[name]["measured_bpb"] = float(y_P[trained[0]])
     # The law's optimum is recommended only when the law predicts held-out proxies clearly better than their mean
     # (TRUST_RATIO); otherwise its optimum has no support and the natural mixture is kept (proposal.yaml says so).
-    trusted = held["mae"] < TRUST_RATIO * held["mean_baseline_mae"]
+    trusted = held["mae"] < TRUST_RATIO * held["mean_baseline_mae"] and float(law.predict(proposal)[0]) > 0
     return {"sources": list(search.sources), "proxies": proxies, "law": dataclasses.asdict(law),
             "held_out_mae": held["mae"], "mean_baseline_mae": held["mean_baseline_mae"],
             "recommended": "proposal" if trusted else "natural",
@@ -237,7 +238,8 @@ def write_reports(fit: dict, search: Search, base: Resolved, target: str, out_di
              else "inside the convex hull of the sampled mixtures")
     lines = [f"# Mixture search: held-out bits per byte on `{target}` (lower is better)", "",
              f"{len(proxies)} proxies of {len(sources)} trained sources; the full run ({search.full_tokens} "
-             f"tokens) may give each source at most its cap (repetition bound).", "",
+             f"tokens) may give each source at most its cap (repetition bound: --max-epochs "
+             f"{fit.get('max_epochs', mixing.MAX_EPOCHS):g}; --sample-seed {fit.get('sample_seed', 0)}).", "",
              "| proxy | seeds | " + " | ".join(sources) + " | bpb | seed spread | fitted | held-out prediction |",
              "|---:|---:|" + "---:|" * len(sources) + "---:|---:|---:|---:|"]
     for p in proxies:
@@ -257,7 +259,7 @@ def write_reports(fit: dict, search: Search, base: Resolved, target: str, out_di
     for name, m in fit["mixtures"].items():
         measured = f"{m['measured_bpb']:.4f}" if "measured_bpb" in m else "not trained"
         lines.append(f"| {name} | " + " | ".join(f"{x:.3f}" for x in m["shares"])
-                     + f" | {m['predicted_bpb']:.4f} | {measured} |")
+                     + f" | {_bpb(m['predicted_bpb'])} | {measured} |")
     if fit["recommended"] == "proposal":
         lines += ["", f"The proposal is {where}. The best inside the hull is what the proxies support without "
                   "extrapolating. `proposal.yaml` holds the proposal as config: "
@@ -273,6 +275,11 @@ def write_reports(fit: dict, search: Search, base: Resolved, target: str, out_di
     _plot(fit, target, out_dir / "mixture.png")
 
 
+def _bpb(value: float) -> str:
+    """A predicted bits per byte, or what it means when the fitted law leaves the possible range."""
+    return f"{value:.4f}" if value > 0 else "n/a (the law diverges here)"
+
+
 def _proposal_yaml(fit: dict, base: Resolved, target: str, where: str) -> str:
     share = dict(zip(fit["sources"], fit["mixtures"][fit["recommended"]]["shares"]))
     defaults = {f.name: yamlconf.to_dict(f.default) for f in dataclasses.fields(SourceConfig)
@@ -283,7 +290,7 @@ def _proposal_yaml(fit: dict, base: Resolved, target: str, where: str) -> str:
         if s["name"] in share:
             s["weight"] = share[s["name"]]
         sources.append({k: v for k, v in s.items() if k in ("name", "weight", "train") or v != defaults.get(k)})
-    predicted = {name: f"{m['predicted_bpb']:.4f}" for name, m in fit["mixtures"].items()}
+    predicted = {name: _bpb(m["predicted_bpb"]) for name, m in fit["mixtures"].items()}
     if fit["recommended"] == "proposal":
         header = (f"# jaxtrain mixture: the proposed mixture for held-out `{target}` ({len(fit['proxies'])} proxies; "
                   f"leave-one-out error {fit['held_out_mae']:.4f} bpb;\n# predicted {predicted['proposal']} bpb vs "
@@ -310,6 +317,10 @@ def _plot(fit: dict, target: str, path: pathlib.Path) -> None:
     ax.set_xlabel(f"measured {target} bpb")
     ax.set_ylabel("predicted bpb")
     ax.legend(fontsize=8)
-    fig.suptitle(f"Mixing law: held-out MAE {fit['held_out_mae']:.4f} bpb", fontsize=10)
+    ax.ticklabel_format(useOffset=False)  # close values: plain tick labels, not an offset run together
+    ax.tick_params(axis="x", labelrotation=45)
+    verdict = "trusted" if fit["recommended"] == "proposal" else "not trusted"
+    fig.suptitle(f"Mixing law: held-out MAE {fit['held_out_mae']:.4f} vs mean's {fit['mean_baseline_mae']:.4f} bpb "
+                 f"({verdict})", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=90)

@@ -143,3 +143,30 @@ def test_a_finished_search_is_read_back_and_another_target_refused(base, monkeyp
     err = capsys.readouterr().err
     assert err.startswith("config error: --out ") and "Give another --out." in err and len(err.splitlines()) == 1
     assert json.loads((out / mixture.RESULTS).read_text().splitlines()[0])["epochs"]["stdlib_code"] > 0
+
+
+def test_a_law_that_diverges_is_not_printed_as_a_number_nor_trusted():
+    """From a new user's trial: a fit with a negative k printed the proposal's prediction as -15755.7030 bpb."""
+    caps = np.ones(3)
+    r_PxK = mixing.sample_mixtures([0.5, 0.3, 0.2], caps, 10, seed=0)
+    search = mixture.Search(("a", "b", "c"), (500, 300, 200), 1000, caps, r_PxK)
+    steep = mixing.MixingLaw(c=2.8, k=-1e-6, t=(-16.0, 16.0, 0.0))  # falls without bound towards all-b
+    results = [{"proxy": i, "seed": 0, "mixture": dict(zip(search.sources, r)), "target_bpb": float(y)}
+               for i, (r, y) in enumerate(zip(r_PxK, steep.predict(r_PxK)))]
+    fit = mixture.fit_search(results, search)
+    assert fit["held_out_mae"] < mixture.TRUST_RATIO * fit["mean_baseline_mae"]  # it predicts the proxies well
+    assert fit["mixtures"]["proposal"]["predicted_bpb"] <= 0 and fit["recommended"] == "natural"
+    assert mixture._bpb(-15755.703) == "n/a (the law diverges here)" and mixture._bpb(2.8512) == "2.8512"
+
+
+def test_ctrl_c_is_one_line_that_says_to_rerun(base, monkeypatch, capsys):
+    _, resolved = base
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mixture, "run_mixture", interrupted)
+    argv = ["mixture", "--run-dir", str(resolved.run), "--target", "stdlib_docs", "--proxies", "3"]
+    assert cli.main(argv) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted: rerun the same `jaxtrain mixture`") and err.count("\n") == 1
